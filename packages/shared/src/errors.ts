@@ -1,0 +1,95 @@
+/**
+ * The closed set of failure reasons. Each has a stable numeric wire code (it
+ * crosses the tunnel in OPEN_ERR, RESET and GOAWAY), an HTTP status for the
+ * frontends, a gRPC status for the konnectivity frontend and a WebSocket close
+ * code. Logs and metrics use the `reason` string; nothing anywhere chooses a
+ * status by reading an error message.
+ */
+export const Reasons = {
+  // Protocol and session
+  PROTOCOL_ERROR: { code: 1, http: 502, grpc: 13, ws: 1002, text: 'protocol error' },
+  FLOW_CONTROL: { code: 2, http: 502, grpc: 13, ws: 1002, text: 'flow control violated' },
+  CANCELLED: { code: 3, http: 499, grpc: 1, ws: 1000, text: 'cancelled' },
+  SESSION_CLOSED: { code: 4, http: 503, grpc: 14, ws: 1001, text: 'tunnel closed' },
+  PING_TIMEOUT: { code: 5, http: 503, grpc: 14, ws: 4005, text: 'tunnel peer did not answer ping' },
+  GOING_AWAY: { code: 6, http: 503, grpc: 14, ws: 1001, text: 'tunnel draining' },
+  OPEN_TIMEOUT: { code: 7, http: 504, grpc: 4, ws: 1011, text: 'dial timed out' },
+  TOO_MANY_STREAMS: { code: 8, http: 503, grpc: 8, ws: 1013, text: 'too many streams' },
+  INTERNAL: { code: 9, http: 500, grpc: 13, ws: 1011, text: 'internal error' },
+  IDLE_TIMEOUT: { code: 10, http: 504, grpc: 4, ws: 1000, text: 'idle timeout' },
+  // Dials made by the agent
+  DIAL_REFUSED: { code: 20, http: 502, grpc: 14, ws: 1011, text: 'connection refused by target' },
+  DIAL_UNREACHABLE: { code: 21, http: 502, grpc: 14, ws: 1011, text: 'target unreachable' },
+  DIAL_DNS: { code: 22, http: 502, grpc: 14, ws: 1011, text: 'target name did not resolve' },
+  DIAL_TIMEOUT: { code: 23, http: 504, grpc: 4, ws: 1011, text: 'target did not answer in time' },
+  DIAL_FAILED: { code: 24, http: 502, grpc: 14, ws: 1011, text: 'dial failed' },
+  TARGET_NOT_ALLOWED: { code: 25, http: 502, grpc: 7, ws: 1008, text: 'target not allowed by agent' },
+  BAD_OPEN: { code: 26, http: 502, grpc: 3, ws: 1008, text: 'malformed open request' },
+  UPSTREAM_RESET: { code: 27, http: 502, grpc: 14, ws: 1011, text: 'target reset the connection' },
+} as const;
+
+export type Reason = keyof typeof Reasons;
+
+const byCode = new Map<number, Reason>(
+  (Object.keys(Reasons) as Reason[]).map((r) => [Reasons[r].code, r]),
+);
+
+/** The reason for a wire code; unknown codes (a newer peer) read as INTERNAL. */
+export function reasonFromCode(code: number): Reason {
+  return byCode.get(code) ?? 'INTERNAL';
+}
+
+export function isKnownCode(code: number): boolean {
+  return byCode.has(code);
+}
+
+/** An error that carries one of the closed set of reasons. */
+export class TunnelError extends Error {
+  readonly reason: Reason;
+  override readonly name = 'TunnelError';
+
+  constructor(reason: Reason, message?: string, options?: { cause?: unknown }) {
+    super(message ?? Reasons[reason].text, options);
+    this.reason = reason;
+  }
+
+  get code(): number {
+    return Reasons[this.reason].code;
+  }
+
+  get httpStatus(): number {
+    return Reasons[this.reason].http;
+  }
+
+  get grpcStatus(): number {
+    return Reasons[this.reason].grpc;
+  }
+}
+
+/** The reason carried by any error: a TunnelError's own, otherwise INTERNAL. */
+export function reasonOf(err: unknown): Reason {
+  return err instanceof TunnelError ? err.reason : 'INTERNAL';
+}
+
+/** Maps a socket error from a dial (errno codes) to a reason. */
+export function dialReason(err: unknown): Reason {
+  const code = (err as NodeJS.ErrnoException | undefined)?.code;
+  switch (code) {
+    case 'ECONNREFUSED':
+      return 'DIAL_REFUSED';
+    case 'EHOSTUNREACH':
+    case 'ENETUNREACH':
+    case 'EADDRNOTAVAIL':
+      return 'DIAL_UNREACHABLE';
+    case 'ENOTFOUND':
+    case 'EAI_AGAIN':
+      return 'DIAL_DNS';
+    case 'ETIMEDOUT':
+      return 'DIAL_TIMEOUT';
+    case 'ECONNRESET':
+    case 'EPIPE':
+      return 'UPSTREAM_RESET';
+    default:
+      return err instanceof TunnelError ? err.reason : 'DIAL_FAILED';
+  }
+}
