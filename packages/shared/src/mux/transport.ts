@@ -23,6 +23,7 @@ export interface FrameTransport extends EventEmitter {
 export class MemoryTransport extends EventEmitter implements FrameTransport {
   peer: MemoryTransport | undefined;
   private closed = false;
+  private gone = false;
 
   static pair(): [MemoryTransport, MemoryTransport] {
     const a = new MemoryTransport();
@@ -41,7 +42,7 @@ export class MemoryTransport extends EventEmitter implements FrameTransport {
     // Copy: the receiver may keep slices while the sender reuses its buffer.
     const copy = Buffer.from(message);
     setImmediate(() => {
-      if (!peer.closed) peer.emit('message', copy);
+      if (!peer.gone) peer.emit('message', copy);
       cb();
     });
   }
@@ -62,10 +63,15 @@ export class MemoryTransport extends EventEmitter implements FrameTransport {
   }
 
   private shutdown(): void {
+    // No new sends either way; messages already in flight are still
+    // delivered (they were queued first), then each side sees 'close'.
     for (const t of [this, this.peer!]) {
       if (t.closed) continue;
       t.closed = true;
-      setImmediate(() => t.emit('close', undefined));
+      setImmediate(() => {
+        t.gone = true;
+        t.emit('close', undefined);
+      });
     }
   }
 }

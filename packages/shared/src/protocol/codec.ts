@@ -55,7 +55,7 @@ export function writeHeader(
 }
 
 function codeAndMessage(code: number, message: string): Buffer {
-  let text = Buffer.from(message, 'utf8');
+  let text: Buffer = Buffer.from(message, 'utf8');
   if (text.length > MAX_MESSAGE_BYTES) text = truncateUtf8(text, MAX_MESSAGE_BYTES);
   const out = Buffer.allocUnsafe(2 + text.length);
   out.writeUInt16BE(code, 0);

@@ -1,0 +1,98 @@
+import { once } from 'node:events';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { WebSocket, WebSocketServer } from 'ws';
+import { MemoryTransport, Session, WsTransport, type SessionOptions } from '../src/mux/index.js';
+import { SUBPROTOCOL } from '../src/protocol/index.js';
+
+export interface Pair {
+  server: Session;
+  agent: Session;
+  /** The agent's raw WebSocket (ws pairs only). */
+  agentWs?: WebSocket;
+  close(): Promise<void>;
+}
+
+type Opts = Omit<SessionOptions, 'role'>;
+
+export function memoryPair(opts: Opts = {}): Pair {
+  const [a, b] = MemoryTransport.pair();
+  const server = new Session(a, { ...opts, role: 'server' });
+  const agent = new Session(b, { ...opts, role: 'agent' });
+  return {
+    server,
+    agent,
+    async close() {
+      server.close();
+      agent.close();
+      await new Promise((r) => setImmediate(r));
+    },
+  };
+}
+
+/** Two sessions over a real WebSocket on 127.0.0.1, port 0. */
+export async function wsPair(opts: Opts = {}, agentOpts: Opts = opts): Promise<Pair> {
+  const httpServer = http.createServer();
+  const wss = new WebSocketServer({ server: httpServer, perMessageDeflate: false, maxPayload: 4 << 20 });
+  httpServer.listen(0, '127.0.0.1');
+  await once(httpServer, 'listening');
+  const port = (httpServer.address() as AddressInfo).port;
+  const accepted = once(wss, 'connection');
+  const ws = new WebSocket(`ws://127.0.0.1:${port}/`, SUBPROTOCOL, { perMessageDeflate: false });
+  await once(ws, 'open');
+  const [serverWs] = (await accepted) as [WebSocket];
+  const server = new Session(new WsTransport(serverWs), { ...opts, role: 'server' });
+  const agent = new Session(new WsTransport(ws), { ...agentOpts, role: 'agent' });
+  return {
+    server,
+    agent,
+    agentWs: ws,
+    async close() {
+      server.close();
+      agent.close();
+      for (const w of [ws, serverWs]) if (w.readyState !== WebSocket.CLOSED) w.terminate();
+      wss.close();
+      httpServer.closeAllConnections();
+      await new Promise<void>((r) => httpServer.close(() => r()));
+    },
+  };
+}
+
+/** Resources that keep the event loop alive, by kind (sockets, servers, timers). */
+export function liveResources(): Record<string, number> {
+  const counts: Record<string, number> = {};
+  for (const r of process.getActiveResourcesInfo()) counts[r] = (counts[r] ?? 0) + 1;
+  return counts;
+}
+
+/** Waits until the live resources are back to `before` (they close asynchronously). */
+export async function expectNoLeaks(before: Record<string, number>, timeoutMs = 3000): Promise<void> {
+  const kinds = ['TCPSocketWrap', 'TCPServerWrap', 'Timeout', 'TLSWrap', 'Immediate'];
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const now = liveResources();
+    const extra = kinds.filter((k) => (now[k] ?? 0) > (before[k] ?? 0));
+    if (extra.length === 0) return;
+    if (Date.now() > deadline) throw new Error(`leaked resources: ${extra.map((k) => `${k} ${now[k]} > ${before[k] ?? 0}`).join(', ')}`);
+    await new Promise((r) => setImmediate(r));
+  }
+}
+
+/**
+ * Reads a stream's readable side to the end without destroying it (a
+ * `for await` loop would destroy the whole duplex when the loop ends).
+ */
+export function readAll(stream: NodeJS.ReadableStream): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    stream.on('data', (c: Buffer) => chunks.push(c));
+    stream.on('end', () => resolve(Buffer.concat(chunks)));
+    stream.on('error', reject);
+  });
+}
+
+/** Resolves with the stream's error (or null) once it has closed; never rejects. */
+export function closed(stream: NodeJS.EventEmitter & { errored?: Error | null; closed?: boolean }): Promise<Error | null> {
+  if (stream.closed) return Promise.resolve(stream.errored ?? null);
+  return new Promise((resolve) => stream.once('close', () => resolve(stream.errored ?? null)));
+}
