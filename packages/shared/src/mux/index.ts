@@ -2,3 +2,4 @@ export * from './transport.js';
 export * from './ws-transport.js';
 export * from './stream.js';
 export * from './session.js';
+export * from './splice.js';

@@ -1,0 +1,161 @@
+import { randomBytes } from 'node:crypto';
+import https from 'node:https';
+import type { IncomingMessage } from 'node:http';
+import type { Duplex } from 'node:stream';
+import type { TLSSocket } from 'node:tls';
+import { WebSocketServer, type WebSocket } from 'ws';
+import {
+  AGENT_PATH,
+  Defaults,
+  RegistrationHeaders as H,
+  SUBPROTOCOL,
+  Session,
+  WsTransport,
+  agentClusterOf,
+  isValidAgentId,
+  isValidClusterName,
+  isValidHostPort,
+  type Logger,
+} from '@kubetunnel/shared';
+import type { ServerConfig } from './config.js';
+import type { ServerMetrics } from './metrics.js';
+import type { AgentTunnel, ClusterRegistry } from './registry.js';
+import { SocketSet, respondRaw } from './respond.js';
+
+interface Claim {
+  cluster: string;
+  agentId: string;
+  allowDest: string[];
+  apiserverCA?: string;
+  l7: boolean;
+}
+
+type Checked = { ok: true; claim: Claim } | { ok: false; status: number; reason: string };
+
+function header(req: IncomingMessage, name: string): string | undefined {
+  const v = req.headers[name];
+  return Array.isArray(v) ? undefined : v;
+}
+
+/** Reads and checks a registration's claim, and that the certificate is entitled to it. */
+export function checkRegistration(req: IncomingMessage): Checked {
+  const cert = (req.socket as TLSSocket).getPeerCertificate();
+  const cluster = header(req, H.cluster) ?? '';
+  const agentId = header(req, H.agentId) ?? '';
+  if (!isValidClusterName(cluster)) return { ok: false, status: 400, reason: 'missing or invalid cluster name' };
+  if (!isValidAgentId(agentId)) return { ok: false, status: 400, reason: 'missing or invalid agent id' };
+  const bound = agentClusterOf(cert);
+  if (bound === undefined) return { ok: false, status: 403, reason: 'not an agent certificate' };
+  if (bound !== cluster) return { ok: false, status: 403, reason: `certificate is for cluster ${bound}, not ${cluster}` };
+  const allowDest = (header(req, H.allowDest) ?? '').split(',').map((s) => s.trim()).filter(Boolean);
+  const bad = allowDest.find((d) => !isValidHostPort(d));
+  if (bad !== undefined) return { ok: false, status: 400, reason: `invalid allow-dest entry ${JSON.stringify(bad)}` };
+  const claim: Claim = { cluster, agentId, allowDest, l7: header(req, H.l7) === '1' };
+  const ca = header(req, H.apiserverCA);
+  if (ca) {
+    const pem = Buffer.from(ca, 'base64').toString('utf8');
+    if (!pem.startsWith('-----BEGIN CERTIFICATE-----')) return { ok: false, status: 400, reason: 'apiserver CA is not a PEM certificate' };
+    claim.apiserverCA = pem;
+  }
+  return { ok: true, claim };
+}
+
+/**
+ * The agent gateway: HTTPS with a required client certificate, where agents
+ * register by upgrading to a WebSocket tunnel.
+ */
+export class AgentGateway {
+  readonly server: https.Server;
+  private readonly wss: WebSocketServer;
+  private readonly sockets = new SocketSet();
+
+  constructor(
+    private readonly config: ServerConfig,
+    private readonly registry: ClusterRegistry,
+    private readonly metrics: ServerMetrics,
+    private readonly log: Logger,
+  ) {
+    this.server = https.createServer({
+      cert: config.cert,
+      key: config.key,
+      ca: config.ca,
+      requestCert: true,
+      rejectUnauthorized: true,
+      maxHeaderSize: config.maxHeaderSize,
+      ALPNProtocols: ['http/1.1'],
+    });
+    this.wss = new WebSocketServer({
+      noServer: true,
+      perMessageDeflate: false,
+      maxPayload: Defaults.maxWsPayload,
+      handleProtocols: (protocols) => (protocols.has(SUBPROTOCOL) ? SUBPROTOCOL : false),
+    });
+    this.wss.on('headers', (headers) => {
+      headers.push(`${H.serverId}: ${config.serverId}`, `${H.serverCount}: ${config.serverCount}`);
+    });
+    this.server.on('secureConnection', (s) => this.sockets.add(s));
+    this.server.on('tlsClientError', (err) => this.log.debug({ err: err.message }, 'agent TLS handshake refused'));
+    this.server.on('request', (_req, res) => {
+      res.writeHead(426, { 'Content-Type': 'text/plain', Upgrade: 'websocket' });
+      res.end(`agents connect with a WebSocket upgrade to ${AGENT_PATH}\n`);
+    });
+    this.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => this.onUpgrade(req, socket, head));
+  }
+
+  private onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+    socket.on('error', () => {});
+    const refuse = (status: number, reason: string) => {
+      this.metrics.registrations.inc({ result: status === 403 ? 'forbidden' : 'invalid' });
+      this.log.warn({ status, reason, remote: req.socket.remoteAddress }, 'agent registration refused');
+      respondRaw(socket, status, reason);
+    };
+    if (new URL(req.url ?? '/', 'https://x').pathname !== AGENT_PATH) return refuse(404, `agents register at ${AGENT_PATH}`);
+    const offered = (req.headers['sec-websocket-protocol'] ?? '').split(',').map((s) => s.trim());
+    if (!offered.includes(SUBPROTOCOL)) return refuse(400, `unsupported tunnel protocol; this server speaks ${SUBPROTOCOL}`);
+    const checked = checkRegistration(req);
+    if (!checked.ok) return refuse(checked.status, checked.reason);
+    this.wss.handleUpgrade(req, socket, head, (ws) => this.register(ws, checked.claim));
+  }
+
+  private register(ws: WebSocket, claim: Claim): void {
+    const sessionId = randomBytes(6).toString('hex');
+    const log = this.log.child({ cluster: claim.cluster, agentId: claim.agentId, sessionId });
+    const session = new Session(new WsTransport(ws), { role: 'server', ...this.config.session });
+    const tunnel: AgentTunnel = {
+      cluster: claim.cluster,
+      agentId: claim.agentId,
+      sessionId,
+      session,
+      allowDest: new Set(claim.allowDest),
+      l7: claim.l7,
+      connectedAt: new Date(),
+      log,
+      ...(claim.apiserverCA ? { apiserverCA: claim.apiserverCA } : {}),
+    };
+    const replaced = this.registry.register(tunnel);
+    this.metrics.registrations.inc({ result: 'ok' });
+    log.info({ allowDest: claim.allowDest, l7: claim.l7 }, 'agent registered');
+    if (replaced) {
+      replaced.log.info('agent reconnected with the same id; closing the older tunnel');
+      void replaced.session.drain(this.config.gracePeriodMs);
+    }
+    session.on('goaway', () => log.info('agent is draining'));
+    session.on('close', (err?: Error) => {
+      this.registry.unregister(tunnel);
+      log.info({ reason: err?.message ?? 'closed' }, 'agent disconnected');
+    });
+  }
+
+  /** GOAWAY to every agent; each tunnel closes once its streams end (or the grace period passes). */
+  async drain(graceMs: number): Promise<void> {
+    const sessions = this.registry.entries().flatMap((c) => [...c.agents.values()].map((t) => t.session));
+    await Promise.all(sessions.map((s) => s.drain(graceMs)));
+  }
+
+  close(): void {
+    for (const c of this.registry.entries()) for (const t of c.agents.values()) t.session.close();
+    this.wss.close();
+    this.server.close();
+    this.sockets.destroyAll();
+  }
+}

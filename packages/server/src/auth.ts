@@ -1,0 +1,89 @@
+import { timingSafeEqual, createHash } from 'node:crypto';
+import type { TLSSocket } from 'node:tls';
+import { clientIdentityOf, type Identity } from '@kubetunnel/shared';
+
+export type TokenTable = Map<string, { user: string; uid: string; groups: string[] }>;
+
+/**
+ * Parses a kube-apiserver style static token file: one `token,user,uid` line
+ * each, optionally followed by a quoted, comma-separated group list.
+ * Blank lines and lines starting with # are skipped.
+ */
+export function parseTokenFile(text: string): TokenTable {
+  const table: TokenTable = new Map();
+  text.split(/\r?\n/).forEach((raw, i) => {
+    const line = raw.trim();
+    if (line === '' || line.startsWith('#')) return;
+    const fields = parseCsvLine(line);
+    if (fields.length < 3 || fields[0] === '' || fields[1] === '')
+      throw new Error(`token file line ${i + 1}: want token,user,uid[,"group1,group2"]`);
+    const groups = (fields[3] ?? '').split(',').map((g) => g.trim()).filter(Boolean);
+    if (table.has(fields[0]!)) throw new Error(`token file line ${i + 1}: duplicate token`);
+    table.set(fields[0]!, { user: fields[1]!, uid: fields[2]!, groups });
+  });
+  return table;
+}
+
+function parseCsvLine(line: string): string[] {
+  const out: string[] = [];
+  let cur = '';
+  let quoted = false;
+  for (let i = 0; i < line.length; i++) {
+    const ch = line[i]!;
+    if (quoted) {
+      if (ch === '"' && line[i + 1] === '"') {
+        cur += '"';
+        i++;
+      } else if (ch === '"') quoted = false;
+      else cur += ch;
+    } else if (ch === '"') quoted = true;
+    else if (ch === ',') {
+      out.push(cur.trim());
+      cur = '';
+    } else cur += ch;
+  }
+  if (quoted) throw new Error('unterminated quote');
+  out.push(cur.trim());
+  return out;
+}
+
+/** Looks a token up in constant time per entry (no early exit on a prefix match). */
+export function lookupToken(table: TokenTable, token: string): Identity | undefined {
+  const want = createHash('sha256').update(token).digest();
+  let found: Identity | undefined;
+  for (const [t, id] of table) {
+    if (timingSafeEqual(createHash('sha256').update(t).digest(), want)) found = { user: id.user, uid: id.uid, groups: id.groups };
+  }
+  return found;
+}
+
+/** The token in `Bearer T` or `Basic base64(user:T)`; undefined when absent or malformed. */
+export function tokenFromAuthorization(header: string | undefined): string | undefined {
+  if (!header) return undefined;
+  const m = /^\s*(Bearer|Basic)\s+(\S+)\s*$/i.exec(header);
+  if (!m) return undefined;
+  if (m[1]!.toLowerCase() === 'bearer') return m[2];
+  const decoded = Buffer.from(m[2]!, 'base64').toString('utf8');
+  const colon = decoded.indexOf(':');
+  return colon >= 0 ? decoded.slice(colon + 1) : undefined;
+}
+
+export type AuthResult = { ok: true; identity: Identity; via: 'certificate' | 'token' } | { ok: false; reason: string };
+
+/**
+ * Who the caller is: a verified client certificate from the CA (user = CN,
+ * groups = O; agent certificates are refused), else a token.
+ */
+export function authenticate(socket: TLSSocket, authorization: string | undefined, tokens: TokenTable): AuthResult {
+  const cert = socket.authorized ? socket.getPeerCertificate() : undefined;
+  if (cert && Object.keys(cert).length > 0) {
+    const id = clientIdentityOf(cert);
+    if (!id) return { ok: false, reason: 'this certificate is not a client certificate (agent certificates are refused here)' };
+    return { ok: true, identity: { user: id.user, groups: id.groups }, via: 'certificate' };
+  }
+  const token = tokenFromAuthorization(authorization);
+  if (token === undefined) return { ok: false, reason: authorization ? 'malformed credentials' : 'no client certificate or token' };
+  const id = lookupToken(tokens, token);
+  if (!id) return { ok: false, reason: 'invalid token' };
+  return { ok: true, identity: id, via: 'token' };
+}

@@ -1,0 +1,62 @@
+import { TunnelError, type Identity, type MuxStream, type OpenRequest } from '@kubetunnel/shared';
+import type { ServerMetrics } from './metrics.js';
+import { pickTunnel, type AgentTunnel, type ClusterRegistry } from './registry.js';
+
+export interface DialDeps {
+  registry: ClusterRegistry;
+  metrics: ServerMetrics;
+  dialTimeoutMs: number;
+  /** Says whether `identity` may reach `cluster`; a string is the refusal reason. */
+  authorize(identity: Identity, cluster: string): true | string;
+}
+
+export type DialResult =
+  | { ok: true; stream: MuxStream; tunnel: AgentTunnel }
+  | { ok: false; status: number; reason: string; retryAfter?: number };
+
+/**
+ * Opens a stream to a cluster for a frontend: the steps and statuses every
+ * frontend shares (unknown 404, not allowed 403, no live agent 503, the
+ * agent's dial failure 502/504). The stream counts toward the cluster's open
+ * streams until it closes; pending dials are counted while the OPEN waits.
+ */
+export async function dialCluster(
+  deps: DialDeps,
+  args: { cluster: string; identity: Identity; request: OpenRequest; frontend: string; signal?: AbortSignal },
+): Promise<DialResult> {
+  const { registry, metrics } = deps;
+  const fail = (status: number, reason: string, metricReason: string, retryAfter?: number): DialResult => {
+    metrics.failures.inc({ frontend: args.frontend, reason: metricReason });
+    return retryAfter === undefined ? { ok: false, status, reason } : { ok: false, status, reason, retryAfter };
+  };
+  const entry = registry.get(args.cluster);
+  if (!entry) return fail(404, `unknown cluster "${args.cluster}"`, 'UNKNOWN_CLUSTER');
+  const allowed = deps.authorize(args.identity, args.cluster);
+  if (allowed !== true) return fail(403, allowed, 'FORBIDDEN');
+  const tunnel = pickTunnel(entry, args.request.kind, args.request.target);
+  if (!tunnel) return fail(503, `cluster "${args.cluster}" has no live agent`, 'NO_AGENT', 5);
+
+  const started = performance.now();
+  entry.pendingDials++;
+  try {
+    const stream = await tunnel.session.open(args.request, {
+      timeoutMs: deps.dialTimeoutMs,
+      ...(args.signal ? { signal: args.signal } : {}),
+    });
+    metrics.dialSeconds.observe({ frontend: args.frontend }, (performance.now() - started) / 1000);
+    metrics.streams.inc({ frontend: args.frontend });
+    entry.openStreams++;
+    stream.once('close', () => {
+      entry.openStreams--;
+      metrics.bytes.inc({ direction: 'in' }, stream.bytesIn);
+      metrics.bytes.inc({ direction: 'out' }, stream.bytesOut);
+    });
+    return { ok: true, stream, tunnel };
+  } catch (err) {
+    const e = err instanceof TunnelError ? err : new TunnelError('INTERNAL', String(err));
+    const status = e.httpStatus === 499 ? 503 : e.httpStatus;
+    return fail(status, `cluster "${args.cluster}": ${e.message}`, e.reason, status === 503 ? 1 : undefined);
+  } finally {
+    entry.pendingDials--;
+  }
+}

@@ -1,0 +1,103 @@
+import { EventEmitter } from 'node:events';
+import type { Logger, Session } from '@kubetunnel/shared';
+
+/** One agent's tunnel to this server. */
+export interface AgentTunnel {
+  cluster: string;
+  agentId: string;
+  sessionId: string;
+  session: Session;
+  allowDest: ReadonlySet<string>;
+  apiserverCA?: string;
+  l7: boolean;
+  connectedAt: Date;
+  log: Logger;
+}
+
+export interface ClusterEntry {
+  name: string;
+  agents: Map<string, AgentTunnel>;
+  /** Dials in flight through this cluster's agents. */
+  pendingDials: number;
+  /** Streams the frontends hold open to this cluster. */
+  openStreams: number;
+}
+
+/**
+ * The clusters this server knows and the live tunnels of each. A cluster is
+ * "known" from its first registration on; it stays known (answering 503, not
+ * 404) after its last agent leaves.
+ */
+export class ClusterRegistry extends EventEmitter {
+  private readonly clusters = new Map<string, ClusterEntry>();
+
+  get(name: string): ClusterEntry | undefined {
+    return this.clusters.get(name);
+  }
+
+  names(): string[] {
+    return [...this.clusters.keys()].sort();
+  }
+
+  entries(): ClusterEntry[] {
+    return this.names().map((n) => this.clusters.get(n)!);
+  }
+
+  /** Adds a tunnel; an older tunnel with the same agent id is replaced (and returned). */
+  register(t: AgentTunnel): AgentTunnel | undefined {
+    let c = this.clusters.get(t.cluster);
+    if (!c) {
+      c = { name: t.cluster, agents: new Map(), pendingDials: 0, openStreams: 0 };
+      this.clusters.set(t.cluster, c);
+    }
+    const old = c.agents.get(t.agentId);
+    c.agents.set(t.agentId, t);
+    this.emit('change');
+    return old;
+  }
+
+  unregister(t: AgentTunnel): void {
+    const c = this.clusters.get(t.cluster);
+    if (c && c.agents.get(t.agentId) === t) {
+      c.agents.delete(t.agentId);
+      this.emit('change');
+    }
+  }
+
+  /** Totals over every cluster (tests assert these return to zero). */
+  totals(): { openStreams: number; pendingDials: number; agents: number } {
+    let openStreams = 0;
+    let pendingDials = 0;
+    let agents = 0;
+    for (const c of this.clusters.values()) {
+      openStreams += c.openStreams;
+      pendingDials += c.pendingDials;
+      agents += c.agents.size;
+    }
+    return { openStreams, pendingDials, agents };
+  }
+}
+
+/** Whether a tunnel's agent can serve an OPEN of this kind and target. */
+export function canServe(t: AgentTunnel, kind: 'tcp' | 'http', target: string): boolean {
+  return kind === 'http' ? t.l7 : target === 'apiserver' || t.allowDest.has(target);
+}
+
+/**
+ * Picks the tunnel for a new stream: among live agents that accept new
+ * streams and can serve it, the least busy by open streams plus pending
+ * opens; ties go to the one registered first.
+ */
+export function pickTunnel(cluster: ClusterEntry, kind: 'tcp' | 'http' = 'tcp', target = 'apiserver'): AgentTunnel | undefined {
+  let best: AgentTunnel | undefined;
+  let bestLoad = Infinity;
+  for (const t of cluster.agents.values()) {
+    if (!t.session.usable || !canServe(t, kind, target)) continue;
+    const load = t.session.openStreams + t.session.pendingOpens;
+    if (load < bestLoad) {
+      best = t;
+      bestLoad = load;
+    }
+  }
+  return best;
+}

@@ -1,0 +1,114 @@
+import { once } from 'node:events';
+import type { Server } from 'node:net';
+import type { AddressInfo } from 'node:net';
+import type { Logger } from '@kubetunnel/shared';
+import { createAdminServer, createHealthServer } from './admin.js';
+import { AgentGateway } from './agent-gateway.js';
+import type { ServerConfig } from './config.js';
+import type { ConnectDeps } from './connect.js';
+import { Frontend } from './frontend.js';
+import { l7Handlers } from './l7.js';
+import { allowAll, policyAuthorizer } from './policy.js';
+import { ServerMetrics } from './metrics.js';
+import { ClusterRegistry } from './registry.js';
+
+export interface ServerAddresses {
+  proxy: AddressInfo;
+  agent: AddressInfo;
+  health: AddressInfo;
+  admin: AddressInfo;
+}
+
+export interface KubetunnelServer {
+  registry: ClusterRegistry;
+  metrics: ServerMetrics;
+  addresses: ServerAddresses;
+  /** Open client sockets on the frontend (tests assert it returns to 0). */
+  frontendSockets(): number;
+  /** SIGTERM: not ready, GOAWAY to agents, let streams finish within the grace period, then close. */
+  drain(graceMs?: number): Promise<void>;
+  close(): Promise<void>;
+}
+
+async function listen(server: Server, port: number, host: string): Promise<AddressInfo> {
+  server.listen(port, host);
+  await Promise.race([
+    once(server, 'listening'),
+    once(server, 'error').then(([err]) => {
+      throw err;
+    }),
+  ]);
+  return server.address() as AddressInfo;
+}
+
+/** The composition root of the server: builds every part from a validated config. */
+export async function startServer(config: ServerConfig, log: Logger): Promise<KubetunnelServer> {
+  const registry = new ClusterRegistry();
+  const metrics = new ServerMetrics(registry);
+  const deps: ConnectDeps = {
+    registry,
+    metrics,
+    tokens: config.tokens,
+    dialTimeoutMs: config.dialTimeoutMs,
+    authorize: config.policy ? policyAuthorizer(config.policy) : allowAll,
+    log,
+    ...(config.clusterDomain ? { clusterDomain: config.clusterDomain } : {}),
+  };
+  const gateway = new AgentGateway(config, registry, metrics, log.child({ component: 'agent-gateway' }));
+  if (!config.policy) log.warn('no policy: every authenticated identity may reach every cluster');
+  const l7 = l7Handlers({ ...deps, log: log.child({ frontend: 'l7' }), audit: log.child({ component: 'audit' }) });
+  const frontend = new Frontend(config, deps, l7, log.child({ component: 'frontend' }));
+  let draining = false;
+  const health = createHealthServer(() => (draining ? 'draining' : true));
+  const admin = createAdminServer(config.serverId, registry, metrics);
+
+  const servers: Server[] = [];
+  const bind = async (name: string, server: Server, port: number, host: string) => {
+    const addr = await listen(server, port, host);
+    servers.push(server);
+    log.info({ listener: name, address: `${addr.address}:${addr.port}` }, `${name} listening`);
+    return addr;
+  };
+  let addresses: ServerAddresses;
+  try {
+    addresses = {
+      proxy: await bind('proxy', frontend.server, config.proxyPort, config.bindAddress),
+      agent: await bind('agent', gateway.server, config.agentPort, config.bindAddress),
+      health: await bind('health', health, config.healthPort, config.bindAddress),
+      admin: await bind('admin', admin, config.adminPort, config.adminBindAddress),
+    };
+  } catch (err) {
+    for (const s of servers) s.close();
+    throw err;
+  }
+
+  let closed: Promise<void> | undefined;
+  const close = () => {
+    closed ??= (async () => {
+      frontend.close();
+      gateway.close();
+      for (const s of [health, admin]) {
+        s.close();
+        s.closeAllConnections();
+      }
+      await Promise.all(servers.map((s) => (s.listening ? once(s, 'close') : undefined)));
+      log.info('server stopped');
+    })();
+    return closed;
+  };
+
+  return {
+    registry,
+    metrics,
+    addresses,
+    frontendSockets: () => frontend.openSockets,
+    async drain(graceMs = config.gracePeriodMs) {
+      draining = true;
+      log.info({ graceMs }, 'draining: GOAWAY to agents, no new connections');
+      frontend.server.close();
+      await gateway.drain(graceMs);
+      await close();
+    },
+    close,
+  };
+}

@@ -1,0 +1,95 @@
+import { describe, expect, it } from 'vitest';
+import { lookupToken, parseTokenFile, tokenFromAuthorization } from '../src/auth.js';
+import { pickTunnel, type AgentTunnel, type ClusterEntry } from '../src/registry.js';
+import { parseAuthority, resolveCluster } from '../src/resolve.js';
+
+describe('resolveCluster', () => {
+  const known = (n: string) => ['member-1', 'member-2'].includes(n);
+  it('takes X-Cluster-Name first', () => {
+    expect(resolveCluster('member-1:443', 'member-2', known)).toMatchObject({ ok: true, cluster: 'member-2', host: 'member-1', port: 443 });
+  });
+  it('then a CONNECT host equal to a cluster name', () => {
+    expect(resolveCluster('member-1:443', undefined, known)).toMatchObject({ ok: true, cluster: 'member-1' });
+  });
+  it('then <cluster>.<domain>', () => {
+    expect(resolveCluster('member-2.clusters.example:6443', undefined, known, 'clusters.example')).toMatchObject({
+      ok: true,
+      cluster: 'member-2',
+      port: 6443,
+    });
+    expect(resolveCluster('a.b.clusters.example:443', undefined, known, 'clusters.example')).toMatchObject({ cluster: 'a.b.clusters.example' });
+  });
+  it('names an unknown host as itself (the caller answers 404)', () => {
+    expect(resolveCluster('10.0.0.1:443', undefined, known)).toMatchObject({ ok: true, cluster: '10.0.0.1' });
+  });
+  it.each(['member 1', 'Member-1', 'x'.repeat(64), 'a\r\nb', '', '-a'])('rejects X-Cluster-Name %j with 400', (name) => {
+    expect(resolveCluster('member-1:443', name, known)).toMatchObject({ ok: false, status: 400 });
+  });
+  it('rejects two X-Cluster-Name headers', () => {
+    expect(resolveCluster('member-1:443', ['member-1', 'member-2'], known)).toMatchObject({ ok: false, status: 400 });
+  });
+  it.each(['member-1', ':443', 'a:0', 'a:65536', 'a/b:1', '[::1', ''])('rejects malformed authority %j', (a) => {
+    expect(parseAuthority(a)).toBeUndefined();
+    expect(resolveCluster(a, undefined, known)).toMatchObject({ ok: false, status: 400 });
+  });
+  it('accepts bracketed IPv6', () => {
+    expect(parseAuthority('[::1]:443')).toEqual({ host: '[::1]', port: 443 });
+  });
+});
+
+describe('static token file', () => {
+  it('parses the kube-apiserver format', () => {
+    const t = parseTokenFile('# comment\n\nt1,alice,1,"dev,ops"\nt2,bob,2\n t3 , carol , 3 , "a" \n');
+    expect(t.get('t1')).toEqual({ user: 'alice', uid: '1', groups: ['dev', 'ops'] });
+    expect(t.get('t2')).toEqual({ user: 'bob', uid: '2', groups: [] });
+    expect(t.get('t3')).toEqual({ user: 'carol', uid: '3', groups: ['a'] });
+  });
+  it('names the bad line', () => {
+    expect(() => parseTokenFile('t1,alice,1\nbroken\n')).toThrow(/line 2/);
+    expect(() => parseTokenFile('t1,alice,1\nt1,bob,2\n')).toThrow(/line 2: duplicate/);
+    expect(() => parseTokenFile('t1,alice,1,"open\n')).toThrow(/unterminated/);
+  });
+  it('looks tokens up exactly', () => {
+    const t = parseTokenFile('secret,alice,1\n');
+    expect(lookupToken(t, 'secret')?.user).toBe('alice');
+    expect(lookupToken(t, 'secre')).toBeUndefined();
+    expect(lookupToken(t, 'secret ')).toBeUndefined();
+  });
+  it('reads Bearer and Basic (token as password) credentials', () => {
+    expect(tokenFromAuthorization('Bearer abc')).toBe('abc');
+    expect(tokenFromAuthorization('bearer abc')).toBe('abc');
+    expect(tokenFromAuthorization('Basic ' + Buffer.from('user:abc').toString('base64'))).toBe('abc');
+    expect(tokenFromAuthorization('Basic ' + Buffer.from('nocolon').toString('base64'))).toBeUndefined();
+    expect(tokenFromAuthorization('Digest x')).toBeUndefined();
+    expect(tokenFromAuthorization(undefined)).toBeUndefined();
+  });
+});
+
+describe('pickTunnel', () => {
+  const tunnel = (id: string, open: number, opts: Partial<{ usable: boolean; l7: boolean; allow: string[] }> = {}) =>
+    ({
+      agentId: id,
+      l7: opts.l7 ?? true,
+      allowDest: new Set(opts.allow ?? []),
+      session: { usable: opts.usable ?? true, openStreams: open, pendingOpens: 0 },
+    }) as unknown as AgentTunnel;
+  const cluster = (...ts: AgentTunnel[]): ClusterEntry => ({
+    name: 'c',
+    agents: new Map(ts.map((t) => [t.agentId, t])),
+    pendingDials: 0,
+    openStreams: 0,
+  });
+  it('picks the least busy live agent', () => {
+    expect(pickTunnel(cluster(tunnel('a', 5), tunnel('b', 2), tunnel('c', 3)))?.agentId).toBe('b');
+  });
+  it('skips agents that are draining or gone', () => {
+    expect(pickTunnel(cluster(tunnel('a', 0, { usable: false }), tunnel('b', 9)))?.agentId).toBe('b');
+    expect(pickTunnel(cluster(tunnel('a', 0, { usable: false })))).toBeUndefined();
+  });
+  it('needs an agent that allows the target', () => {
+    const c = cluster(tunnel('a', 0), tunnel('b', 5, { allow: ['db:5432'] }));
+    expect(pickTunnel(c, 'tcp', 'db:5432')?.agentId).toBe('b');
+    expect(pickTunnel(c, 'tcp', 'other:1')).toBeUndefined();
+    expect(pickTunnel(cluster(tunnel('a', 0, { l7: false })), 'http')).toBeUndefined();
+  });
+});

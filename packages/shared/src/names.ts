@@ -1,0 +1,4 @@
+/** A cluster name: a DNS-1123 label (lowercase a-z, 0-9 and '-', at most 63, alphanumeric at both ends). */
+export function isValidClusterName(name: string): boolean {
+  return name.length <= 63 && /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/.test(name);
+}

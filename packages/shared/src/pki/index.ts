@@ -1,0 +1,3 @@
+export * from './issue.js';
+export * from './identity.js';
+export * from './files.js';

@@ -1,0 +1,35 @@
+/**
+ * Registration happens in the WebSocket upgrade on the agent gateway: the
+ * agent names its cluster and itself in request headers, the server checks
+ * the claim against the agent's certificate and answers with its identity in
+ * the 101 response. A refusal is an HTTP error before the upgrade.
+ */
+export const AGENT_PATH = '/connect';
+
+export const RegistrationHeaders = {
+  /** Request: the cluster the agent serves (must match its certificate). */
+  cluster: 'x-kubetunnel-cluster',
+  /** Request: the agent's id, unique within its cluster. */
+  agentId: 'x-kubetunnel-agent-id',
+  /** Request: comma-separated host:port targets the agent allows besides its apiserver. */
+  allowDest: 'x-kubetunnel-allow-dest',
+  /** Request: the member apiserver's CA bundle, base64 of the PEM (optional). */
+  apiserverCA: 'x-kubetunnel-apiserver-ca',
+  /** Request: whether the agent serves L7 (http) streams: "1" or absent. */
+  l7: 'x-kubetunnel-l7',
+  /** Response: the server replica's id. */
+  serverId: 'x-kubetunnel-server-id',
+  /** Response: how many server replicas there are. */
+  serverCount: 'x-kubetunnel-server-count',
+} as const;
+
+/** Agent ids: printable, short, no separators that could confuse logs. */
+export function isValidAgentId(id: string): boolean {
+  return /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/.test(id);
+}
+
+/** host:port, with a bracketed IPv6 host allowed. */
+export function isValidHostPort(s: string): boolean {
+  const m = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]{1,253}):(\d{1,5})$/.exec(s);
+  return m !== null && Number(m[2]) > 0 && Number(m[2]) < 65536;
+}
