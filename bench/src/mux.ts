@@ -40,10 +40,17 @@ const median = (xs: number[]) => percentile([...xs].sort((a, b) => a - b), 50);
 
 // ------------------------------------------------------------ agent side (child)
 
+let sessionOf: (ws: WebSocket) => Session;
+
 async function child(url: string, caPem: string | undefined): Promise<void> {
   const ws = new WebSocket(url, SUBPROTOCOL, { perMessageDeflate: false, ...(caPem ? { ca: caPem } : {}) });
-  await once(ws, 'open');
-  const session = new Session(new WsTransport(ws), { role: 'agent', pingIntervalMs: 0 });
+  let early: Session | undefined;
+  ws.once('open', () => (early = new Session(new WsTransport(ws), { role: 'agent', pingIntervalMs: 0 })));
+  sessionOf = () => early!;
+  // The session must exist as the 'open' event fires: the server's first
+  // frames can arrive in the same read as the 101 answer.
+  await new Promise<void>((resolve) => ws.once('open', resolve));
+  const session = sessionOf(ws);
   const block = Buffer.alloc(1 << 20, 0x61);
   session.on('open', (inc: IncomingOpen) => {
     const s = inc.accept();
