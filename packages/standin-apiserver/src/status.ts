@@ -1,0 +1,73 @@
+import type { ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
+import { STATUS_CODES } from 'node:http';
+
+/** Kubernetes `metav1.Status` reasons by HTTP code. */
+const REASONS: Record<number, string> = {
+  400: 'BadRequest',
+  401: 'Unauthorized',
+  403: 'Forbidden',
+  404: 'NotFound',
+  405: 'MethodNotAllowed',
+  409: 'AlreadyExists',
+  422: 'Invalid',
+  500: 'InternalError',
+};
+
+export interface StatusDetails {
+  name?: string;
+  group?: string;
+  kind?: string;
+}
+
+/** A failure `Status` object, shaped like the real apiserver's. */
+export function failureStatus(code: number, message: string, details?: StatusDetails): object {
+  return {
+    kind: 'Status',
+    apiVersion: 'v1',
+    metadata: {},
+    status: 'Failure',
+    message,
+    reason: REASONS[code] ?? 'Unknown',
+    ...(details ? { details } : {}),
+    code,
+  };
+}
+
+export function sendJson(res: ServerResponse, code: number, body: unknown): void {
+  const data = Buffer.from(JSON.stringify(body));
+  res.writeHead(code, {
+    'Content-Type': 'application/json',
+    'Content-Length': data.length,
+    'Cache-Control': 'no-cache, private',
+  });
+  res.end(data);
+}
+
+export function sendText(res: ServerResponse, code: number, text: string): void {
+  const data = Buffer.from(text);
+  res.writeHead(code, { 'Content-Type': 'text/plain; charset=utf-8', 'Content-Length': data.length });
+  res.end(data);
+}
+
+export function sendStatus(res: ServerResponse, code: number, message: string, details?: StatusDetails): void {
+  sendJson(res, code, failureStatus(code, message, details));
+}
+
+/** Answers an upgrade request that is not accepted with a plain HTTP response and closes the socket. */
+export function rejectUpgrade(socket: Duplex, code: number, message: string, details?: StatusDetails): void {
+  const body = JSON.stringify(failureStatus(code, message, details));
+  socket.end(
+    `HTTP/1.1 ${code} ${STATUS_CODES[code] ?? ''}\r\n` +
+      'Content-Type: application/json\r\n' +
+      `Content-Length: ${Buffer.byteLength(body)}\r\n` +
+      'Connection: close\r\n\r\n' +
+      body,
+  );
+}
+
+export function notFound(kind: string, name: string, group = ''): [number, string, StatusDetails] {
+  const plural = kind;
+  const what = group ? `${plural}.${group}` : plural;
+  return [404, `${what} "${name}" not found`, { name, kind: plural, ...(group ? { group } : {}) }];
+}
