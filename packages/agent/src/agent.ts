@@ -1,0 +1,59 @@
+import { once } from 'node:events';
+import type { AddressInfo } from 'node:net';
+import type { Logger } from '@kubetunnel/shared';
+import type { AgentConfig } from './config.js';
+import { Connector } from './connector.js';
+import { handleOpen } from './handlers.js';
+import { createHealthServer } from './health.js';
+import { ApiserverHttp } from './http-handler.js';
+
+export interface Agent {
+  connector: Connector;
+  healthAddress: AddressInfo;
+  /** Streams open through this agent (tests assert it returns to 0). */
+  openStreams(): number;
+  /** SIGTERM: GOAWAY on every tunnel, let streams finish within the grace period, then close. */
+  drain(graceMs?: number): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** The composition root of the agent: builds every part from a validated config. */
+export async function startAgent(config: AgentConfig, log: Logger): Promise<Agent> {
+  const http = new ApiserverHttp({
+    apiserver: config.apiserver,
+    log: log.child({ component: 'l7' }),
+    ...(config.apiserverCA ? { apiserverCA: config.apiserverCA } : {}),
+    ...(config.apiserverTokenFile ? { tokenFile: config.apiserverTokenFile } : {}),
+  });
+  const counters = { open: 0 };
+  const deps = { apiserver: config.apiserver, allowDest: new Set(config.allowDest), dialTimeoutMs: config.dialTimeoutMs, http };
+  const connector = new Connector(config, (incoming, slog) => handleOpen({ ...deps, log: slog }, incoming, counters), log.child({ cluster: config.cluster, agentId: config.agentId }));
+  const health = createHealthServer(() => (connector.ready ? true : 'no tunnel to any server yet'));
+  health.listen(config.healthPort, config.healthHost);
+  await once(health, 'listening');
+  const healthAddress = health.address() as AddressInfo;
+  log.info({ listener: 'health', address: `${healthAddress.address}:${healthAddress.port}` }, 'health listening');
+  connector.start();
+
+  let closed: Promise<void> | undefined;
+  const close = () =>
+    (closed ??= (async () => {
+      connector.close();
+      http.close();
+      health.close();
+      health.closeAllConnections();
+      await once(health, 'close');
+      log.info('agent stopped');
+    })());
+  return {
+    connector,
+    healthAddress,
+    openStreams: () => counters.open,
+    async drain(graceMs = config.gracePeriodMs) {
+      log.info({ graceMs }, 'draining: GOAWAY to servers');
+      await connector.drain(graceMs);
+      await close();
+    },
+    close,
+  };
+}

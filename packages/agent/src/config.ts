@@ -1,0 +1,27 @@
+import type { SessionOptions } from '@kubetunnel/shared';
+
+/** The agent's validated configuration (the CLI builds it from flags, file and env). */
+export interface AgentConfig {
+  /** wss:// URLs of the server's agent gateway (each may be a load balancer). */
+  servers: string[];
+  cluster: string;
+  agentId: string;
+  /** PEM contents. */
+  cert: string;
+  key: string;
+  ca: string;
+  /** The member apiserver. */
+  apiserver: URL;
+  /** The member apiserver's CA (PEM), reported at registration and used for L7. */
+  apiserverCA?: string;
+  /** The agent's own token toward the apiserver, for L7 (re-read as it rotates). */
+  apiserverTokenFile?: string;
+  /** host:port targets the agent may dial besides its apiserver. */
+  allowDest: string[];
+  healthPort: number;
+  healthHost: string;
+  gracePeriodMs: number;
+  backoff: { initialMs: number; maxMs: number };
+  dialTimeoutMs: number;
+  session?: Omit<SessionOptions, 'role'>;
+}

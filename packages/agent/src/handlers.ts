@@ -1,0 +1,80 @@
+import net from 'node:net';
+import { TunnelError, dialReason, splice, type IncomingOpen, type Logger } from '@kubetunnel/shared';
+import type { ApiserverHttp } from './http-handler.js';
+
+export interface HandlerDeps {
+  apiserver: URL;
+  allowDest: ReadonlySet<string>;
+  dialTimeoutMs: number;
+  http: ApiserverHttp;
+  log: Logger;
+}
+
+/** Splits host:port (IPv6 in brackets). */
+function hostPort(target: string): { host: string; port: number } {
+  const i = target.lastIndexOf(':');
+  const host = target.slice(0, i).replace(/^\[(.*)\]$/, '$1');
+  return { host, port: Number(target.slice(i + 1)) };
+}
+
+/**
+ * What the agent does with an OPEN. It never dials arbitrary addresses: only
+ * its apiserver and the exact host:port entries of its allow list; any other
+ * target is refused with TARGET_NOT_ALLOWED and no connection is made.
+ */
+export function handleOpen(deps: HandlerDeps, incoming: IncomingOpen, counters: { open: number }): void {
+  const { request } = incoming;
+  if (request.kind === 'http') return handleHttp(deps, incoming, counters);
+  let dest: { host: string; port: number };
+  if (request.target === 'apiserver') {
+    dest = { host: deps.apiserver.hostname.replace(/^\[(.*)\]$/, '$1'), port: Number(deps.apiserver.port || 443) };
+  } else if (deps.allowDest.has(request.target)) {
+    dest = hostPort(request.target);
+  } else {
+    deps.log.warn({ target: request.target, streamId: incoming.streamId }, 'refused OPEN: target not allowed');
+    return incoming.reject('TARGET_NOT_ALLOWED', `target ${request.target} is not allowed by this agent`);
+  }
+  dial(deps, incoming, dest, counters);
+}
+
+function dial(deps: HandlerDeps, incoming: IncomingOpen, dest: { host: string; port: number }, counters: { open: number }): void {
+  const socket = net.connect({ host: dest.host, port: dest.port, allowHalfOpen: true, noDelay: true });
+  const timer = setTimeout(() => socket.destroy(new TunnelError('DIAL_TIMEOUT', `no connection to ${dest.host}:${dest.port} within ${deps.dialTimeoutMs} ms`)), deps.dialTimeoutMs);
+  const onAbort = () => socket.destroy();
+  incoming.signal.addEventListener('abort', onAbort, { once: true });
+  const settle = () => {
+    clearTimeout(timer);
+    incoming.signal.removeEventListener('abort', onAbort);
+  };
+  let connected = false;
+  socket.once('connect', () => {
+    connected = true;
+    settle();
+    let stream;
+    try {
+      stream = incoming.accept();
+    } catch {
+      socket.destroy(); // the opener gave up meanwhile
+      return;
+    }
+    counters.open++;
+    void splice(socket, stream).then(() => counters.open--);
+  });
+  socket.once('error', (err) => {
+    if (!connected) {
+      settle();
+      const reason = dialReason(err);
+      deps.log.info({ target: `${dest.host}:${dest.port}`, reason }, 'dial failed');
+      incoming.reject(reason, err.message);
+    }
+  });
+}
+
+/** L7: the stream carries HTTP/1.1 requests, completed with the agent's credentials and impersonation. */
+function handleHttp(deps: HandlerDeps, incoming: IncomingOpen, counters: { open: number }): void {
+  if (!incoming.request.identity) return incoming.reject('BAD_OPEN', 'an http stream needs an identity');
+  const stream = incoming.accept();
+  counters.open++;
+  stream.once('close', () => counters.open--);
+  deps.http.handle(stream);
+}

@@ -1,0 +1,136 @@
+import fs from 'node:fs';
+import net from 'node:net';
+import http from 'node:http';
+import https from 'node:https';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
+import httpProxy from 'http-proxy';
+import {
+  impersonationHeaders,
+  relayUpgrade,
+  stripCallerHeaders,
+  type Identity,
+  type Logger,
+  type MuxStream,
+} from '@kubetunnel/shared';
+
+export interface ApiserverHttpConfig {
+  apiserver: URL;
+  apiserverCA?: string;
+  /** The agent's own token toward its apiserver (a service-account token), re-read as it rotates. */
+  tokenFile?: string;
+  log: Logger;
+}
+
+/** Re-reads a token file at most every few seconds (kubelet rotates projected tokens in place). */
+class TokenSource {
+  private value: string | undefined;
+  private readAt = 0;
+
+  constructor(private readonly file: string | undefined) {}
+
+  get(): string | undefined {
+    if (!this.file) return undefined;
+    const now = Date.now();
+    if (now - this.readAt > 5000) {
+      this.readAt = now;
+      try {
+        this.value = fs.readFileSync(this.file, 'utf8').trim();
+      } catch {
+        // Keep the last good token; the apiserver will answer 401 if it is stale.
+      }
+    }
+    return this.value;
+  }
+}
+
+/**
+ * Completes L7 (`http`) streams: each stream carries HTTP/1.1 requests from
+ * the hub for one caller, whose identity came in the OPEN. Every request goes
+ * to the apiserver with the agent's own token and impersonation headers for
+ * that identity; whatever credential or identity header arrived is removed
+ * first (the hub removed them too). Responses stream back as they arrive;
+ * upgrades (exec, attach, port-forward) are relayed.
+ */
+export class ApiserverHttp {
+  private readonly server: http.Server;
+  private readonly proxy: httpProxy;
+  private readonly agent: https.Agent;
+  private readonly token: TokenSource;
+
+  constructor(private readonly config: ApiserverHttpConfig) {
+    this.token = new TokenSource(config.tokenFile);
+    this.agent = new https.Agent({
+      keepAlive: true,
+      maxFreeSockets: 64,
+      ...(config.apiserverCA ? { ca: config.apiserverCA } : {}),
+    });
+    this.proxy = httpProxy.createProxyServer({});
+    this.proxy.on('error', (err: Error, _req: IncomingMessage, res: ServerResponse | Duplex) => {
+      config.log.debug({ err: err.message }, 'apiserver request failed');
+      if ('writeHead' in res && !res.headersSent) {
+        const body = JSON.stringify({ kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Failure', message: `agent could not reach the apiserver: ${err.message}`, reason: 'ServiceUnavailable', code: 502 });
+        res.writeHead(502, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(body) });
+        res.end(body);
+      } else res.destroy();
+    });
+    this.server = http.createServer({ keepAliveTimeout: 0 });
+    this.server.on('request', (req, res) => this.onRequest(req, res));
+    this.server.on('upgrade', (req, socket, head) => this.onUpgrade(req, socket, head));
+    this.server.on('clientError', (_err, socket: Duplex) => socket.destroy());
+  }
+
+  /** Serves the HTTP requests carried by one tunnel stream. */
+  handle(stream: MuxStream): void {
+    this.server.emit('connection', stream);
+  }
+
+  /** The headers the apiserver gets for a request of `identity`. */
+  upstreamHeaders(headers: http.IncomingHttpHeaders, identity: Identity): http.OutgoingHttpHeaders {
+    const out = stripCallerHeaders(headers);
+    out.host = this.config.apiserver.host;
+    Object.assign(out, impersonationHeaders(identity));
+    const token = this.token.get();
+    if (token) out.authorization = `Bearer ${token}`;
+    return out;
+  }
+
+  private identityOf(req: IncomingMessage): Identity | undefined {
+    return (req.socket as unknown as MuxStream).request?.identity;
+  }
+
+  private onRequest(req: IncomingMessage, res: ServerResponse): void {
+    const identity = this.identityOf(req);
+    if (!identity) {
+      res.writeHead(400, { 'Content-Type': 'text/plain' }).end('L7 stream without an identity\n');
+      return;
+    }
+    req.headers = this.upstreamHeaders(req.headers, identity) as http.IncomingHttpHeaders;
+    this.proxy.web(req, res, { target: this.config.apiserver.origin, agent: this.agent, secure: true, changeOrigin: false });
+  }
+
+  private onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+    const identity = this.identityOf(req);
+    if (!identity) return void socket.destroy();
+    const headers = this.upstreamHeaders(req.headers, identity);
+    headers.connection = 'Upgrade';
+    headers.upgrade = req.headers.upgrade;
+    const out = https.request({
+      host: this.config.apiserver.hostname,
+      port: this.config.apiserver.port || 443,
+      method: req.method,
+      path: req.url,
+      headers,
+      ...(this.config.apiserverCA ? { ca: this.config.apiserverCA } : {}),
+      ...(net.isIP(this.config.apiserver.hostname) ? {} : { servername: this.config.apiserver.hostname }),
+      agent: false,
+    });
+    relayUpgrade(socket, head, out, () => {});
+  }
+
+  close(): void {
+    this.server.close();
+    this.agent.destroy();
+    this.proxy.close();
+  }
+}

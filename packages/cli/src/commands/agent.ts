@@ -1,0 +1,76 @@
+import fs from 'node:fs';
+import os from 'node:os';
+import { createLogger, isValidClusterName, isValidHostPort } from '@kubetunnel/shared';
+import { startAgent, type Agent, type AgentConfig } from '@kubetunnel/agent';
+import { SettingError, type Settings } from '../options.js';
+
+const SA_DIR = '/var/run/secrets/kubernetes.io/serviceaccount';
+
+function readIfExists(path: string): string | undefined {
+  try {
+    return fs.readFileSync(path, 'utf8');
+  } catch {
+    return undefined;
+  }
+}
+
+/** Builds and checks the agent's config; in-cluster defaults come from the pod's environment. */
+export function agentConfig(s: Settings, env: NodeJS.ProcessEnv): AgentConfig {
+  const servers = s.list('server');
+  if (servers.length === 0) throw new SettingError('server', 'is required (wss://HOST:8091)');
+  for (const u of servers) {
+    let url: URL;
+    try {
+      url = new URL(u);
+    } catch {
+      throw new SettingError('server', `not a URL: ${JSON.stringify(u)}`);
+    }
+    if (url.protocol !== 'wss:') throw new SettingError('server', `want a wss:// URL, got ${JSON.stringify(u)}`);
+  }
+  const cluster = s.require('cluster');
+  if (!isValidClusterName(cluster)) throw new SettingError('cluster', 'want a DNS label: a-z, 0-9 and -, at most 63 characters');
+  let apiserverText = s.string('apiserver');
+  if (!apiserverText) {
+    const host = env.KUBERNETES_SERVICE_HOST;
+    const port = env.KUBERNETES_SERVICE_PORT ?? '443';
+    if (!host) throw new SettingError('apiserver', 'is required outside a cluster (no KUBERNETES_SERVICE_HOST)');
+    apiserverText = `https://${host.includes(':') ? `[${host}]` : host}:${port}`;
+  }
+  let apiserver: URL;
+  try {
+    apiserver = new URL(apiserverText);
+  } catch {
+    throw new SettingError('apiserver', `not a URL: ${JSON.stringify(apiserverText)}`);
+  }
+  if (apiserver.protocol !== 'https:') throw new SettingError('apiserver', 'want an https:// URL');
+  const allowDest = s.list('allow-dest');
+  for (const d of allowDest) if (!isValidHostPort(d)) throw new SettingError('allow-dest', `want HOST:PORT, got ${JSON.stringify(d)}`);
+  const apiserverCA = s.file('apiserver-ca') ?? readIfExists(`${SA_DIR}/ca.crt`);
+  const tokenFile = s.string('apiserver-token-file') || (fs.existsSync(`${SA_DIR}/token`) ? `${SA_DIR}/token` : undefined);
+  const config: AgentConfig = {
+    servers,
+    cluster,
+    agentId: s.string('agent-id') || os.hostname(),
+    cert: s.requireFile('cert'),
+    key: s.requireFile('key'),
+    ca: s.requireFile('ca'),
+    apiserver,
+    allowDest,
+    healthPort: s.port('health-port'),
+    healthHost: s.require('health-bind-address'),
+    gracePeriodMs: s.duration('grace-period'),
+    backoff: { initialMs: 500, maxMs: 30_000 },
+    dialTimeoutMs: s.duration('dial-timeout'),
+  };
+  if (apiserverCA) config.apiserverCA = apiserverCA;
+  if (tokenFile) config.apiserverTokenFile = tokenFile;
+  return config;
+}
+
+export async function runAgent(s: Settings, env: NodeJS.ProcessEnv): Promise<Agent> {
+  const log = createLogger((s.string('log-level') ?? 'info') as 'info');
+  const config = agentConfig(s, env);
+  const { cert: _c, key: _k, ca: _ca, apiserverCA, ...rest } = config;
+  log.info({ config: { ...rest, apiserver: config.apiserver.href, apiserverCA: apiserverCA ? 'set' : 'none' } }, 'starting kubetunnel agent');
+  return startAgent(config, log);
+}

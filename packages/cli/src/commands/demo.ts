@@ -1,0 +1,193 @@
+import { once } from 'node:events';
+import fs from 'node:fs';
+import path from 'node:path';
+import { startAgent, type Agent } from '@kubetunnel/agent';
+import {
+  Defaults,
+  certsAgent,
+  certsClient,
+  certsInit,
+  createCA,
+  createLogger,
+  issueServerCert,
+  type Logger,
+} from '@kubetunnel/shared';
+import { parseTokenFile, startServer, type KubetunnelServer } from '@kubetunnel/server';
+import { startStandinApiserver, type StandinApiserver } from '@kubetunnel/standin-apiserver';
+import { buildKubeconfig } from './kubeconfig.js';
+
+export interface DemoOptions {
+  dir: string;
+  ports: { proxy: number; agent: number; admin: number; health: number };
+  out: NodeJS.WritableStream;
+  /** Where logs go (default: DIR/kubetunnel.log). */
+  log?: Logger;
+}
+
+export interface Demo {
+  server: KubetunnelServer;
+  members: Array<{ name: string; apiserver: StandinApiserver; agent: Agent }>;
+  kubeconfig: string;
+  close(): Promise<void>;
+}
+
+const MEMBERS = ['member-1', 'member-2'];
+/** Demo identities at the hub: admin (all clusters) and dev. */
+const TOKENS = 'demo-admin-token,admin,1,"system:masters"\ndemo-dev-token,dev,2,"developers"\n';
+/** What the agents use toward their stand-in apiserver in L7 mode (a service-account token in a real cluster). */
+const AGENT_TOKEN = 'demo-agent-sa-token';
+
+function writeOnce(file: string, content: string, mode = 0o600): void {
+  if (!fs.existsSync(file)) fs.writeFileSync(file, content, { mode });
+}
+
+/**
+ * The whole product on one machine: a server, two stand-in member
+ * apiservers (not Kubernetes: a small TLS server that answers what the demo
+ * and tests need), an agent for each, and a kubeconfig to use them.
+ */
+export async function runDemo(opts: DemoOptions): Promise<Demo> {
+  const dir = path.resolve(opts.dir);
+  const certDir = path.join(dir, 'certs');
+  fs.mkdirSync(certDir, { recursive: true, mode: 0o700 });
+  if (!fs.existsSync(path.join(certDir, 'server.crt'))) certsInit(certDir, {});
+  const read = (f: string) => fs.readFileSync(path.join(certDir, f), 'utf8');
+  const tokenFile = path.join(dir, 'tokens.csv');
+  writeOnce(tokenFile, TOKENS);
+  const agentTokenFile = path.join(dir, 'agent-sa-token');
+  writeOnce(agentTokenFile, AGENT_TOKEN + '\n');
+
+  const logFile = path.join(dir, 'kubetunnel.log');
+  const log = opts.log ?? createLogger('info', fs.createWriteStream(logFile, { flags: 'a' }));
+  const hubCA = read('ca.crt');
+
+  const server = await startServer(
+    {
+      cert: read('server.crt'),
+      key: read('server.key'),
+      ca: hubCA,
+      bindAddress: '127.0.0.1',
+      proxyPort: opts.ports.proxy,
+      agentPort: opts.ports.agent,
+      healthPort: opts.ports.health,
+      adminPort: opts.ports.admin,
+      adminBindAddress: '127.0.0.1',
+      tokens: parseTokenFile(fs.readFileSync(tokenFile, 'utf8')),
+      serverId: 'demo-server',
+      serverCount: 1,
+      gracePeriodMs: 2000,
+      dialTimeoutMs: 10_000,
+      maxHeaderSize: Defaults.maxHeaderSize,
+      maxStreamsPerClient: 10_000,
+    },
+    log.child({ component: 'server' }),
+  );
+
+  const members: Demo['members'] = [];
+  const closeAll = async () => {
+    await Promise.all(members.map((m) => m.agent.close()));
+    await server.close();
+    await Promise.all(members.map((m) => m.apiserver.close()));
+  };
+  try {
+    for (const name of MEMBERS) {
+      // Each member cluster has its own CA, as real clusters do.
+      const memberDir = path.join(dir, name);
+      fs.mkdirSync(memberDir, { recursive: true, mode: 0o700 });
+      const caFile = path.join(memberDir, 'apiserver-ca.crt');
+      if (!fs.existsSync(caFile)) {
+        const ca = createCA({ commonName: `${name} stand-in apiserver CA` });
+        const cert = issueServerCert(ca, { sans: ['localhost', '127.0.0.1', 'kubernetes.default.svc', 'kubernetes.default', 'kubernetes'] });
+        fs.writeFileSync(path.join(memberDir, 'apiserver.crt'), cert.cert);
+        fs.writeFileSync(path.join(memberDir, 'apiserver.key'), cert.key, { mode: 0o600 });
+        fs.writeFileSync(caFile, ca.cert);
+      }
+      if (!fs.existsSync(path.join(certDir, `agent-${name}.crt`))) certsAgent(certDir, { cluster: name });
+      const apiserver = await startStandinApiserver({
+        cluster: name,
+        cert: fs.readFileSync(path.join(memberDir, 'apiserver.crt'), 'utf8'),
+        key: fs.readFileSync(path.join(memberDir, 'apiserver.key'), 'utf8'),
+        // CONNECT mode with client certificates: the member trusts the hub CA's users.
+        ca: hubCA,
+        tokens: {
+          'demo-admin-token': { user: 'admin', groups: ['system:masters'] },
+          'demo-dev-token': { user: 'dev', groups: ['developers'] },
+          [AGENT_TOKEN]: { user: `system:serviceaccount:kubetunnel:agent-${name}`, groups: ['system:serviceaccounts'] },
+        },
+        impersonators: [`system:serviceaccount:kubetunnel:agent-${name}`],
+      });
+      const registered = once(server.registry, 'change');
+      const agent = await startAgent(
+        {
+          servers: [`wss://localhost:${server.addresses.agent.port}`],
+          cluster: name,
+          agentId: `${name}-agent`,
+          cert: read(`agent-${name}.crt`),
+          key: read(`agent-${name}.key`),
+          ca: hubCA,
+          apiserver: new URL(apiserver.url),
+          apiserverCA: fs.readFileSync(caFile, 'utf8'),
+          allowDest: [],
+          healthPort: 0,
+          healthHost: '127.0.0.1',
+          gracePeriodMs: 2000,
+          backoff: { initialMs: 250, maxMs: 5000 },
+          dialTimeoutMs: 5000,
+          apiserverTokenFile: agentTokenFile,
+        },
+        log.child({ component: 'agent', cluster: name }),
+      );
+      members.push({ name, apiserver, agent });
+      await registered;
+    }
+  } catch (err) {
+    await closeAll();
+    throw err;
+  }
+
+  if (!fs.existsSync(path.join(certDir, 'client-admin.crt'))) certsClient(certDir, { user: 'admin', groups: ['system:masters'] });
+  const hub = `https://127.0.0.1:${server.addresses.proxy.port}`;
+  const kubeconfig = path.join(dir, 'kubeconfig');
+  fs.writeFileSync(
+    kubeconfig,
+    buildKubeconfig({
+      server: hub,
+      hubCA,
+      modes: ['connect', 'l7'],
+      clusters: MEMBERS.map((name) => ({ name, memberCA: fs.readFileSync(path.join(dir, name, 'apiserver-ca.crt'), 'utf8') })),
+      credentials: { token: 'demo-admin-token' },
+      tlsServerName: 'kubernetes.default.svc',
+    }),
+    { mode: 0o600 },
+  );
+
+  const rel = path.relative(process.cwd(), dir) || '.';
+  const admin = `http://127.0.0.1:${server.addresses.admin.port}`;
+  opts.out.write(
+    [
+      '',
+      'kubetunnel demo is running',
+      `  hub frontend   ${hub}  (CONNECT, and /clusters/<name>/... for L7)`,
+      `  agent gateway  wss://127.0.0.1:${server.addresses.agent.port}`,
+      `  admin          ${admin}/clusters`,
+      ...members.map((m) => `  ${m.name.padEnd(13)}  stand-in apiserver ${m.apiserver.url}, agent ${m.name}-agent connected`),
+      `  logs           ${path.relative(process.cwd(), logFile)}`,
+      '',
+      'Try, in another terminal:',
+      `  export KUBECONFIG=$PWD/${rel}/kubeconfig`,
+      '  kubectl --context member-1 get --raw /version        # CONNECT mode: TLS end to end',
+      '  kubectl --context member-2 get namespaces',
+      '  kubectl --context member-1 get namespaces --watch    # a watch through the tunnel',
+      '  kubectl --context member-1-l7 auth whoami            # L7 mode: the hub identity, impersonated',
+      `  curl --cacert ${rel}/member-2/apiserver-ca.crt --proxy ${hub} --proxy-cacert ${rel}/certs/ca.crt \\`,
+      '       --proxy-header "X-Cluster-Name: member-2" --proxy-user admin:demo-admin-token \\',
+      '       -H "Authorization: Bearer demo-admin-token" https://kubernetes.default.svc/version',
+      `  npx kubetunnel status --admin ${admin}`,
+      '',
+      'Ctrl-C stops the demo.',
+      '',
+    ].join('\n'),
+  );
+
+  return { server, members, kubeconfig, close: closeAll };
+}

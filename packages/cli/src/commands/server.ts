@@ -1,0 +1,60 @@
+import os from 'node:os';
+import { Defaults, createLogger } from '@kubetunnel/shared';
+import { parsePolicy, parseTokenFile, startServer, type ServerConfig, type KubetunnelServer } from '@kubetunnel/server';
+import { SettingError, type Settings } from '../options.js';
+
+/** Builds and checks the server's config; errors name the flag. */
+export function serverConfig(s: Settings): ServerConfig {
+  const tokenText = s.file('token-file');
+  let tokens: ServerConfig['tokens'] = new Map();
+  if (tokenText !== undefined) {
+    try {
+      tokens = parseTokenFile(tokenText);
+    } catch (err) {
+      throw new SettingError('token-file', (err as Error).message);
+    }
+  }
+  const serverCount = s.int('server-count', 1, 1000);
+  const config: ServerConfig = {
+    cert: s.requireFile('cert'),
+    key: s.requireFile('key'),
+    ca: s.requireFile('ca'),
+    bindAddress: s.require('bind-address'),
+    proxyPort: s.port('proxy-port'),
+    agentPort: s.port('agent-port'),
+    healthPort: s.port('health-port'),
+    adminPort: s.port('admin-port'),
+    adminBindAddress: s.require('admin-bind-address'),
+    tokens,
+    serverId: s.string('server-id') || os.hostname(),
+    serverCount,
+    gracePeriodMs: s.duration('grace-period'),
+    dialTimeoutMs: s.duration('dial-timeout'),
+    maxHeaderSize: Defaults.maxHeaderSize,
+    maxStreamsPerClient: 10_000,
+  };
+  const policyText = s.file('policy');
+  if (policyText !== undefined) {
+    try {
+      config.policy = parsePolicy(policyText);
+    } catch (err) {
+      throw new SettingError('policy', (err as Error).message);
+    }
+  }
+  const domain = s.string('cluster-domain');
+  if (domain) config.clusterDomain = domain;
+  return config;
+}
+
+/** The effective config for the start-up log: no key material, no tokens. */
+export function printable(config: ServerConfig): Record<string, unknown> {
+  const { cert: _c, key: _k, ca: _ca, tokens, policy, ...rest } = config;
+  return { ...rest, tokens: `${tokens.size} static tokens`, policy: policy ? `${policy.length} rules` : 'none' };
+}
+
+export async function runServer(s: Settings): Promise<KubetunnelServer> {
+  const log = createLogger((s.string('log-level') ?? 'info') as 'info');
+  const config = serverConfig(s);
+  log.info({ config: printable(config) }, 'starting kubetunnel server');
+  return startServer(config, log);
+}

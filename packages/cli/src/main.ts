@@ -1,0 +1,210 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { Command, Option } from 'commander';
+import { certsAgent, certsClient, certsInit } from '@kubetunnel/shared';
+import { runAgent } from './commands/agent.js';
+import { runDemo } from './commands/demo.js';
+import { buildKubeconfig } from './commands/kubeconfig.js';
+import { runServer } from './commands/server.js';
+import { fetchClusterCA, fetchClusters, formatStatus } from './commands/status.js';
+import { Settings, SettingError } from './options.js';
+
+const collect = (value: string, previous: string[] = []) => [...previous, value];
+
+/** Settings for a subcommand: flags, then KUBETUNNEL_* variables, then --config, then defaults. */
+function settings(cmd: Command): Settings {
+  const opts = cmd.opts();
+  return new Settings(
+    opts,
+    (name) => cmd.getOptionValueSource(name.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase())) === 'cli',
+    process.env,
+    (opts.config as string | undefined) ?? process.env.KUBETUNNEL_CONFIG,
+  );
+}
+
+/** Drains on the first SIGTERM/SIGINT; a second one exits at once. */
+function onSignals(name: string, drain: () => Promise<void>): void {
+  let stopping = false;
+  const handler = (signal: NodeJS.Signals) => {
+    if (stopping) {
+      process.stderr.write(`kubetunnel ${name}: second ${signal}, exiting now\n`);
+      process.exit(1);
+    }
+    stopping = true;
+    drain().then(
+      () => process.exit(0),
+      (err: unknown) => {
+        process.stderr.write(`kubetunnel ${name}: drain failed: ${String(err)}\n`);
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', handler);
+  process.on('SIGINT', handler);
+}
+
+const program = new Command('kubetunnel')
+  .description('Reverse-tunnel, multi-cluster Kubernetes API proxy')
+  .version('0.1.0')
+  .showHelpAfterError();
+
+const certs = program.command('certs').description('create development certificates (CA, server, agents, clients)');
+certs
+  .command('init')
+  .description('create a CA (if DIR has none) and a server certificate')
+  .requiredOption('--dir <dir>', 'where to write ca.crt, ca.key, server.crt, server.key')
+  .option('--san <name-or-ip>', 'extra subject alternative name of the server certificate (repeatable)', collect, [])
+  .action((o: { dir: string; san: string[] }) => report(certsInit(o.dir, { sans: o.san })));
+certs
+  .command('agent')
+  .description('issue an agent certificate bound to a cluster name')
+  .requiredOption('--dir <dir>', 'directory holding the CA')
+  .requiredOption('--cluster <name>', 'the cluster the agent serves')
+  .action((o: { dir: string; cluster: string }) => report(certsAgent(o.dir, { cluster: o.cluster })));
+certs
+  .command('client')
+  .description('issue a client certificate (user = CN, groups = O)')
+  .requiredOption('--dir <dir>', 'directory holding the CA')
+  .requiredOption('--user <name>', 'user name')
+  .option('--group <group>', 'group (repeatable)', collect, [])
+  .action((o: { dir: string; user: string; group: string[] }) => report(certsClient(o.dir, { user: o.user, groups: o.group })));
+
+function report(r: { files: string[] }): void {
+  for (const f of r.files) process.stdout.write(`wrote ${f}\n`);
+}
+
+program
+  .command('server')
+  .description('run the server: agent gateway, client frontend, health and admin endpoints')
+  .option('--cert <file>', 'server certificate (PEM)')
+  .option('--key <file>', 'server key (PEM)')
+  .option('--ca <file>', 'CA that signs agent and client certificates')
+  .option('--bind-address <addr>', 'address the proxy, agent and health ports bind', '0.0.0.0')
+  .option('--proxy-port <port>', 'client frontend (CONNECT and L7)', '8090')
+  .option('--agent-port <port>', 'agent gateway (wss, mTLS)', '8091')
+  .option('--health-port <port>', '/healthz and /readyz', '8092')
+  .option('--admin-port <port>', '/clusters and /metrics', '8095')
+  .option('--admin-bind-address <addr>', 'address the admin port binds', '127.0.0.1')
+  .option('--cluster-domain <domain>', 'CONNECT to <cluster>.<domain> selects <cluster>')
+  .option('--token-file <file>', 'static tokens (token,user,uid,"group1,group2")')
+  .option('--policy <file>', 'which users and groups may reach which clusters (YAML)')
+  .option('--server-id <id>', 'this replica\'s id (default: host name)')
+  .option('--server-count <n>', 'number of server replicas', '1')
+  .option('--grace-period <duration>', 'how long draining waits for streams', '30s')
+  .option('--dial-timeout <duration>', 'how long a CONNECT waits for the agent to reach its target', '10s')
+  .option('--config <file>', 'YAML file with any of these settings')
+  .addOption(new Option('--log-level <level>', 'log level').choices(['trace', 'debug', 'info', 'warn', 'error', 'silent']).default('info'))
+  .action(async (_o, cmd: Command) => {
+    const s = settings(cmd);
+    const server = await runServer(s);
+    onSignals('server', () => server.drain());
+  });
+
+program
+  .command('agent')
+  .description('run an agent: dial the server(s) and serve tunnel streams to this cluster\'s apiserver')
+  .option('--server <url>', 'server agent endpoint, wss://HOST:8091 (repeatable)', collect, [])
+  .option('--cluster <name>', 'the cluster this agent serves (must match its certificate)')
+  .option('--cert <file>', 'agent certificate (PEM)')
+  .option('--key <file>', 'agent key (PEM)')
+  .option('--ca <file>', 'CA of the server\'s certificate')
+  .option('--apiserver <url>', 'member apiserver (default: in-cluster https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT)')
+  .option('--apiserver-ca <file>', 'member apiserver CA (default: the service-account CA)')
+  .option('--apiserver-token-file <file>', 'token for L7 requests (default: the service-account token)')
+  .option('--allow-dest <host:port>', 'another target the agent may dial (repeatable)', collect, [])
+  .option('--health-port <port>', '/healthz and /readyz', '8093')
+  .option('--health-bind-address <addr>', 'address the health port binds', '0.0.0.0')
+  .option('--agent-id <id>', 'this agent\'s id (default: host name)')
+  .option('--grace-period <duration>', 'how long draining waits for streams', '30s')
+  .option('--dial-timeout <duration>', 'how long a dial to the apiserver may take', '5s')
+  .option('--config <file>', 'YAML file with any of these settings')
+  .addOption(new Option('--log-level <level>', 'log level').choices(['trace', 'debug', 'info', 'warn', 'error', 'silent']).default('info'))
+  .action(async (_o, cmd: Command) => {
+    const agent = await runAgent(settings(cmd), process.env);
+    onSignals('agent', () => agent.drain());
+  });
+
+program
+  .command('kubeconfig')
+  .description('write a kubeconfig with a context per cluster')
+  .requiredOption('--server <url>', 'the hub frontend, https://HOST:8090')
+  .requiredOption('--ca <file>', 'the hub CA')
+  .option('--client-cert <file>', 'client certificate (with --client-key)')
+  .option('--client-key <file>', 'client key')
+  .option('--token <token>', 'token from the server\'s token file')
+  .option('--member-token <token>', 'CONNECT mode: bearer token for the member apiservers (default: --token)')
+  .option('--clusters <list>', 'comma-separated cluster names, or "all" for every known cluster', 'all')
+  .addOption(new Option('--mode <mode>', 'connect (end-to-end TLS) or l7 (hub identity, impersonation)').choices(['connect', 'l7']).default('connect'))
+  .option('--admin <url>', 'admin endpoint, for the cluster list and member CAs', 'http://127.0.0.1:8095')
+  .option('--tls-server-name <name>', 'server name checked on the hub and members', 'kubernetes.default.svc')
+  .option('--out <file>', 'write here instead of standard output')
+  .action(async (o: Record<string, string | undefined>) => {
+    const hubCA = fs.readFileSync(o.ca!, 'utf8');
+    let credentials: { clientCert: string; clientKey: string } | { token: string };
+    if (o.clientCert || o.clientKey) {
+      if (!o.clientCert || !o.clientKey) throw new SettingError('client-cert', 'give both --client-cert and --client-key');
+      credentials = { clientCert: fs.readFileSync(o.clientCert, 'utf8'), clientKey: fs.readFileSync(o.clientKey, 'utf8') };
+    } else if (o.token) credentials = { token: o.token };
+    else throw new SettingError('token', 'give --token or --client-cert and --client-key');
+    const names =
+      o.clusters === 'all'
+        ? (await fetchClusters(o.admin!)).clusters.map((c) => c.name)
+        : o.clusters!.split(',').map((s) => s.trim()).filter(Boolean);
+    const mode = o.mode as 'connect' | 'l7';
+    const clusters = await Promise.all(
+      names.map(async (name) => {
+        const memberCA = mode === 'connect' ? await fetchClusterCA(o.admin!, name) : undefined;
+        if (mode === 'connect' && !memberCA)
+          process.stderr.write(`warning: no apiserver CA known for cluster ${name}; kubectl will not trust its apiserver\n`);
+        return memberCA ? { name, memberCA } : { name };
+      }),
+    );
+    const text = buildKubeconfig({
+      server: o.server!,
+      hubCA,
+      modes: [mode],
+      clusters,
+      credentials,
+      tlsServerName: o.tlsServerName!,
+      ...(o.memberToken ? { memberToken: o.memberToken } : {}),
+    });
+    if (o.out) {
+      fs.mkdirSync(path.dirname(path.resolve(o.out)), { recursive: true });
+      fs.writeFileSync(o.out, text, { mode: 0o600 });
+      process.stdout.write(`wrote ${o.out} with contexts: ${clusters.map((c) => c.name + (mode === 'l7' ? '-l7' : '')).join(', ')}\n`);
+    } else process.stdout.write(text);
+  });
+
+program
+  .command('status')
+  .description('show clusters, agents and streams of a running server')
+  .option('--admin <url>', 'admin endpoint', 'http://127.0.0.1:8095')
+  .option('--json', 'print the raw JSON')
+  .action(async (o: { admin: string; json?: boolean }) => {
+    const r = await fetchClusters(o.admin);
+    process.stdout.write(o.json ? JSON.stringify(r, null, 2) + '\n' : formatStatus(r));
+  });
+
+program
+  .command('demo')
+  .description('run a server, two stand-in member apiservers and an agent for each, on this machine')
+  .option('--dir <dir>', 'where certificates, tokens and the kubeconfig go', 'demo')
+  .option('--proxy-port <port>', 'the hub frontend port', '8090')
+  .option('--agent-port <port>', 'the agent gateway port', '8091')
+  .option('--admin-port <port>', 'the admin port', '8095')
+  .option('--health-port <port>', 'the server health port', '8092')
+  .action(async (o: { dir: string; proxyPort: string; agentPort: string; adminPort: string; healthPort: string }) => {
+    const demo = await runDemo({
+      dir: o.dir,
+      ports: { proxy: Number(o.proxyPort), agent: Number(o.agentPort), admin: Number(o.adminPort), health: Number(o.healthPort) },
+      out: process.stdout,
+    });
+    onSignals('demo', () => demo.close());
+  });
+
+program.parseAsync(process.argv).catch((err: unknown) => {
+  const cmd = process.argv[2] ?? '';
+  const msg = err instanceof Error ? err.message : String(err);
+  process.stderr.write(`kubetunnel ${cmd}: ${msg}\n`);
+  process.exit(err instanceof SettingError ? 2 : 1);
+});

@@ -1,0 +1,205 @@
+/**
+ * End-to-end harness: runs the `kubetunnel` command as real processes (the
+ * built JavaScript; `npm test` builds first), stand-in member apiservers in
+ * this process, and drives them with real clients.
+ */
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import tls from 'node:tls';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+
+export const ROOT = fileURLToPath(new URL('..', import.meta.url));
+export const CLI = path.join(ROOT, 'packages/cli/bin/kubetunnel.js');
+export const execFileP = promisify(execFile);
+
+export interface LogLine {
+  msg?: string;
+  level?: number;
+  [k: string]: unknown;
+}
+
+/** A running `kubetunnel` process whose JSON log lines can be awaited. */
+export class Proc {
+  readonly child: ChildProcess;
+  readonly lines: LogLine[] = [];
+  readonly stderr: string[] = [];
+  readonly exited: Promise<number | null>;
+  private waiters: Array<{ pred: (l: LogLine) => boolean; resolve: (l: LogLine) => void }> = [];
+
+  constructor(args: string[], env: NodeJS.ProcessEnv = {}) {
+    this.child = spawn(process.execPath, [CLI, ...args], {
+      env: { ...process.env, ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let buf = '';
+    this.child.stdout!.setEncoding('utf8').on('data', (chunk: string) => {
+      buf += chunk;
+      let nl: number;
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        const text = buf.slice(0, nl);
+        buf = buf.slice(nl + 1);
+        let line: LogLine;
+        try {
+          line = JSON.parse(text) as LogLine;
+        } catch {
+          line = { msg: text };
+        }
+        this.lines.push(line);
+        this.waiters = this.waiters.filter((w) => (w.pred(line) ? (w.resolve(line), false) : true));
+      }
+    });
+    this.child.stderr!.setEncoding('utf8').on('data', (c: string) => this.stderr.push(c));
+    this.exited = once(this.child, 'exit').then(([code]) => code as number | null);
+  }
+
+  /** The first log line (past or future) that matches; fails if the process exits first. */
+  waitFor(pred: (l: LogLine) => boolean, what = 'log line'): Promise<LogLine> {
+    const seen = this.lines.find(pred);
+    if (seen) return Promise.resolve(seen);
+    return new Promise((resolve, reject) => {
+      this.waiters.push({ pred, resolve });
+      this.exited.then((code) =>
+        reject(new Error(`process exited (${code}) before ${what}; stderr: ${this.stderr.join('').slice(-2000)}`)),
+      );
+    });
+  }
+
+  /** Number of log lines that match so far. */
+  count(pred: (l: LogLine) => boolean): number {
+    return this.lines.filter(pred).length;
+  }
+
+  async stop(signal: NodeJS.Signals = 'SIGTERM'): Promise<number | null> {
+    if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill(signal);
+    return this.exited;
+  }
+}
+
+export function tmpDir(prefix = 'kubetunnel-test-'): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+}
+
+export async function cli(...args: string[]): Promise<string> {
+  const { stdout } = await execFileP(process.execPath, [CLI, ...args]);
+  return stdout;
+}
+
+export interface ServerProc {
+  proc: Proc;
+  proxy: number;
+  agent: number;
+  health: number;
+  admin: number;
+  adminUrl: string;
+}
+
+/** Starts `kubetunnel server` on free ports and waits until all four listeners are up. */
+export async function startServerProc(certDir: string, extra: string[] = [], ports: Partial<Record<'proxy' | 'agent' | 'health' | 'admin', number>> = {}): Promise<ServerProc> {
+  const proc = new Proc([
+    'server',
+    '--cert', path.join(certDir, 'server.crt'),
+    '--key', path.join(certDir, 'server.key'),
+    '--ca', path.join(certDir, 'ca.crt'),
+    '--bind-address', '127.0.0.1',
+    '--proxy-port', String(ports.proxy ?? 0),
+    '--agent-port', String(ports.agent ?? 0),
+    '--health-port', String(ports.health ?? 0),
+    '--admin-port', String(ports.admin ?? 0),
+    '--grace-period', '2s',
+    ...extra,
+  ]);
+  const port = async (name: string) => {
+    const l = await proc.waitFor((l) => l.listener === name && typeof l.address === 'string', `${name} listener`);
+    return Number(String(l.address).split(':').pop());
+  };
+  const [proxy, agent, health, admin] = await Promise.all(['proxy', 'agent', 'health', 'admin'].map(port));
+  return { proc, proxy: proxy!, agent: agent!, health: health!, admin: admin!, adminUrl: `http://127.0.0.1:${admin}` };
+}
+
+/** Starts `kubetunnel agent` for a cluster and waits until the server has registered it. */
+export async function startAgentProc(
+  certDir: string,
+  server: ServerProc,
+  cluster: string,
+  apiserverUrl: string,
+  apiserverCAFile: string,
+  extra: string[] = [],
+): Promise<Proc> {
+  const before = server.proc.count((l) => l.msg === 'agent registered' && l.cluster === cluster);
+  const proc = new Proc([
+    'agent',
+    '--server', `wss://localhost:${server.agent}`,
+    '--cluster', cluster,
+    '--cert', path.join(certDir, `agent-${cluster}.crt`),
+    '--key', path.join(certDir, `agent-${cluster}.key`),
+    '--ca', path.join(certDir, 'ca.crt'),
+    '--apiserver', apiserverUrl,
+    '--apiserver-ca', apiserverCAFile,
+    '--health-port', '0',
+    '--health-bind-address', '127.0.0.1',
+    '--grace-period', '2s',
+    ...extra,
+  ]);
+  // Registered: the (before + 1)-th registration line for this cluster.
+  let n = 0;
+  await server.proc.waitFor((l) => l.msg === 'agent registered' && l.cluster === cluster && ++n > before, `registration of ${cluster}`);
+  return proc;
+}
+
+export interface ClustersJson {
+  serverId: string;
+  clusters: Array<{ name: string; openStreams: number; pendingDials: number; agents: Array<{ id: string; openStreams: number }> }>;
+}
+
+export async function clustersJson(adminUrl: string): Promise<ClustersJson> {
+  const res = await fetch(`${adminUrl}/clusters`);
+  return (await res.json()) as ClustersJson;
+}
+
+/**
+ * Sends raw bytes over TLS to the frontend and returns the response head
+ * (status and reason body), for the bad-input cases no client would send.
+ */
+export async function rawConnect(
+  port: number,
+  request: string,
+  opts: { ca: string; cert?: string; key?: string } ,
+): Promise<{ status: number; head: string; body: string }> {
+  const socket = tls.connect({ host: '127.0.0.1', port, ca: opts.ca, servername: 'localhost', cert: opts.cert, key: opts.key });
+  await once(socket, 'secureConnect');
+  socket.write(request);
+  let data = '';
+  socket.setEncoding('utf8');
+  await new Promise<void>((resolve) => {
+    socket.on('data', (c: string) => {
+      data += c;
+      const end = data.indexOf('\r\n\r\n');
+      if (end >= 0) {
+        const len = /content-length:\s*(\d+)/i.exec(data.slice(0, end));
+        if (!len || data.length >= end + 4 + Number(len[1])) resolve();
+      }
+    });
+    socket.on('end', resolve);
+    socket.on('error', () => resolve());
+  });
+  socket.destroy();
+  const end = data.indexOf('\r\n\r\n');
+  const head = end >= 0 ? data.slice(0, end) : data;
+  const status = Number(/^HTTP\/1\.1 (\d{3})/.exec(head)?.[1] ?? 0);
+  return { status, head, body: end >= 0 ? data.slice(end + 4) : '' };
+}
+
+/** Runs a command and resolves with its output; rejects with stderr on failure. */
+export async function run(cmd: string, args: string[], env: NodeJS.ProcessEnv = {}): Promise<string> {
+  try {
+    const { stdout } = await execFileP(cmd, args, { env: { ...process.env, ...env }, timeout: 30_000 });
+    return stdout;
+  } catch (err) {
+    const e = err as { stderr?: string; message: string };
+    throw new Error(`${cmd} ${args.join(' ')} failed: ${e.stderr || e.message}`);
+  }
+}
