@@ -1,0 +1,215 @@
+/**
+ * Server and agent in one process with real TLS, real WebSockets and real
+ * sockets: what the agent refuses, how it registers, reconnects and drains.
+ */
+import { once } from 'node:events';
+import net from 'node:net';
+import tls from 'node:tls';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { startAgent, type Agent, type AgentConfig } from '@kubetunnel/agent';
+import { startServer, type KubetunnelServer, type ServerConfig } from '@kubetunnel/server';
+import { Defaults, createCA, issueAgentCert, issueServerCert, silentLogger, type Pem } from '@kubetunnel/shared';
+import { expectNoLeaks, liveResources } from '../packages/shared/test/helpers.js';
+
+const ca = createCA();
+const serverPem = issueServerCert(ca, { sans: ['localhost', '127.0.0.1'] });
+const agentPem = issueAgentCert(ca, { cluster: 'member-1' });
+
+function serverConfig(): ServerConfig {
+  return {
+    cert: serverPem.cert,
+    key: serverPem.key,
+    ca: ca.cert,
+    bindAddress: '127.0.0.1',
+    proxyPort: 0,
+    agentPort: 0,
+    healthPort: 0,
+    adminPort: 0,
+    adminBindAddress: '127.0.0.1',
+    tokens: new Map([['t', { user: 'alice', uid: '1', groups: [] }]]),
+    serverId: 'test-server',
+    serverCount: 1,
+    gracePeriodMs: 2000,
+    dialTimeoutMs: 2000,
+    maxHeaderSize: Defaults.maxHeaderSize,
+    maxStreamsPerClient: 100,
+  };
+}
+
+function agentConfig(server: KubetunnelServer, apiserverPort: number, pem: Pem = agentPem, extra: Partial<AgentConfig> = {}): AgentConfig {
+  return {
+    servers: [`wss://localhost:${server.addresses.agent.port}`],
+    cluster: 'member-1',
+    agentId: 'a1',
+    cert: pem.cert,
+    key: pem.key,
+    ca: ca.cert,
+    apiserver: new URL(`https://127.0.0.1:${apiserverPort}`),
+    allowDest: [],
+    healthPort: 0,
+    healthHost: '127.0.0.1',
+    gracePeriodMs: 2000,
+    backoff: { initialMs: 20, maxMs: 200 },
+    dialTimeoutMs: 2000,
+    ...extra,
+  };
+}
+
+/** A TCP echo server that counts the connections it accepted. */
+async function echoServer(): Promise<{ port: number; accepted: () => number; close(): Promise<void> }> {
+  let accepted = 0;
+  const sockets = new Set<net.Socket>();
+  const srv = net.createServer({ allowHalfOpen: true }, (s) => {
+    accepted++;
+    sockets.add(s);
+    s.on('close', () => sockets.delete(s));
+    s.pipe(s);
+  });
+  srv.listen(0, '127.0.0.1');
+  await once(srv, 'listening');
+  return {
+    port: (srv.address() as net.AddressInfo).port,
+    accepted: () => accepted,
+    close: async () => {
+      for (const s of sockets) s.destroy();
+      srv.close();
+      await once(srv, 'close');
+    },
+  };
+}
+
+let server: KubetunnelServer;
+let agent: Agent | undefined;
+let echo: Awaited<ReturnType<typeof echoServer>>;
+let before: Record<string, number>;
+
+beforeEach(async () => {
+  before = liveResources();
+  server = await startServer(serverConfig(), silentLogger());
+  echo = await echoServer();
+});
+
+afterEach(async () => {
+  expect(server.registry.totals()).toMatchObject({ openStreams: 0, pendingDials: 0 });
+  if (agent) expect(agent.openStreams()).toBe(0);
+  await agent?.close();
+  agent = undefined;
+  await server.close();
+  await echo.close();
+  await expectNoLeaks(before);
+});
+
+async function registered(cluster = 'member-1', agents = 1): Promise<void> {
+  while ((server.registry.get(cluster)?.agents.size ?? 0) < agents) await once(server.registry, 'change');
+}
+
+/** CONNECT through the frontend; resolves with the status line and the socket. */
+async function connect(target: string, cluster: string): Promise<{ status: string; socket: tls.TLSSocket }> {
+  const socket = tls.connect({ host: '127.0.0.1', port: server.addresses.proxy.port, ca: ca.cert, servername: 'localhost' });
+  await once(socket, 'secureConnect');
+  socket.write(`CONNECT ${target} HTTP/1.1\r\nHost: ${target}\r\nX-Cluster-Name: ${cluster}\r\nProxy-Authorization: Bearer t\r\n\r\n`);
+  const [data] = (await once(socket, 'data')) as [Buffer];
+  return { status: data.toString().split('\r\n')[0]!, socket };
+}
+
+describe('agent and server in one process', () => {
+  it('an OPEN for a target the agent does not allow is refused with a code, and no connection is made', async () => {
+    agent = await startAgent(agentConfig(server, echo.port), silentLogger());
+    await registered();
+    const tunnel = [...server.registry.get('member-1')!.agents.values()][0]!;
+    // A crafted OPEN, as a compromised server could send it.
+    await expect(tunnel.session.open({ kind: 'tcp', target: `127.0.0.1:${echo.port}` })).rejects.toMatchObject({
+      reason: 'TARGET_NOT_ALLOWED',
+    });
+    await expect(tunnel.session.open({ kind: 'tcp', target: 'metadata.internal:80' })).rejects.toMatchObject({
+      reason: 'TARGET_NOT_ALLOWED',
+    });
+    expect(echo.accepted()).toBe(0);
+    // The apiserver target itself is dialed.
+    const s = await tunnel.session.open({ kind: 'tcp', target: 'apiserver' });
+    s.end('ping');
+    const chunks: Buffer[] = [];
+    for await (const c of s.iterator({ destroyOnReturn: false })) chunks.push(c as Buffer);
+    expect(Buffer.concat(chunks).toString()).toBe('ping');
+    expect(echo.accepted()).toBe(1);
+  });
+
+  it('a CONNECT naming an allow-listed host:port exactly reaches it; any other host:port reaches the apiserver', async () => {
+    const other = await echoServer();
+    try {
+      agent = await startAgent(agentConfig(server, echo.port, agentPem, { allowDest: [`127.0.0.1:${other.port}`] }), silentLogger());
+      await registered();
+      const a = await connect(`127.0.0.1:${other.port}`, 'member-1');
+      expect(a.status).toBe('HTTP/1.1 200 Connection established');
+      a.socket.destroy();
+      await once(a.socket, 'close');
+      expect(other.accepted()).toBe(1);
+      const b = await connect('10.9.9.9:443', 'member-1');
+      expect(b.status).toBe('HTTP/1.1 200 Connection established');
+      b.socket.destroy();
+      await once(b.socket, 'close');
+      expect(echo.accepted()).toBe(1);
+      expect(other.accepted()).toBe(1);
+      while (server.registry.totals().openStreams > 0 || agent.openStreams() > 0) await new Promise((r) => setImmediate(r));
+    } finally {
+      await other.close();
+    }
+  });
+
+  it('a dial to a closed port answers 502 with the reason', async () => {
+    const closed = await echoServer();
+    await closed.close();
+    agent = await startAgent(agentConfig(server, closed.port), silentLogger());
+    await registered();
+    const r = await connect('member-1:443', 'member-1');
+    expect(r.status).toBe('HTTP/1.1 502 Bad Gateway');
+    r.socket.destroy();
+  });
+
+  it('reconnects with backoff after the server drops the tunnel', async () => {
+    agent = await startAgent(agentConfig(server, echo.port), silentLogger());
+    await registered();
+    const first = [...server.registry.get('member-1')!.agents.values()][0]!;
+    const again = once(agent.connector, 'session');
+    first.session.close();
+    await again;
+    await registered();
+    expect([...server.registry.get('member-1')!.agents.values()][0]).not.toBe(first);
+  });
+
+  it('drain: GOAWAY, open streams finish, then the agent closes its tunnels', async () => {
+    agent = await startAgent(agentConfig(server, echo.port), silentLogger());
+    await registered();
+    const tunnel = [...server.registry.get('member-1')!.agents.values()][0]!;
+    const s = await tunnel.session.open({ kind: 'tcp', target: 'apiserver' });
+    const goaway = once(tunnel.session, 'goaway');
+    const drained = agent.drain(5000);
+    await goaway;
+    expect(tunnel.session.usable).toBe(false);
+    s.end('last');
+    const chunks: Buffer[] = [];
+    for await (const c of s.iterator({ destroyOnReturn: false })) chunks.push(c as Buffer);
+    expect(Buffer.concat(chunks).toString()).toBe('last');
+    await drained;
+    await once(tunnel.session, 'close');
+    agent = undefined;
+  });
+
+  it('several agents of one cluster share its streams; a dead one gets none', async () => {
+    const pemB = issueAgentCert(ca, { cluster: 'member-1' });
+    agent = await startAgent(agentConfig(server, echo.port), silentLogger());
+    const b = await startAgent(agentConfig(server, echo.port, pemB, { agentId: 'a2' }), silentLogger());
+    await registered('member-1', 2);
+    const sockets = [];
+    for (let i = 0; i < 4; i++) sockets.push((await connect('member-1:443', 'member-1')).socket);
+    const perAgent = [...server.registry.get('member-1')!.agents.values()].map((t) => t.session.openStreams);
+    expect(perAgent).toEqual([2, 2]);
+    for (const s of sockets) s.destroy();
+    await b.close();
+    while ((server.registry.get('member-1')?.agents.size ?? 0) > 1) await once(server.registry, 'change');
+    const r = await connect('member-1:443', 'member-1');
+    expect(r.status).toBe('HTTP/1.1 200 Connection established');
+    r.socket.destroy();
+    while (server.registry.totals().openStreams > 0 || agent.openStreams() > 0) await new Promise((res) => setImmediate(res));
+  });
+});
