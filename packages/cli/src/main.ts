@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { Command, Option } from 'commander';
-import { certsAgent, certsClient, certsInit } from '@kubetunnel/shared';
+import { Defaults, certsAgent, certsClient, certsInit } from '@kubetunnel/shared';
 import { runAgent } from './commands/agent.js';
 import { runDemo } from './commands/demo.js';
 import { buildKubeconfig } from './commands/kubeconfig.js';
@@ -166,6 +166,7 @@ program
       clusters,
       credentials,
       tlsServerName: o.tlsServerName!,
+      l7ServerNameSuffix: Defaults.l7ServerNameSuffix,
       ...(o.memberToken ? { memberToken: o.memberToken } : {}),
     });
     if (o.out) {

@@ -14,16 +14,25 @@ export interface L7Deps extends DialDeps {
   log: Logger;
   /** One line per L7 request (user, cluster, method, path, status, bytes, duration). */
   audit: Logger;
+  /** TLS server names <cluster>.<suffix> select a cluster for L7 requests. */
+  serverNameSuffix: string;
 }
 
 export type L7Route = { cluster: string; path: string } | { error: string };
 
 /**
  * Which cluster an L7 request is for: `/clusters/<name>/<rest>` (the rest goes
- * to the member unchanged, query included), or any path with X-Cluster-Name.
- * Undefined: not an L7 request.
+ * to the member unchanged, query included); else any path with
+ * X-Cluster-Name; else any path on a TLS connection whose server name is
+ * `<name>.<serverNameSuffix>` (kubectl get --raw drops the path prefix of the
+ * server URL, but keeps tls-server-name). Undefined: not an L7 request.
  */
-export function routeL7(url: string, clusterHeader: string | string[] | undefined): L7Route | undefined {
+export function routeL7(
+  url: string,
+  clusterHeader: string | string[] | undefined,
+  serverName?: string,
+  serverNameSuffix?: string,
+): L7Route | undefined {
   const m = /^\/clusters\/([^/?#]*)([^?#]*)(\?[^#]*)?$/.exec(url);
   if (m) {
     let name: string;
@@ -35,9 +44,16 @@ export function routeL7(url: string, clusterHeader: string | string[] | undefine
     if (!isValidClusterName(name)) return { error: `invalid cluster name ${JSON.stringify(name)} in path` };
     return { cluster: name, path: (m[2] || '/') + (m[3] ?? '') };
   }
-  if (clusterHeader === undefined) return undefined;
-  if (Array.isArray(clusterHeader) || !isValidClusterName(clusterHeader)) return { error: 'invalid X-Cluster-Name' };
-  return { cluster: clusterHeader, path: url };
+  if (clusterHeader !== undefined) {
+    if (Array.isArray(clusterHeader) || !isValidClusterName(clusterHeader)) return { error: 'invalid X-Cluster-Name' };
+    return { cluster: clusterHeader, path: url };
+  }
+  const suffix = `.${serverNameSuffix}`;
+  if (serverName && serverNameSuffix && serverName.toLowerCase().endsWith(suffix)) {
+    const name = serverName.slice(0, -suffix.length).toLowerCase();
+    if (isValidClusterName(name)) return { cluster: name, path: url };
+  }
+  return undefined;
 }
 
 /** An http.Agent that hands out one already-open tunnel stream. */
@@ -80,7 +96,8 @@ export function l7Handlers(deps: L7Deps): HttpHandlers {
 
   /** Steps shared by plain requests and upgrades; answers errors through `fail`. */
   const prepare = (req: IncomingMessage, fail: (code: number, msg: string) => void): Prepared | undefined => {
-    const route = routeL7(req.url ?? '/', req.headers['x-cluster-name']);
+    const servername = (req.socket as TLSSocket).servername;
+    const route = routeL7(req.url ?? '/', req.headers['x-cluster-name'], typeof servername === 'string' ? servername : undefined, deps.serverNameSuffix);
     if (!route) return undefined;
     if ('error' in route) return void fail(400, route.error);
     const auth = authenticate(req.socket as TLSSocket, req.headers.authorization, deps.tokens);

@@ -1,7 +1,7 @@
 import { once } from 'node:events';
 import type { Server } from 'node:net';
 import type { AddressInfo } from 'node:net';
-import type { Logger } from '@kubetunnel/shared';
+import { Defaults, type Logger } from '@kubetunnel/shared';
 import { createAdminServer, createHealthServer } from './admin.js';
 import { AgentGateway } from './agent-gateway.js';
 import type { ServerConfig } from './config.js';
@@ -56,7 +56,12 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ku
   };
   const gateway = new AgentGateway(config, registry, metrics, log.child({ component: 'agent-gateway' }));
   if (!config.policy) log.warn('no policy: every authenticated identity may reach every cluster');
-  const l7 = l7Handlers({ ...deps, log: log.child({ frontend: 'l7' }), audit: log.child({ component: 'audit' }) });
+  const l7 = l7Handlers({
+    ...deps,
+    log: log.child({ frontend: 'l7' }),
+    audit: log.child({ component: 'audit' }),
+    serverNameSuffix: config.clusterDomain ?? Defaults.l7ServerNameSuffix,
+  });
   const frontend = new Frontend(config, deps, l7, log.child({ component: 'frontend' }));
   let draining = false;
   const health = createHealthServer(() => (draining ? 'draining' : true));

@@ -23,6 +23,12 @@ export const Defaults = {
   gracePeriodMs: 30_000,
   /** Largest HTTP header block accepted by the frontends. */
   maxHeaderSize: 16 * 1024,
+  /**
+   * L7 clients that drop the /clusters/<name> path prefix (kubectl get --raw
+   * does) name the cluster in the TLS server name: <cluster>.<this suffix>,
+   * unless the server has a --cluster-domain.
+   */
+  l7ServerNameSuffix: 'clusters.kubetunnel',
   /** WebSocket payload limit on the tunnel. */
   maxWsPayload: 1024 * 1024,
 } as const;

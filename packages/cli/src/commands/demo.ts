@@ -157,6 +157,7 @@ export async function runDemo(opts: DemoOptions): Promise<Demo> {
       clusters: MEMBERS.map((name) => ({ name, memberCA: fs.readFileSync(path.join(dir, name, 'apiserver-ca.crt'), 'utf8') })),
       credentials: { token: 'demo-admin-token' },
       tlsServerName: 'kubernetes.default.svc',
+      l7ServerNameSuffix: Defaults.l7ServerNameSuffix,
     }),
     { mode: 0o600 },
   );

@@ -10,8 +10,10 @@ export interface KubeconfigInput {
   credentials: { clientCert: string; clientKey: string } | { token: string };
   /** Bearer token for the member apiservers in CONNECT mode, when it differs from the hub token. */
   memberToken?: string;
-  /** Server name kubectl checks on the hub (and, in CONNECT mode, on the member). */
+  /** CONNECT mode: the server name kubectl checks on the hub and on the member. */
   tlsServerName: string;
+  /** L7 mode: contexts use the server name <cluster>.<suffix>. */
+  l7ServerNameSuffix: string;
 }
 
 const b64 = (s: string) => Buffer.from(s, 'utf8').toString('base64');
@@ -29,9 +31,11 @@ const b64 = (s: string) => Buffer.from(s, 'utf8').toString('base64');
  * certificate gets it from `kubetunnel certs init`), and a token goes to the
  * hub as proxy-url userinfo (kubectl turns it into Proxy-Authorization).
  *
- * L7 mode: `server: https://hub/clusters/<name>`, the hub CA, and the hub
- * credentials; the hub decides who the caller is and the agent impersonates
- * them in the member cluster.
+ * L7 mode: `server: https://hub/clusters/<name>`, the hub CA, the hub
+ * credentials, and `tls-server-name: <name>.clusters.kubetunnel` (kubectl
+ * get --raw drops the path prefix; the server name still says which cluster,
+ * and the hub certificate from `certs init` carries *.clusters.kubetunnel);
+ * the hub decides who the caller is and the agent impersonates them.
  */
 export function buildKubeconfig(input: KubeconfigInput): string {
   const hub = new URL(input.server);
@@ -50,7 +54,12 @@ export function buildKubeconfig(input: KubeconfigInput): string {
     for (const c of input.clusters) {
       let cluster: Record<string, string>;
       if (mode === 'l7') {
-        cluster = { server: `${hub.origin}/clusters/${c.name}`, 'certificate-authority-data': b64(input.hubCA) };
+        cluster = {
+          server: `${hub.origin}/clusters/${c.name}`,
+          'certificate-authority-data': b64(input.hubCA),
+          // kubectl get --raw drops the path prefix; the server name still names the cluster.
+          'tls-server-name': `${c.name}.${input.l7ServerNameSuffix}`,
+        };
       } else {
         const proxy = new URL(hub.origin);
         if (token !== undefined) {
@@ -63,7 +72,7 @@ export function buildKubeconfig(input: KubeconfigInput): string {
           'certificate-authority-data': b64(input.hubCA.trimEnd() + '\n' + (c.memberCA ?? '')),
         };
       }
-      cluster['tls-server-name'] = input.tlsServerName;
+      cluster['tls-server-name'] ??= input.tlsServerName;
       clusters.push({ name: c.name + suffix, cluster });
       contexts.push({ name: c.name + suffix, context: { cluster: c.name + suffix, user: userName } });
     }

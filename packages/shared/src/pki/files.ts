@@ -1,5 +1,6 @@
 import fs from 'node:fs';
 import path from 'node:path';
+import { Defaults } from '../constants.js';
 import { createCA, issueAgentCert, issueClientCert, issueServerCert, type Pem } from './issue.js';
 
 /**
@@ -8,6 +9,8 @@ import { createCA, issueAgentCert, issueClientCert, issueServerCert, type Pem } 
  * kubernetes.default.svc is the name every apiserver certificate has.
  */
 const KUBERNETES_NAMES = ['kubernetes.default.svc', 'kubernetes.default', 'kubernetes'];
+/** L7 contexts name their cluster in the server name: <cluster>.clusters.kubetunnel. */
+const L7_NAMES = [`*.${Defaults.l7ServerNameSuffix}`];
 
 function writePem(dir: string, base: string, pem: Pem): string[] {
   const crt = path.join(dir, `${base}.crt`);
@@ -36,7 +39,7 @@ export function certsInit(dir: string, opts: { sans?: string[] }): { files: stri
     ca = createCA();
     files.push(...writePem(dir, 'ca', ca));
   }
-  const sans = ['localhost', '127.0.0.1', ...KUBERNETES_NAMES, ...(opts.sans ?? [])];
+  const sans = ['localhost', '127.0.0.1', ...KUBERNETES_NAMES, ...L7_NAMES, ...(opts.sans ?? [])];
   files.push(...writePem(dir, 'server', issueServerCert(ca, { sans, commonName: 'kubetunnel-server' })));
   return { files };
 }
