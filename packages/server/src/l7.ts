@@ -3,7 +3,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
 import httpProxy from 'http-proxy';
-import { isValidClusterName, relayUpgrade, stripCallerHeaders, type Identity, type Logger, type MuxStream } from '@kubetunnel/shared';
+import { dropHopByHop, isValidClusterName, relayUpgrade, stripCallerHeaders, type Identity, type Logger, type MuxStream } from '@kubetunnel/shared';
 import { authenticate, type TokenTable } from './auth.js';
 import { dialCluster, type DialDeps } from './dial.js';
 import { connectOnly, type HttpHandlers } from './frontend.js';
@@ -88,6 +88,7 @@ interface Prepared {
  */
 export function l7Handlers(deps: L7Deps): HttpHandlers {
   const proxy = httpProxy.createProxyServer({ xfwd: false, ignorePath: false });
+  proxy.on('proxyRes', (res: IncomingMessage) => dropHopByHop(res.headers));
   proxy.on('error', (err: Error, _req: IncomingMessage, res: ServerResponse | Duplex) => {
     deps.log.debug({ err: err.message }, 'L7 proxy error');
     if ('writeHead' in res) sendStatus(res, 502, `tunnel to the member cluster failed: ${err.message}`);
@@ -104,6 +105,9 @@ export function l7Handlers(deps: L7Deps): HttpHandlers {
     if (!auth.ok) return void fail(401, `Unauthorized: ${auth.reason}`);
     const headers = stripCallerHeaders(req.headers);
     delete headers['x-cluster-name'];
+    // Only the keep-alive intent of the caller's Connection header survives
+    // (names listed in it were dropped above).
+    headers.connection = /(^|,)\s*close\s*(,|$)/i.test(String(req.headers.connection ?? '')) ? 'close' : 'keep-alive';
     return { route, identity: auth.identity, headers };
   };
 

@@ -47,3 +47,15 @@ export function impersonationHeaders(id: Identity): OutgoingHttpHeaders {
   }
   return h;
 }
+
+/**
+ * Removes hop-by-hop headers (and those a Connection header names) from a
+ * response in place: each hop decides its own keep-alive.
+ */
+export function dropHopByHop(headers: IncomingHttpHeaders): void {
+  const named = String(headers.connection ?? '')
+    .split(',')
+    .map((s) => s.trim().toLowerCase())
+    .filter((n) => n && !FRAMING.has(n));
+  for (const n of [...HOP_BY_HOP, ...named]) delete headers[n];
+}

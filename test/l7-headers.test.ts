@@ -1,0 +1,161 @@
+/**
+ * Property: whatever headers an L7 caller sends, the member apiserver sees
+ * exactly the impersonation headers the hub computed for the caller, the
+ * agent's own credential, and none of the caller's credentials or identity
+ * claims. Server, agent and stand-in apiserver run in this process; requests
+ * are written byte for byte so that letter case, duplicates and whitespace
+ * are the caller's choice.
+ */
+import { once } from 'node:events';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import tls from 'node:tls';
+import fc from 'fast-check';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startAgent, type Agent } from '@kubetunnel/agent';
+import { startServer, type KubetunnelServer } from '@kubetunnel/server';
+import { Defaults, createCA, issueAgentCert, issueServerCert, silentLogger } from '@kubetunnel/shared';
+import { startStandinApiserver, type StandinApiserver } from '@kubetunnel/standin-apiserver';
+
+const hubCA = createCA();
+const hubCert = issueServerCert(hubCA, { sans: ['localhost', '127.0.0.1'] });
+const memberCA = createCA();
+const memberCert = issueServerCert(memberCA, { sans: ['127.0.0.1'] });
+const AGENT_USER = 'system:serviceaccount:kubetunnel:agent';
+
+let server: KubetunnelServer;
+let agent: Agent;
+let api: StandinApiserver;
+let dir: string;
+
+beforeAll(async () => {
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'l7h-'));
+  fs.writeFileSync(path.join(dir, 'token'), 'agent-token\n');
+  api = await startStandinApiserver({
+    cluster: 'member-1',
+    cert: memberCert.cert,
+    key: memberCert.key,
+    tokens: { 'agent-token': { user: AGENT_USER, groups: [] }, 'caller-token': { user: 'mallory', groups: ['system:masters'] } },
+    impersonators: [AGENT_USER],
+  });
+  server = await startServer(
+    {
+      cert: hubCert.cert,
+      key: hubCert.key,
+      ca: hubCA.cert,
+      bindAddress: '127.0.0.1',
+      proxyPort: 0,
+      agentPort: 0,
+      healthPort: 0,
+      adminPort: 0,
+      adminBindAddress: '127.0.0.1',
+      tokens: new Map([['hub-token', { user: 'alice', uid: '42', groups: ['dev', 'ops'] }]]),
+      serverId: 's',
+      serverCount: 1,
+      gracePeriodMs: 1000,
+      dialTimeoutMs: 2000,
+      maxHeaderSize: Defaults.maxHeaderSize,
+      maxStreamsPerClient: 100,
+    },
+    silentLogger(),
+  );
+  const agentPem = issueAgentCert(hubCA, { cluster: 'member-1' });
+  const registered = once(server.registry, 'change');
+  agent = await startAgent(
+    {
+      servers: [`wss://localhost:${server.addresses.agent.port}`],
+      cluster: 'member-1',
+      agentId: 'a',
+      cert: agentPem.cert,
+      key: agentPem.key,
+      ca: hubCA.cert,
+      apiserver: new URL(api.url),
+      apiserverCA: memberCA.cert,
+      apiserverTokenFile: path.join(dir, 'token'),
+      allowDest: [],
+      healthPort: 0,
+      healthHost: '127.0.0.1',
+      gracePeriodMs: 1000,
+      backoff: { initialMs: 50, maxMs: 500 },
+      dialTimeoutMs: 2000,
+    },
+    silentLogger(),
+  );
+  await registered;
+});
+
+afterAll(async () => {
+  await agent.close();
+  await server.close();
+  await api.close();
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+/** Writes one request as raw bytes over TLS; resolves with the status code. */
+async function send(headerLines: string[]): Promise<number> {
+  const socket = tls.connect({ host: '127.0.0.1', port: server.addresses.proxy.port, ca: hubCA.cert, servername: 'localhost' });
+  await once(socket, 'secureConnect');
+  socket.write(['GET /clusters/member-1/version HTTP/1.1', 'Host: hub', ...headerLines, 'Connection: close', '', ''].join('\r\n'));
+  let data = '';
+  socket.setEncoding('utf8');
+  socket.on('data', (d: string) => (data += d));
+  await once(socket, 'close');
+  return Number(/^HTTP\/1\.1 (\d+)/.exec(data)?.[1] ?? 0);
+}
+
+const dangerous = [
+  'Impersonate-User',
+  'Impersonate-Group',
+  'Impersonate-Uid',
+  'Impersonate-Extra-Scopes',
+  'X-Remote-User',
+  'X-Remote-Group',
+  'X-Remote-Extra-Foo',
+  'Authorization',
+  'Proxy-Authorization',
+];
+const caseOf = (name: string) =>
+  fc.array(fc.boolean(), { minLength: name.length, maxLength: name.length }).map((ups) =>
+    [...name].map((ch, i) => (ups[i] ? ch.toUpperCase() : ch.toLowerCase())).join(''),
+  );
+const value = fc.stringMatching(/^[A-Za-z0-9:_ -]{1,20}$/);
+const space = fc.constantFrom('', ' ', '  ', '\t', ' \t ');
+const headerLine = fc
+  .tuple(fc.constantFrom(...dangerous, 'X-Custom'), space, value, space)
+  .chain(([name, s1, v, s2]) => caseOf(name).map((n) => `${n}:${s1}${v}${s2}`));
+const connectionLine = fc
+  .array(fc.constantFrom(...dangerous), { minLength: 1, maxLength: 4 })
+  .chain((names) => fc.tuple(...names.map(caseOf), space))
+  .map((parts) => `Connection: ${parts.slice(0, -1).join(' ,' + parts[parts.length - 1])}`);
+
+describe('L7 header property', () => {
+
+
+  it('the member sees exactly the hub-computed impersonation and no caller credential', async () => {
+    await fc.assert(
+      fc.asyncProperty(fc.array(headerLine, { maxLength: 8 }), fc.option(connectionLine), async (lines, conn) => {
+        const before = api.requests.length;
+        // The hub credential comes first; everything after it is the caller's mischief.
+        const status = await send(['Authorization: Bearer hub-token', ...lines, ...(conn ? [conn] : [])]);
+        expect(status).toBe(200);
+        const seen = api.requests.slice(before);
+        expect(seen).toHaveLength(1);
+        const r = seen[0]!;
+        const raw: Array<[string, string]> = [];
+        for (let i = 0; i < r.rawHeaders.length; i += 2) raw.push([r.rawHeaders[i]!.toLowerCase(), r.rawHeaders[i + 1]!]);
+        const values = (n: string) => raw.filter(([k]) => k === n).map(([, v]) => v);
+        expect(r.user).toBe(AGENT_USER);
+        expect(r.effectiveUser).toBe('alice');
+        expect(values('impersonate-user')).toEqual(['alice']);
+        expect(values('impersonate-group')).toEqual(['dev', 'ops']);
+        expect(values('impersonate-uid')).toEqual(['42']);
+        expect(raw.filter(([k]) => k.startsWith('impersonate-extra-'))).toEqual([]);
+        expect(raw.filter(([k]) => k.startsWith('x-remote-'))).toEqual([]);
+        expect(raw.filter(([k]) => k === 'proxy-authorization')).toEqual([]);
+        expect(values('authorization')).toHaveLength(1);
+      }),
+      { numRuns: 150 },
+    );
+  });
+});
