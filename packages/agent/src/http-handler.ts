@@ -6,7 +6,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import httpProxy from 'http-proxy';
 import {
-  dropHopByHop,
+  onProxyResponse,
   impersonationHeaders,
   relayUpgrade,
   stripCallerHeaders,
@@ -67,7 +67,7 @@ export class ApiserverHttp {
       ...(config.apiserverCA ? { ca: config.apiserverCA } : {}),
     });
     this.proxy = httpProxy.createProxyServer({});
-    this.proxy.on('proxyRes', (res: IncomingMessage) => dropHopByHop(res.headers));
+    this.proxy.on('proxyRes', (upstream: IncomingMessage, _req: IncomingMessage, res: ServerResponse) => onProxyResponse(upstream, res));
     this.proxy.on('error', (err: Error, _req: IncomingMessage, res: ServerResponse | Duplex) => {
       config.log.debug({ err: err.message }, 'apiserver request failed');
       if ('writeHead' in res && !res.headersSent) {

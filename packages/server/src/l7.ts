@@ -3,7 +3,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
 import httpProxy from 'http-proxy';
-import { dropHopByHop, isValidClusterName, relayUpgrade, stripCallerHeaders, type Identity, type Logger, type MuxStream } from '@kubetunnel/shared';
+import { onProxyResponse, isValidClusterName, relayUpgrade, stripCallerHeaders, type Identity, type Logger, type MuxStream } from '@kubetunnel/shared';
 import { authenticate, type TokenTable } from './auth.js';
 import { dialCluster, type DialDeps } from './dial.js';
 import { connectOnly, type HttpHandlers } from './frontend.js';
@@ -88,7 +88,7 @@ interface Prepared {
  */
 export function l7Handlers(deps: L7Deps): HttpHandlers {
   const proxy = httpProxy.createProxyServer({ xfwd: false, ignorePath: false });
-  proxy.on('proxyRes', (res: IncomingMessage) => dropHopByHop(res.headers));
+  proxy.on('proxyRes', (upstream: IncomingMessage, _req: IncomingMessage, res: ServerResponse) => onProxyResponse(upstream, res));
   proxy.on('error', (err: Error, _req: IncomingMessage, res: ServerResponse | Duplex) => {
     deps.log.debug({ err: err.message }, 'L7 proxy error');
     if ('writeHead' in res) sendStatus(res, 502, `tunnel to the member cluster failed: ${err.message}`);

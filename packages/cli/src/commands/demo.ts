@@ -50,7 +50,9 @@ export async function runDemo(opts: DemoOptions): Promise<Demo> {
   const dir = path.resolve(opts.dir);
   const certDir = path.join(dir, 'certs');
   fs.mkdirSync(certDir, { recursive: true, mode: 0o700 });
-  if (!fs.existsSync(path.join(certDir, 'server.crt'))) certsInit(certDir, {});
+  // The CA is kept across runs; the server certificate is issued anew so it
+  // always carries the names this version needs.
+  certsInit(certDir, {});
   const read = (f: string) => fs.readFileSync(path.join(certDir, f), 'utf8');
   const tokenFile = path.join(dir, 'tokens.csv');
   writeOnce(tokenFile, TOKENS);

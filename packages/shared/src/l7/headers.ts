@@ -1,4 +1,4 @@
-import type { IncomingHttpHeaders, OutgoingHttpHeaders } from 'node:http';
+import type { IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import type { Identity } from '../protocol/frame.js';
 
 /** Hop-by-hop headers (RFC 9110 7.6.1) that never travel past one connection. */
@@ -58,4 +58,18 @@ export function dropHopByHop(headers: IncomingHttpHeaders): void {
     .map((s) => s.trim().toLowerCase())
     .filter((n) => n && !FRAMING.has(n));
   for (const n of [...HOP_BY_HOP, ...named]) delete headers[n];
+}
+
+/**
+ * Response hook for a proxy: drops hop-by-hop headers, and sends the head of
+ * a streamed response (no Content-Length: watches, logs -f) at once rather
+ * than with its first chunk, so a watch is seen established before any event.
+ */
+export function onProxyResponse(upstream: IncomingMessage, res: ServerResponse): void {
+  dropHopByHop(upstream.headers);
+  if (upstream.headers['content-length'] === undefined)
+    process.nextTick(() => {
+      if (res.headersSent || res.destroyed) return;
+      res.flushHeaders();
+    });
 }

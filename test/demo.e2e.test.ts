@@ -1,0 +1,68 @@
+/**
+ * The demo (what `npm start` runs) and the federation-controller example
+ * against it: one kubeconfig, every cluster.
+ */
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import fs from 'node:fs';
+import path from 'node:path';
+import { PassThrough } from 'node:stream';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { silentLogger } from '@kubetunnel/shared';
+import { runDemo, type Demo } from '../packages/cli/src/commands/demo.js';
+import { ROOT, run, tmpDir } from './harness.js';
+
+let dir: string;
+let demo: Demo;
+let printed = '';
+
+beforeAll(async () => {
+  dir = tmpDir();
+  const out = new PassThrough();
+  out.on('data', (d: Buffer) => (printed += d.toString()));
+  demo = await runDemo({ dir: path.join(dir, 'demo'), ports: { proxy: 0, agent: 0, admin: 0, health: 0 }, out, log: silentLogger() });
+});
+
+afterAll(async () => {
+  await demo.close();
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+describe('demo', () => {
+  it('prints the kubectl lines to try, and they work', async () => {
+    expect(printed).toContain('kubectl --context member-1 get --raw /version');
+    expect(printed).toContain('kubectl --context member-1-l7 auth whoami');
+    const kc = ['--kubeconfig', demo.kubeconfig];
+    expect(JSON.parse(await run('kubectl', [...kc, '--context', 'member-1', 'get', '--raw', '/version'])).cluster).toBe('member-1');
+    expect(await run('kubectl', [...kc, '--context', 'member-2', 'get', 'namespaces', '-o', 'name'])).toContain('namespace/member-2-apps');
+    const who = JSON.parse(await run('kubectl', [...kc, '--context', 'member-1-l7', 'auth', 'whoami', '-o', 'json']));
+    expect(who.status.userInfo.username).toBe('admin');
+  });
+
+  it('the federation-controller example lists and watches namespaces in both clusters', async () => {
+    const child = spawn(process.execPath, [path.join(ROOT, 'examples/federation-controller/dist/main.js'), '--watch-for', '60s'], {
+      env: { ...process.env, KUBECONFIG: demo.kubeconfig },
+    });
+    let out = '';
+    const waitFor = (text: string) =>
+      new Promise<void>((resolve, reject) => {
+        const check = () => out.includes(text) && resolve();
+        child.stdout.on('data', (d: Buffer) => {
+          out += d.toString();
+          check();
+        });
+        child.once('exit', (code) => reject(new Error(`example exited ${code} before "${text}": ${out}`)));
+        check();
+      });
+    try {
+      await Promise.all([waitFor('[member-1-l7] watching namespaces'), waitFor('[member-2-l7] watching namespaces')]);
+      expect(out).toContain('[member-1-l7] namespace member-1-apps (Active)');
+      expect(out).toContain('[member-2-l7] namespace member-2-apps (Active)');
+      demo.members.find((m) => m.name === 'member-2')!.apiserver.addNamespace('federated');
+      await waitFor('[member-2-l7] ADDED namespace federated');
+    } finally {
+      child.kill('SIGTERM');
+      await once(child, 'exit');
+    }
+  });
+});
