@@ -31,6 +31,20 @@ import {
 
 const args = process.argv.slice(2);
 const quick = args.includes('--quick');
+const numArg = (name: string) => {
+  const i = args.indexOf(name);
+  return i >= 0 ? Number(args[i + 1]) : undefined;
+};
+/** Session settings under test (defaults: the shipped ones). */
+const tuning = {
+  ...(numArg('--frame') ? { maxFrameSize: numArg('--frame')! } : {}),
+  ...(numArg('--message') ? { maxMessageSize: numArg('--message')! } : {}),
+  ...(numArg('--window') ? { initialWindow: numArg('--window')! } : {}),
+  ...(numArg('--high-water') ? { transportHighWater: numArg('--high-water')! } : {}),
+};
+const tuningArgs = Object.entries({ '--frame': tuning.maxFrameSize, '--message': tuning.maxMessageSize, '--window': tuning.initialWindow, '--high-water': tuning.transportHighWater })
+  .filter(([, v]) => v !== undefined)
+  .flatMap(([k, v]) => [k, String(v)]);
 
 function percentile(sorted: number[], p: number): number {
   if (sorted.length === 0) return NaN;
@@ -45,7 +59,7 @@ let sessionOf: (ws: WebSocket) => Session;
 async function child(url: string, caPem: string | undefined): Promise<void> {
   const ws = new WebSocket(url, SUBPROTOCOL, { perMessageDeflate: false, ...(caPem ? { ca: caPem } : {}) });
   let early: Session | undefined;
-  ws.once('open', () => (early = new Session(new WsTransport(ws), { role: 'agent', pingIntervalMs: 0 })));
+  ws.once('open', () => (early = new Session(new WsTransport(ws), { role: 'agent', pingIntervalMs: 0, ...tuning })));
   sessionOf = () => early!;
   // The session must exist as the 'open' event fires: the server's first
   // frames can arrive in the same read as the 101 answer.
@@ -151,9 +165,9 @@ async function runOne(tls: boolean, pem: { ca: string; cert: string; key: string
   await once(server, 'listening');
   const port = (server.address() as AddressInfo).port;
   const url = `${tls ? 'wss' : 'ws'}://${tls ? 'localhost' : '127.0.0.1'}:${port}/`;
-  const kid = fork(process.argv[1]!, ['--child', url, ...(tls ? ['--ca', pem.ca] : [])], { stdio: 'inherit' });
+  const kid = fork(process.argv[1]!, ['--child', url, ...(tls ? ['--ca', pem.ca] : []), ...tuningArgs], { stdio: 'inherit' });
   const [ws] = (await once(wss, 'connection')) as [WebSocket];
-  const session = new Session(new WsTransport(ws), { role: 'server', pingIntervalMs: 0 });
+  const session = new Session(new WsTransport(ws), { role: 'server', pingIntervalMs: 0, ...tuning });
 
   const bulkBytes = quick ? 64 << 20 : 512 << 20;
   const runs = quick ? 1 : 5;
@@ -191,8 +205,10 @@ async function main(): Promise<void> {
     date: new Date().toISOString(),
     node: process.version,
     cpus: `${os.cpus().length} x ${os.cpus()[0]?.model ?? 'unknown'}`,
-    frameSize: Defaults.maxFrameSize,
-    window: Defaults.initialWindow,
+    frameSize: tuning.maxFrameSize ?? Defaults.maxFrameSize,
+    messageSize: tuning.maxMessageSize ?? Defaults.maxMessageSize,
+    window: tuning.initialWindow ?? Defaults.initialWindow,
+    transportHighWater: tuning.transportHighWater ?? Defaults.transportHighWater,
     quick,
     results,
   };
