@@ -10,6 +10,8 @@ import { ApiserverHttp } from './http-handler.js';
 export interface Agent {
   connector: Connector;
   healthAddress: AddressInfo;
+  /** New certificate, key and CA for the next tunnels dialed. */
+  updateTls(tls: { cert: string; key: string; ca: string }): void;
   /** Streams open through this agent (tests assert it returns to 0). */
   openStreams(): number;
   /** SIGTERM: GOAWAY on every tunnel, let streams finish within the grace period, then close. */
@@ -49,6 +51,10 @@ export async function startAgent(config: AgentConfig, log: Logger): Promise<Agen
     connector,
     healthAddress,
     openStreams: () => counters.open,
+    updateTls(tls) {
+      Object.assign(config, tls);
+      log.info('TLS certificate, key and CA reloaded; new tunnels use them');
+    },
     async drain(graceMs = config.gracePeriodMs) {
       log.info({ graceMs }, 'draining: GOAWAY to servers');
       await connector.drain(graceMs);

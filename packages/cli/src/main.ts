@@ -92,6 +92,7 @@ program
   .option('--server-count <n>', 'number of server replicas', '1')
   .option('--grace-period <duration>', 'how long draining waits for streams', '30s')
   .option('--dial-timeout <duration>', 'how long a CONNECT waits for the agent to reach its target', '10s')
+  .option('--max-streams-per-client <n>', 'streams one user may hold open at once', '10000')
   .option('--config <file>', 'YAML file with any of these settings')
   .addOption(new Option('--log-level <level>', 'log level').choices(['trace', 'debug', 'info', 'warn', 'error', 'silent']).default('info'))
   .action(async (_o, cmd: Command) => {

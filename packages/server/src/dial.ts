@@ -8,6 +8,10 @@ export interface DialDeps {
   dialTimeoutMs: number;
   /** Says whether `identity` may reach `cluster`; a string is the refusal reason. */
   authorize(identity: Identity, cluster: string): true | string;
+  /** Streams (open or dialing) one user may hold at once. */
+  maxStreamsPerClient: number;
+  /** Streams held per user, kept by dialCluster. */
+  clientStreams: Map<string, number>;
 }
 
 export type DialResult =
@@ -34,7 +38,23 @@ export async function dialCluster(
   const allowed = deps.authorize(args.identity, args.cluster);
   if (allowed !== true) return fail(403, allowed, 'FORBIDDEN');
   const tunnel = pickTunnel(entry, args.request.kind, args.request.target);
-  if (!tunnel) return fail(503, `cluster "${args.cluster}" has no live agent`, 'NO_AGENT', 5);
+  if (!tunnel) {
+    const why = entry.agents.size === 0 ? 'has no live agent' : `has no live agent that serves ${args.request.kind === 'http' ? 'L7 requests' : args.request.target}`;
+    return fail(503, `cluster "${args.cluster}" ${why}`, 'NO_AGENT', 5);
+  }
+  const user = args.identity.user;
+  const held = deps.clientStreams.get(user) ?? 0;
+  if (held >= deps.maxStreamsPerClient)
+    return fail(503, `user "${user}" already holds ${held} streams (the limit)`, 'TOO_MANY_STREAMS', 1);
+  deps.clientStreams.set(user, held + 1);
+  let counted = true;
+  const uncount = () => {
+    if (!counted) return;
+    counted = false;
+    const n = (deps.clientStreams.get(user) ?? 1) - 1;
+    if (n > 0) deps.clientStreams.set(user, n);
+    else deps.clientStreams.delete(user);
+  };
 
   const started = performance.now();
   entry.pendingDials++;
@@ -47,12 +67,14 @@ export async function dialCluster(
     metrics.streams.inc({ frontend: args.frontend });
     entry.openStreams++;
     stream.once('close', () => {
+      uncount();
       entry.openStreams--;
       metrics.bytes.inc({ direction: 'in' }, stream.bytesIn);
       metrics.bytes.inc({ direction: 'out' }, stream.bytesOut);
     });
     return { ok: true, stream, tunnel };
   } catch (err) {
+    uncount();
     const e = err instanceof TunnelError ? err : new TunnelError('INTERNAL', String(err));
     const status = e.httpStatus === 499 ? 503 : e.httpStatus;
     return fail(status, `cluster "${args.cluster}": ${e.message}`, e.reason, status === 503 ? 1 : undefined);

@@ -25,6 +25,8 @@ export interface KubetunnelServer {
   addresses: ServerAddresses;
   /** Open client sockets on the frontend (tests assert it returns to 0). */
   frontendSockets(): number;
+  /** New certificate, key and CA for the listeners (new connections use them). */
+  updateTls(tls: { cert: string; key: string; ca: string }): void;
   /** SIGTERM: not ready, GOAWAY to agents, let streams finish within the grace period, then close. */
   drain(graceMs?: number): Promise<void>;
   close(): Promise<void>;
@@ -50,6 +52,8 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ku
     metrics,
     tokens: config.tokens,
     dialTimeoutMs: config.dialTimeoutMs,
+    maxStreamsPerClient: config.maxStreamsPerClient,
+    clientStreams: new Map(),
     authorize: config.policy ? policyAuthorizer(config.policy) : allowAll,
     log,
     ...(config.clusterDomain ? { clusterDomain: config.clusterDomain } : {}),
@@ -107,6 +111,10 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ku
     metrics,
     addresses,
     frontendSockets: () => frontend.openSockets,
+    updateTls(tls) {
+      for (const s of [frontend.server, gateway.server]) s.setSecureContext(tls);
+      log.info('TLS certificate, key and CA reloaded');
+    },
     async drain(graceMs = config.gracePeriodMs) {
       draining = true;
       log.info({ graceMs }, 'draining: GOAWAY to agents, no new connections');

@@ -2,6 +2,8 @@ import { describe, expect, it } from 'vitest';
 import { lookupToken, parseTokenFile, tokenFromAuthorization } from '../src/auth.js';
 import { pickTunnel, type AgentTunnel, type ClusterEntry } from '../src/registry.js';
 import { parseAuthority, resolveCluster } from '../src/resolve.js';
+import { routeL7 } from '../src/l7.js';
+import { parsePolicy, policyAuthorizer } from '../src/policy.js';
 
 describe('resolveCluster', () => {
   const known = (n: string) => ['member-1', 'member-2'].includes(n);
@@ -91,5 +93,53 @@ describe('pickTunnel', () => {
     expect(pickTunnel(c, 'tcp', 'db:5432')?.agentId).toBe('b');
     expect(pickTunnel(c, 'tcp', 'other:1')).toBeUndefined();
     expect(pickTunnel(cluster(tunnel('a', 0, { l7: false })), 'http')).toBeUndefined();
+  });
+});
+
+describe('routeL7', () => {
+  it('takes the cluster from the path and keeps the rest, query included', () => {
+    expect(routeL7('/clusters/member-1/api/v1/pods?watch=1&x=%2F', undefined)).toEqual({ cluster: 'member-1', path: '/api/v1/pods?watch=1&x=%2F' });
+    expect(routeL7('/clusters/member-1', undefined)).toEqual({ cluster: 'member-1', path: '/' });
+    expect(routeL7('/clusters/member-1?x=1', undefined)).toEqual({ cluster: 'member-1', path: '/?x=1' });
+  });
+  it('then X-Cluster-Name, then the TLS server name', () => {
+    expect(routeL7('/version', 'member-2')).toEqual({ cluster: 'member-2', path: '/version' });
+    expect(routeL7('/version', undefined, 'member-3.clusters.kubetunnel', 'clusters.kubetunnel')).toEqual({ cluster: 'member-3', path: '/version' });
+    expect(routeL7('/version', undefined, 'localhost', 'clusters.kubetunnel')).toBeUndefined();
+    expect(routeL7('/version', undefined)).toBeUndefined();
+  });
+  it('refuses invalid names', () => {
+    expect(routeL7('/clusters/Bad_Name/x', undefined)).toHaveProperty('error');
+    expect(routeL7('/clusters/%E0%A4%A/x', undefined)).toHaveProperty('error');
+    expect(routeL7('/x', 'a b')).toHaveProperty('error');
+  });
+});
+
+describe('policy', () => {
+  const authorize = policyAuthorizer(
+    parsePolicy('rules:\n  - users: [alice]\n    clusters: ["prod-*"]\n  - groups: [dev]\n    clusters: [staging]\n  - users: ["*"]\n    clusters: [sandbox]\n'),
+  );
+  it('allows the union of the rules that apply, by user, group or *', () => {
+    expect(authorize({ user: 'alice', groups: [] }, 'prod-eu')).toBe(true);
+    expect(authorize({ user: 'bob', groups: ['dev'] }, 'staging')).toBe(true);
+    expect(authorize({ user: 'bob', groups: [] }, 'sandbox')).toBe(true);
+    expect(authorize({ user: 'bob', groups: ['dev'] }, 'prod-eu')).toBe('user "bob" may not reach cluster "prod-eu"');
+    expect(authorize({ user: 'alice', groups: [] }, 'prod')).not.toBe(true);
+  });
+  it('globs match whole names only; regex characters are literal', () => {
+    const a = policyAuthorizer(parsePolicy('rules:\n  - users: [u]\n    clusters: ["a.b", "x*"]\n'));
+    expect(a({ user: 'u', groups: [] }, 'a.b')).toBe(true);
+    expect(a({ user: 'u', groups: [] }, 'axb')).not.toBe(true);
+    expect(a({ user: 'u', groups: [] }, 'yx1')).not.toBe(true);
+  });
+  it.each([
+    ['not a mapping', '- a'],
+    ['no rules list', 'rules: 3'],
+    ['unknown key', 'rules:\n  - users: [a]\n    clusters: [b]\n    verbs: [get]'],
+    ['nobody', 'rules:\n  - clusters: [b]'],
+    ['no clusters', 'rules:\n  - users: [a]'],
+    ['non-string', 'rules:\n  - users: [1]\n    clusters: [b]'],
+  ])('rejects a policy with %s', (_what, text) => {
+    expect(() => parsePolicy(text)).toThrow(/policy/);
   });
 });

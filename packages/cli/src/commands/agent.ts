@@ -3,6 +3,7 @@ import os from 'node:os';
 import { createLogger, isValidClusterName, isValidHostPort } from '@kubetunnel/shared';
 import { startAgent, type Agent, type AgentConfig } from '@kubetunnel/agent';
 import { SettingError, type Settings } from '../options.js';
+import { watchTlsFiles } from '../reload.js';
 
 const SA_DIR = '/var/run/secrets/kubernetes.io/serviceaccount';
 
@@ -72,5 +73,7 @@ export async function runAgent(s: Settings, env: NodeJS.ProcessEnv): Promise<Age
   const config = agentConfig(s, env);
   const { cert: _c, key: _k, ca: _ca, apiserverCA, ...rest } = config;
   log.info({ config: { ...rest, apiserver: config.apiserver.href, apiserverCA: apiserverCA ? 'set' : 'none' } }, 'starting kubetunnel agent');
-  return startAgent(config, log);
+  const agent = await startAgent(config, log);
+  watchTlsFiles({ cert: s.require('cert'), key: s.require('key'), ca: s.require('ca') }, (pem) => agent.updateTls(pem), log);
+  return agent;
 }

@@ -2,6 +2,7 @@ import os from 'node:os';
 import { Defaults, createLogger } from '@kubetunnel/shared';
 import { parsePolicy, parseTokenFile, startServer, type ServerConfig, type KubetunnelServer } from '@kubetunnel/server';
 import { SettingError, type Settings } from '../options.js';
+import { watchTlsFiles } from '../reload.js';
 
 /** Builds and checks the server's config; errors name the flag. */
 export function serverConfig(s: Settings): ServerConfig {
@@ -31,7 +32,7 @@ export function serverConfig(s: Settings): ServerConfig {
     gracePeriodMs: s.duration('grace-period'),
     dialTimeoutMs: s.duration('dial-timeout'),
     maxHeaderSize: Defaults.maxHeaderSize,
-    maxStreamsPerClient: 10_000,
+    maxStreamsPerClient: s.int('max-streams-per-client', 1, 1_000_000),
   };
   const policyText = s.file('policy');
   if (policyText !== undefined) {
@@ -56,5 +57,7 @@ export async function runServer(s: Settings): Promise<KubetunnelServer> {
   const log = createLogger((s.string('log-level') ?? 'info') as 'info');
   const config = serverConfig(s);
   log.info({ config: printable(config) }, 'starting kubetunnel server');
-  return startServer(config, log);
+  const server = await startServer(config, log);
+  watchTlsFiles({ cert: s.require('cert'), key: s.require('key'), ca: s.require('ca') }, (pem) => server.updateTls(pem), log);
+  return server;
 }

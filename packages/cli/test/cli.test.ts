@@ -1,0 +1,147 @@
+import { once } from 'node:events';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { parse as parseYaml } from 'yaml';
+import { afterEach, describe, expect, it } from 'vitest';
+import { PassThrough } from 'node:stream';
+import { pino } from 'pino';
+import { createCA, issueServerCert } from '@kubetunnel/shared';
+import { buildKubeconfig } from '../src/commands/kubeconfig.js';
+import { Settings, SettingError, parseDuration } from '../src/options.js';
+import { watchTlsFiles } from '../src/reload.js';
+
+const dirs: string[] = [];
+const tmp = () => {
+  const d = fs.mkdtempSync(path.join(os.tmpdir(), 'cli-'));
+  dirs.push(d);
+  return d;
+};
+afterEach(() => {
+  for (const d of dirs.splice(0)) fs.rmSync(d, { recursive: true, force: true });
+});
+
+describe('settings: flag > KUBETUNNEL_* > config file > default', () => {
+  const make = (flags: Record<string, unknown>, typed: string[], env: Record<string, string>, file?: string) =>
+    new Settings(flags, (n) => typed.includes(n), env, file);
+
+  it('takes each source in order', () => {
+    const d = tmp();
+    const file = path.join(d, 'c.yaml');
+    fs.writeFileSync(file, 'proxy-port: 7000\nagentPort: 7001\nhealth-port: 7002\n');
+    const flags = { proxyPort: '1', agentPort: '8091', healthPort: '8092', adminPort: '8095' };
+    const s = make(flags, ['proxy-port'], { KUBETUNNEL_AGENT_PORT: '6001' }, file);
+    expect(s.port('proxy-port')).toBe(1); // typed flag
+    expect(s.port('agent-port')).toBe(6001); // environment
+    expect(s.port('health-port')).toBe(7002); // file
+    expect(s.port('admin-port')).toBe(8095); // default
+  });
+
+  it('names the flag in every error', () => {
+    const s = make({ proxyPort: '99999', grace: 'soon', cert: '/nonexistent' }, ['proxy-port', 'grace', 'cert'], {});
+    expect(() => s.port('proxy-port')).toThrow(new SettingError('proxy-port', 'want a port from 0 to 65535, got "99999"'));
+    expect(() => s.duration('grace')).toThrow(/--grace: want a duration/);
+    expect(() => s.requireFile('cert')).toThrow(/--cert: cannot read \/nonexistent: ENOENT/);
+    expect(() => s.require('missing')).toThrow(/--missing: is required/);
+  });
+
+  it('reads lists from repeated flags, YAML lists and comma-separated variables', () => {
+    expect(make({ server: ['a', 'b'] }, ['server'], {}).list('server')).toEqual(['a', 'b']);
+    expect(make({ server: [] }, [], { KUBETUNNEL_SERVER: 'x, y' }).list('server')).toEqual(['x', 'y']);
+  });
+
+  it('parses durations', () => {
+    expect(parseDuration('250ms')).toBe(250);
+    expect(parseDuration('30s')).toBe(30_000);
+    expect(parseDuration('2m')).toBe(120_000);
+    expect(parseDuration('5')).toBe(5000);
+    expect(parseDuration('soon')).toBeUndefined();
+  });
+});
+
+describe('kubeconfig', () => {
+  const input = {
+    server: 'https://hub.example:8090',
+    hubCA: 'HUB-CA',
+    clusters: [{ name: 'member-1', memberCA: 'M1-CA' }, { name: 'member-2' }],
+    tlsServerName: 'kubernetes.default.svc',
+    l7ServerNameSuffix: 'clusters.kubetunnel',
+  };
+  const b64 = (s: string) => Buffer.from(s).toString('base64');
+
+  it('CONNECT mode: proxy-url with the token as userinfo, hub+member CA, the shared server name', () => {
+    const kc = parseYaml(buildKubeconfig({ ...input, modes: ['connect'], credentials: { token: 'tok' }, memberToken: 'mtok' }));
+    const c1 = kc.clusters.find((c: { name: string }) => c.name === 'member-1').cluster;
+    expect(c1).toEqual({
+      server: 'https://member-1:443',
+      'proxy-url': 'https://kubetunnel:tok@hub.example:8090',
+      'certificate-authority-data': b64('HUB-CA\nM1-CA'),
+      'tls-server-name': 'kubernetes.default.svc',
+    });
+    expect(kc.users).toEqual([{ name: 'kubetunnel-connect', user: { token: 'mtok' } }]);
+    expect(kc.contexts.map((c: { name: string }) => c.name)).toEqual(['member-1', 'member-2']);
+  });
+
+  it('L7 mode: /clusters/<name> with the cluster in the server name; both modes side by side', () => {
+    const kc = parseYaml(buildKubeconfig({ ...input, modes: ['connect', 'l7'], credentials: { clientCert: 'C', clientKey: 'K' } }));
+    const l7 = kc.clusters.find((c: { name: string }) => c.name === 'member-2-l7').cluster;
+    expect(l7).toEqual({
+      server: 'https://hub.example:8090/clusters/member-2',
+      'certificate-authority-data': b64('HUB-CA'),
+      'tls-server-name': 'member-2.clusters.kubetunnel',
+    });
+    const connect = kc.clusters.find((c: { name: string }) => c.name === 'member-2').cluster;
+    expect(connect['proxy-url']).toBe('https://hub.example:8090');
+    expect(kc.users.map((u: { user: object }) => u.user)).toEqual([
+      { 'client-certificate-data': b64('C'), 'client-key-data': b64('K') },
+      { 'client-certificate-data': b64('C'), 'client-key-data': b64('K') },
+    ]);
+    expect(kc.contexts).toHaveLength(4);
+  });
+});
+
+describe('certificate reload', () => {
+  it('applies a new valid set, and keeps the old one when the new one does not load', async () => {
+    const d = tmp();
+    const ca = createCA();
+    const write = (pem: { cert: string; key: string }) => {
+      fs.writeFileSync(path.join(d, 'tls.crt'), pem.cert);
+      fs.writeFileSync(path.join(d, 'tls.key'), pem.key);
+    };
+    write(issueServerCert(ca, { sans: ['a'] }));
+    fs.writeFileSync(path.join(d, 'ca.crt'), ca.cert);
+    const applied: string[] = [];
+    const events = new (await import('node:events')).EventEmitter();
+    const logLines = new PassThrough();
+    logLines.on('data', (d: Buffer) => d.toString().includes('do not load') && events.emit('refused'));
+    const stop = watchTlsFiles(
+      { cert: path.join(d, 'tls.crt'), key: path.join(d, 'tls.key'), ca: path.join(d, 'ca.crt') },
+      (pem) => {
+        applied.push(pem.cert);
+        events.emit('applied');
+      },
+      pino({ level: 'warn' }, logLines),
+      20,
+    );
+    try {
+      const next = issueServerCert(ca, { sans: ['b'] });
+      const got = once(events, 'applied');
+      write(next);
+      await got;
+      expect(applied.at(-1)).toBe(next.cert);
+      // A key that does not match the certificate is refused and not applied.
+      const count = applied.length;
+      const refused = once(events, 'refused');
+      fs.writeFileSync(path.join(d, 'tls.key'), issueServerCert(ca, { sans: ['c'] }).key);
+      await refused;
+      expect(applied).toHaveLength(count);
+      const later = issueServerCert(ca, { sans: ['d'] });
+      const got2 = once(events, 'applied');
+      write(later);
+      await got2;
+      expect(applied.at(-1)).toBe(later.cert);
+    } finally {
+      stop();
+    }
+  });
+});
