@@ -4,6 +4,7 @@ WORKDIR /src
 COPY package.json package-lock.json tsconfig.json tsconfig.base.json ./
 COPY packages ./packages
 COPY bench ./bench
+COPY examples ./examples
 RUN npm ci --no-audit --no-fund && npm run build && npm prune --omit=dev
 
 FROM gcr.io/distroless/nodejs20-debian12:nonroot

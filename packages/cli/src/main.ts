@@ -2,6 +2,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Command, Option } from 'commander';
 import { Defaults, certsAgent, certsClient, certsInit } from '@kubetunnel/shared';
+import { parseTokenFile } from '@kubetunnel/server';
+import { startStandinApiserver } from '@kubetunnel/standin-apiserver';
 import { runAgent } from './commands/agent.js';
 import { runDemo } from './commands/demo.js';
 import { buildKubeconfig } from './commands/kubeconfig.js';
@@ -185,6 +187,33 @@ program
   .action(async (o: { admin: string; json?: boolean }) => {
     const r = await fetchClusters(o.admin);
     process.stdout.write(o.json ? JSON.stringify(r, null, 2) + '\n' : formatStatus(r));
+  });
+
+program
+  .command('standin-apiserver')
+  .description('run a stand-in member apiserver (not Kubernetes: the small API the demo and tests use)')
+  .requiredOption('--cluster <name>', 'the cluster name it reports in /version')
+  .requiredOption('--cert <file>', 'serving certificate (PEM)')
+  .requiredOption('--key <file>', 'serving key (PEM)')
+  .requiredOption('--token-file <file>', 'static tokens it accepts (token,user,uid,"group1,group2"); every token user may impersonate')
+  .option('--ca <file>', 'CA whose client certificates it accepts')
+  .option('--bind-address <addr>', 'address to bind', '127.0.0.1')
+  .option('--port <port>', 'port (0: any free port)', '6443')
+  .action(async (o: { cluster: string; cert: string; key: string; tokenFile: string; ca?: string; bindAddress: string; port: string }) => {
+    const tokens = Object.fromEntries(
+      [...parseTokenFile(fs.readFileSync(o.tokenFile, 'utf8'))].map(([t, id]) => [t, { user: id.user, groups: id.groups }]),
+    );
+    const api = await startStandinApiserver({
+      cluster: o.cluster,
+      cert: fs.readFileSync(o.cert, 'utf8'),
+      key: fs.readFileSync(o.key, 'utf8'),
+      tokens,
+      host: o.bindAddress,
+      port: Number(o.port),
+      ...(o.ca ? { ca: fs.readFileSync(o.ca, 'utf8') } : {}),
+    });
+    process.stdout.write(`stand-in apiserver for ${o.cluster} listening on ${api.url}\n`);
+    onSignals('standin-apiserver', () => api.close());
   });
 
 program
