@@ -54,40 +54,38 @@ const median = (xs: number[]) => percentile([...xs].sort((a, b) => a - b), 50);
 
 // ------------------------------------------------------------ agent side (child)
 
-let sessionOf: (ws: WebSocket) => Session;
-
 async function child(url: string, caPem: string | undefined): Promise<void> {
   const ws = new WebSocket(url, SUBPROTOCOL, { perMessageDeflate: false, ...(caPem ? { ca: caPem } : {}) });
-  let early: Session | undefined;
-  ws.once('open', () => (early = new Session(new WsTransport(ws), { role: 'agent', pingIntervalMs: 0, ...tuning })));
-  sessionOf = () => early!;
-  // The session must exist as the 'open' event fires: the server's first
-  // frames can arrive in the same read as the 101 answer.
-  await new Promise<void>((resolve) => ws.once('open', resolve));
-  const session = sessionOf(ws);
   const block = Buffer.alloc(1 << 20, 0x61);
-  session.on('open', (inc: IncomingOpen) => {
-    const s = inc.accept();
-    const [kind, arg] = inc.request.target.split(':');
-    if (kind === 'echo') {
-      s.pipe(s);
-    } else if (kind === 'bulk') {
-      // Writes `arg` bytes (or until reset) as fast as flow control allows.
-      let left = arg === 'forever' ? Infinity : Number(arg);
-      s.resume();
-      const pump = () => {
-        while (left > 0) {
-          const n = Math.min(block.length, left);
-          left -= n;
-          if (!s.write(n === block.length ? block : block.subarray(0, n))) return void s.once('drain', pump);
-        }
-        s.end();
-      };
-      s.on('error', () => (left = 0));
-      pump();
-    }
+  // The session and its listener must exist as 'open' fires: the server's
+  // first frames can arrive in the same read as the 101 answer.
+  ws.once('open', () => {
+    const session = new Session(new WsTransport(ws), { role: 'agent', pingIntervalMs: 0, ...tuning });
+    session.on('open', (inc: IncomingOpen) => serve(inc, block));
+    session.on('close', () => process.exit(0));
   });
-  session.on('close', () => process.exit(0));
+}
+
+function serve(inc: IncomingOpen, block: Buffer): void {
+  const s = inc.accept();
+  const [kind, arg] = inc.request.target.split(':');
+  if (kind === 'echo') {
+    s.pipe(s);
+  } else if (kind === 'bulk') {
+    // Writes `arg` bytes (or until reset) as fast as flow control allows.
+    let left = arg === 'forever' ? Infinity : Number(arg);
+    s.resume();
+    const pump = () => {
+      while (left > 0) {
+        const n = Math.min(block.length, left);
+        left -= n;
+        if (!s.write(n === block.length ? block : block.subarray(0, n))) return void s.once('drain', pump);
+      }
+      s.end();
+    };
+    s.on('error', () => (left = 0));
+    pump();
+  }
 }
 
 // ------------------------------------------------------------ server side (parent)
