@@ -1,0 +1,151 @@
+/**
+ * L7 upgrades and answers that must pass through untouched, against an
+ * upstream written here: a SPDY/3.1 upgrade is relayed both ways (kubectl's
+ * protocol for exec and port-forward before WebSockets), and a redirect is
+ * handed to the client, never followed.
+ */
+import { once } from 'node:events';
+import fs from 'node:fs';
+import https from 'node:https';
+import type { AddressInfo } from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import tls from 'node:tls';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startAgent, type Agent } from '@kubetunnel/agent';
+import { startServer, type KubetunnelServer } from '@kubetunnel/server';
+import { Defaults, createCA, issueAgentCert, issueServerCert, silentLogger } from '@kubetunnel/shared';
+
+const hubCA = createCA();
+const hubCert = issueServerCert(hubCA, { sans: ['localhost'] });
+const memberCA = createCA();
+const memberCert = issueServerCert(memberCA, { sans: ['127.0.0.1'] });
+
+let upstream: https.Server;
+const upstreamPaths: string[] = [];
+let server: KubetunnelServer;
+let agent: Agent;
+let dir: string;
+
+beforeAll(async () => {
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'l7u-'));
+  fs.writeFileSync(path.join(dir, 'token'), 'agent-token');
+  upstream = https.createServer({ cert: memberCert.cert, key: memberCert.key }, (req, res) => {
+    upstreamPaths.push(req.url!);
+    if (req.url === '/redirect') {
+      res.writeHead(302, { Location: 'https://elsewhere.example/steal' });
+      return res.end();
+    }
+    res.end('plain');
+  });
+  upstream.on('upgrade', (req, socket) => {
+    upstreamPaths.push(req.url!);
+    // SPDY/3.1 as kubectl asks for it: answer 101 and echo what follows.
+    socket.write('HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\n\r\n');
+    socket.pipe(socket);
+  });
+  upstream.listen(0, '127.0.0.1');
+  await once(upstream, 'listening');
+  server = await startServer(
+    {
+      cert: hubCert.cert,
+      key: hubCert.key,
+      ca: hubCA.cert,
+      bindAddress: '127.0.0.1',
+      proxyPort: 0,
+      agentPort: 0,
+      healthPort: 0,
+      adminPort: 0,
+      adminBindAddress: '127.0.0.1',
+      tokens: new Map([['t', { user: 'alice', uid: '1', groups: [] }]]),
+      serverId: 's',
+      serverCount: 1,
+      gracePeriodMs: 1000,
+      dialTimeoutMs: 2000,
+      maxHeaderSize: Defaults.maxHeaderSize,
+      maxStreamsPerClient: 100,
+    },
+    silentLogger(),
+  );
+  const pem = issueAgentCert(hubCA, { cluster: 'm' });
+  const registered = once(server.registry, 'change');
+  agent = await startAgent(
+    {
+      servers: [`wss://localhost:${server.addresses.agent.port}`],
+      cluster: 'm',
+      agentId: 'a',
+      cert: pem.cert,
+      key: pem.key,
+      ca: hubCA.cert,
+      apiserver: new URL(`https://127.0.0.1:${(upstream.address() as AddressInfo).port}`),
+      apiserverCA: memberCA.cert,
+      apiserverTokenFile: path.join(dir, 'token'),
+      allowDest: [],
+      healthPort: 0,
+      healthHost: '127.0.0.1',
+      gracePeriodMs: 1000,
+      backoff: { initialMs: 50, maxMs: 500 },
+      dialTimeoutMs: 2000,
+    },
+    silentLogger(),
+  );
+  await registered;
+});
+
+afterAll(async () => {
+  await agent.close();
+  await server.close();
+  upstream.closeAllConnections();
+  upstream.close();
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+async function hub(): Promise<tls.TLSSocket> {
+  const s = tls.connect({ host: '127.0.0.1', port: server.addresses.proxy.port, ca: hubCA.cert, servername: 'localhost' });
+  await once(s, 'secureConnect');
+  return s;
+}
+
+function readUntil(socket: tls.TLSSocket, text: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let got = '';
+    const onData = (d: Buffer) => {
+      got += d.toString('latin1');
+      if (got.includes(text)) {
+        socket.off('data', onData);
+        resolve(got);
+      }
+    };
+    socket.on('data', onData);
+    socket.once('close', () => reject(new Error(`closed before "${text}": ${got}`)));
+  });
+}
+
+describe('L7 passthrough', () => {
+  it('relays a SPDY/3.1 upgrade: the 101 passes and bytes flow both ways', async () => {
+    const s = await hub();
+    s.write(
+      'POST /clusters/m/api/v1/namespaces/default/pods/echo/exec?command=cat HTTP/1.1\r\nHost: hub\r\nAuthorization: Bearer t\r\n' +
+        'Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\n\r\n',
+    );
+    const head = await readUntil(s, '\r\n\r\n');
+    expect(head).toMatch(/^HTTP\/1\.1 101 /);
+    expect(head).toMatch(/\r\nUpgrade: SPDY\/3\.1\r\n/i);
+    const frame = Buffer.from([0x80, 0x03, 0x00, 0x01, 0x01, 0x02, 0x03, 0xff]).toString('latin1');
+    const echoed = readUntil(s, frame);
+    s.write(Buffer.from(frame, 'latin1'));
+    expect(await echoed).toContain(frame);
+    s.destroy();
+    expect(upstreamPaths.at(-1)).toBe('/api/v1/namespaces/default/pods/echo/exec?command=cat');
+  });
+
+  it('hands a redirect to the client and never follows it', async () => {
+    const s = await hub();
+    s.write('GET /clusters/m/redirect HTTP/1.1\r\nHost: hub\r\nAuthorization: Bearer t\r\nConnection: close\r\n\r\n');
+    const answer = await readUntil(s, '\r\n\r\n');
+    expect(answer).toMatch(/^HTTP\/1\.1 302 /);
+    expect(answer).toMatch(/\r\nlocation: https:\/\/elsewhere\.example\/steal\r\n/i);
+    s.destroy();
+    expect(upstreamPaths.filter((p) => p.includes('steal'))).toEqual([]);
+  });
+});
