@@ -82,7 +82,7 @@ export async function runDemo(opts: DemoOptions): Promise<Demo> {
       maxHeaderSize: Defaults.maxHeaderSize,
       maxStreamsPerClient: 10_000,
     },
-    log.child({ component: 'server' }),
+    log,
   );
 
   const members: Demo['members'] = [];
@@ -137,7 +137,7 @@ export async function runDemo(opts: DemoOptions): Promise<Demo> {
           dialTimeoutMs: 5000,
           apiserverTokenFile: agentTokenFile,
         },
-        log.child({ component: 'agent', cluster: name }),
+        log,
       );
       members.push({ name, apiserver, agent });
       await registered;
