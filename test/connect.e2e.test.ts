@@ -3,6 +3,8 @@
  * separate processes, stand-in member apiservers, and real kubectl and curl.
  */
 import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import tls from 'node:tls';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -272,8 +274,6 @@ function upgradeRequest(cluster: string): string {
 
 /** CONNECT to `target` for `cluster`, then TLS and GET /version inside: which cluster answered. */
 async function rawConnectThenTls(target: string, cluster: string): Promise<string> {
-  const tls = await import('node:tls');
-  const { once } = await import('node:events');
   const outer = tls.connect({ host: '127.0.0.1', port: server.proxy, ca: hubCA, servername: 'localhost' });
   await once(outer, 'secureConnect');
   outer.write(`CONNECT ${target} HTTP/1.1\r\nHost: ${target}\r\nX-Cluster-Name: ${cluster}\r\nProxy-Authorization: Bearer good-token\r\n\r\n`);

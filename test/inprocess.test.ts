@@ -7,53 +7,18 @@ import net from 'node:net';
 import tls from 'node:tls';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { startAgent, type Agent, type AgentConfig } from '@kubetunnel/agent';
-import { startServer, type KubetunnelServer, type ServerConfig } from '@kubetunnel/server';
-import { Defaults, createCA, issueAgentCert, issueServerCert, silentLogger, type Pem } from '@kubetunnel/shared';
+import { startServer, type KubetunnelServer } from '@kubetunnel/server';
+import { createCA, issueAgentCert, issueServerCert, silentLogger, type Pem } from '@kubetunnel/shared';
+import { testAgentConfig, testServerConfig } from './fixtures.js';
 import { expectNoLeaks, liveResources } from '../packages/shared/test/helpers.js';
 
 const ca = createCA();
 const serverPem = issueServerCert(ca, { sans: ['localhost', '127.0.0.1'] });
 const agentPem = issueAgentCert(ca, { cluster: 'member-1' });
 
-function serverConfig(): ServerConfig {
-  return {
-    cert: serverPem.cert,
-    key: serverPem.key,
-    ca: ca.cert,
-    bindAddress: '127.0.0.1',
-    proxyPort: 0,
-    agentPort: 0,
-    healthPort: 0,
-    adminPort: 0,
-    adminBindAddress: '127.0.0.1',
-    tokens: new Map([['t', { user: 'alice', uid: '1', groups: [] }]]),
-    serverId: 'test-server',
-    serverCount: 1,
-    gracePeriodMs: 2000,
-    dialTimeoutMs: 2000,
-    maxHeaderSize: Defaults.maxHeaderSize,
-    maxStreamsPerClient: 100,
-  };
-}
-
-function agentConfig(server: KubetunnelServer, apiserverPort: number, pem: Pem = agentPem, extra: Partial<AgentConfig> = {}): AgentConfig {
-  return {
-    servers: [`wss://localhost:${server.addresses.agent.port}`],
-    cluster: 'member-1',
-    agentId: 'a1',
-    cert: pem.cert,
-    key: pem.key,
-    ca: ca.cert,
-    apiserver: new URL(`https://127.0.0.1:${apiserverPort}`),
-    allowDest: [],
-    healthPort: 0,
-    healthHost: '127.0.0.1',
-    gracePeriodMs: 2000,
-    backoff: { initialMs: 20, maxMs: 200 },
-    dialTimeoutMs: 2000,
-    ...extra,
-  };
-}
+const tokens = new Map([['t', { user: 'alice', uid: '1', groups: [] }]]);
+const agentConfig = (server: KubetunnelServer, apiserverPort: number, pem: Pem = agentPem, extra: Partial<AgentConfig> = {}) =>
+  testAgentConfig(server, ca, pem, 'member-1', `https://127.0.0.1:${apiserverPort}`, extra);
 
 /** A TCP echo server that counts the connections it accepted. */
 async function echoServer(): Promise<{ port: number; accepted: () => number; close(): Promise<void> }> {
@@ -85,7 +50,7 @@ let before: Record<string, number>;
 
 beforeEach(async () => {
   before = liveResources();
-  server = await startServer(serverConfig(), silentLogger());
+  server = await startServer(testServerConfig(ca, serverPem, tokens), silentLogger());
   echo = await echoServer();
 });
 

@@ -13,9 +13,10 @@ import path from 'node:path';
 import tls from 'node:tls';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startAgent, type Agent } from '@kubetunnel/agent';
+import type { Agent } from '@kubetunnel/agent';
 import { startServer, type KubetunnelServer } from '@kubetunnel/server';
-import { Defaults, createCA, issueAgentCert, issueServerCert, silentLogger } from '@kubetunnel/shared';
+import { createCA, issueAgentCert, issueServerCert, silentLogger } from '@kubetunnel/shared';
+import { startRegisteredAgent, testAgentConfig, testServerConfig } from './fixtures.js';
 import { startStandinApiserver, type StandinApiserver } from '@kubetunnel/standin-apiserver';
 
 const hubCA = createCA();
@@ -40,49 +41,17 @@ beforeAll(async () => {
     impersonators: [AGENT_USER],
   });
   server = await startServer(
-    {
-      cert: hubCert.cert,
-      key: hubCert.key,
-      ca: hubCA.cert,
-      bindAddress: '127.0.0.1',
-      proxyPort: 0,
-      agentPort: 0,
-      healthPort: 0,
-      adminPort: 0,
-      adminBindAddress: '127.0.0.1',
-      tokens: new Map([['hub-token', { user: 'alice', uid: '42', groups: ['dev', 'ops'] }]]),
-      serverId: 's',
-      serverCount: 1,
-      gracePeriodMs: 1000,
-      dialTimeoutMs: 2000,
-      maxHeaderSize: Defaults.maxHeaderSize,
-      maxStreamsPerClient: 100,
-    },
+    testServerConfig(hubCA, hubCert, new Map([['hub-token', { user: 'alice', uid: '42', groups: ['dev', 'ops'] }]])),
     silentLogger(),
   );
   const agentPem = issueAgentCert(hubCA, { cluster: 'member-1' });
-  const registered = once(server.registry, 'change');
-  agent = await startAgent(
-    {
-      servers: [`wss://localhost:${server.addresses.agent.port}`],
-      cluster: 'member-1',
-      agentId: 'a',
-      cert: agentPem.cert,
-      key: agentPem.key,
-      ca: hubCA.cert,
-      apiserver: new URL(api.url),
+  agent = await startRegisteredAgent(
+    server,
+    testAgentConfig(server, hubCA, agentPem, 'member-1', api.url, {
       apiserverCA: memberCA.cert,
       apiserverTokenFile: path.join(dir, 'token'),
-      allowDest: [],
-      healthPort: 0,
-      healthHost: '127.0.0.1',
-      gracePeriodMs: 1000,
-      backoff: { initialMs: 50, maxMs: 500 },
-      dialTimeoutMs: 2000,
-    },
-    silentLogger(),
+    }),
   );
-  await registered;
 });
 
 afterAll(async () => {

@@ -12,9 +12,10 @@ import os from 'node:os';
 import path from 'node:path';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startAgent, type Agent } from '@kubetunnel/agent';
+import type { Agent } from '@kubetunnel/agent';
 import { startServer, type KubetunnelServer } from '@kubetunnel/server';
-import { Defaults, createCA, issueAgentCert, issueServerCert, silentLogger } from '@kubetunnel/shared';
+import { createCA, issueAgentCert, issueServerCert, silentLogger } from '@kubetunnel/shared';
+import { startRegisteredAgent, testAgentConfig, testServerConfig } from './fixtures.js';
 
 const hubCA = createCA();
 const hubCert = issueServerCert(hubCA, { sans: ['localhost'] });
@@ -46,50 +47,15 @@ beforeAll(async () => {
   });
   upstream.listen(0, '127.0.0.1');
   await once(upstream, 'listening');
-  server = await startServer(
-    {
-      cert: hubCert.cert,
-      key: hubCert.key,
-      ca: hubCA.cert,
-      bindAddress: '127.0.0.1',
-      proxyPort: 0,
-      agentPort: 0,
-      healthPort: 0,
-      adminPort: 0,
-      adminBindAddress: '127.0.0.1',
-      tokens: new Map([['t', { user: 'alice', uid: '1', groups: [] }]]),
-      serverId: 's',
-      serverCount: 1,
-      gracePeriodMs: 1000,
-      dialTimeoutMs: 2000,
-      maxHeaderSize: Defaults.maxHeaderSize,
-      maxStreamsPerClient: 100,
-    },
-    silentLogger(),
-  );
+  server = await startServer(testServerConfig(hubCA, hubCert, new Map([['t', { user: 'alice', uid: '1', groups: [] }]])), silentLogger());
   const pem = issueAgentCert(hubCA, { cluster: 'm' });
-  const registered = once(server.registry, 'change');
-  agent = await startAgent(
-    {
-      servers: [`wss://localhost:${server.addresses.agent.port}`],
-      cluster: 'm',
-      agentId: 'a',
-      cert: pem.cert,
-      key: pem.key,
-      ca: hubCA.cert,
-      apiserver: new URL(`https://127.0.0.1:${(upstream.address() as AddressInfo).port}`),
+  agent = await startRegisteredAgent(
+    server,
+    testAgentConfig(server, hubCA, pem, 'm', `https://127.0.0.1:${(upstream.address() as AddressInfo).port}`, {
       apiserverCA: memberCA.cert,
       apiserverTokenFile: path.join(dir, 'token'),
-      allowDest: [],
-      healthPort: 0,
-      healthHost: '127.0.0.1',
-      gracePeriodMs: 1000,
-      backoff: { initialMs: 50, maxMs: 500 },
-      dialTimeoutMs: 2000,
-    },
-    silentLogger(),
+    }),
   );
-  await registered;
 });
 
 afterAll(async () => {

@@ -1,6 +1,6 @@
 import type { ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
-import { respondRaw } from './respond.js';
+import { writeAndClose } from './respond.js';
 
 const REASONS: Record<number, string> = {
   400: 'BadRequest',
@@ -39,16 +39,5 @@ export function sendStatus(res: ServerResponse, code: number, message: string, h
 
 /** The same on a raw socket (upgrade requests). */
 export function sendStatusRaw(socket: Duplex, code: number, message: string, headers: Record<string, string> = {}): void {
-  if (socket.destroyed || !socket.writable) return;
-  const body = kubeStatus(code, message) + '\n';
-  const lines = [
-    `HTTP/1.1 ${code} ${REASONS[code] ?? 'Error'}`,
-    'Content-Type: application/json',
-    `Content-Length: ${Buffer.byteLength(body)}`,
-    'Connection: close',
-    ...Object.entries(headers).map(([k, v]) => `${k}: ${v}`),
-  ];
-  socket.end(`${lines.join('\r\n')}\r\n\r\n${body}`);
+  writeAndClose(socket, code, 'application/json', kubeStatus(code, message) + '\n', headers);
 }
-
-export { respondRaw };

@@ -6,11 +6,15 @@ import type { Duplex } from 'node:stream';
  * line, a one-line plain-text reason, and closes the connection.
  */
 export function respondRaw(socket: Duplex, status: number, reason: string, headers: Record<string, string> = {}): void {
+  writeAndClose(socket, status, 'text/plain; charset=utf-8', `${reason.replace(/[\r\n]+/g, ' ')}\n`, headers);
+}
+
+/** Writes a whole response with `body` on a raw socket and ends it. */
+export function writeAndClose(socket: Duplex, status: number, contentType: string, body: string, headers: Record<string, string> = {}): void {
   if (socket.destroyed || !socket.writable) return;
-  const body = `${reason.replace(/[\r\n]+/g, ' ')}\n`;
   const lines = [
     `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Unknown'}`,
-    'Content-Type: text/plain; charset=utf-8',
+    `Content-Type: ${contentType}`,
     `Content-Length: ${Buffer.byteLength(body)}`,
     'Connection: close',
     ...Object.entries(headers).map(([k, v]) => `${k}: ${v}`),
