@@ -8,16 +8,14 @@ import tls from 'node:tls';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { startStandinApiserver, type StandinApiserver } from '@kubetunnel/standin-apiserver';
-import { createCA, issueServerCert } from '@kubetunnel/shared';
 import {
-  type Proc,
+  type Member,
   type ServerProc,
   cli,
   clustersJson,
   rawConnect,
   run,
-  startAgentProc,
+  startMember as startMemberProc,
   startServerProc,
   tmpDir,
 } from './harness.js';
@@ -28,26 +26,22 @@ const MEMBER_TOKEN = 'member-token';
 let dir: string;
 let certDir: string;
 let server: ServerProc;
-const members = new Map<string, { apiserver: StandinApiserver; caFile: string; agent: Proc }>();
+const members = new Map<string, Member>();
 let hubCA: string;
 
-async function startMember(name: string): Promise<void> {
-  const ca = createCA({ commonName: `${name} CA` });
-  const cert = issueServerCert(ca, { sans: ['localhost', '127.0.0.1', 'kubernetes.default.svc'] });
-  const caFile = path.join(dir, `${name}-ca.crt`);
-  fs.writeFileSync(caFile, ca.cert);
-  const apiserver = await startStandinApiserver({
-    cluster: name,
-    cert: cert.cert,
-    key: cert.key,
-    tokens: { [MEMBER_TOKEN]: { user: 'alice', groups: ['developers'] } },
-    // Client certificates from the hub CA are trusted end to end (kubectl presents the same one to both).
-    ca: hubCA,
-  });
-  await cli('certs', 'agent', '--dir', certDir, '--cluster', name);
-  const agent = await startAgentProc(certDir, server, name, apiserver.url, caFile);
-  members.set(name, { apiserver, caFile, agent });
-}
+const startMember = async (name: string) =>
+  members.set(
+    name,
+    await startMemberProc({
+      dir,
+      certDir,
+      server,
+      name,
+      tokens: { [MEMBER_TOKEN]: { user: 'alice', groups: ['developers'] } },
+      // Client certificates from the hub CA are trusted end to end (kubectl presents the same one to both).
+      ca: hubCA,
+    }),
+  );
 
 beforeAll(async () => {
   dir = tmpDir();

@@ -6,34 +6,20 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { startStandinApiserver, type StandinApiserver } from '@kubetunnel/standin-apiserver';
-import { createCA, issueServerCert } from '@kubetunnel/shared';
-import { type Proc, type ServerProc, cli, clustersJson, rawConnect, run, startAgentProc, startServerProc, tmpDir } from './harness.js';
+import { type Member, type ServerProc, cli, clustersJson, rawConnect, run, startAgentProc, startMember as startMemberProc, startServerProc, tmpDir } from './harness.js';
 
 const MEMBER_TOKEN = 'member-token';
 let dir: string;
 let certDir: string;
 let server: ServerProc;
 let hubCA: string;
-const members = new Map<string, { apiserver: StandinApiserver; caFile: string; agent?: Proc }>();
+const members = new Map<string, Member>();
 
 async function startMember(name: string): Promise<void> {
-  const ca = createCA({ commonName: `${name} CA` });
-  const cert = issueServerCert(ca, { sans: ['localhost', '127.0.0.1', 'kubernetes.default.svc'] });
-  const caFile = path.join(dir, `${name}-ca.crt`);
-  fs.writeFileSync(caFile, ca.cert);
-  const apiserver = await startStandinApiserver({
-    cluster: name,
-    cert: cert.cert,
-    key: cert.key,
-    tokens: { [MEMBER_TOKEN]: { user: 'alice', groups: ['developers'] } },
-  });
-  await cli('certs', 'agent', '--dir', certDir, '--cluster', name);
-  members.set(name, { apiserver, caFile });
-  await startAgent(name);
+  members.set(name, await startMemberProc({ dir, certDir, server, name, tokens: { [MEMBER_TOKEN]: { user: 'alice', groups: ['developers'] } } }));
 }
 
-async function startAgent(name: string): Promise<void> {
+async function restartAgent(name: string): Promise<void> {
   const m = members.get(name)!;
   m.agent = await startAgentProc(certDir, server, name, m.apiserver.url, m.caFile);
 }
@@ -59,7 +45,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  for (const m of members.values()) await m.agent?.stop();
+  for (const m of members.values()) await m.agent.stop();
   await server?.proc.stop();
   for (const m of members.values()) await m.apiserver.close();
   fs.rmSync(dir, { recursive: true, force: true });
@@ -85,7 +71,7 @@ describe('faults', () => {
     });
     const exited = new Promise<number>((resolve) => watch.once('exit', () => resolve(performance.now())));
     const killedAt = performance.now();
-    await members.get('member-1')!.agent!.stop('SIGKILL');
+    await members.get('member-1')!.agent.stop('SIGKILL');
     const closedAt = await exited;
     expect(closedAt - killedAt).toBeLessThan(2000);
 
@@ -103,7 +89,7 @@ describe('faults', () => {
     expect(r.body).toMatch(/has no live agent/);
     expect(performance.now() - started).toBeLessThan(1000);
 
-    await startAgent('member-1');
+    await restartAgent('member-1');
     expect(await version('member-1')).toBe('member-1');
   });
 

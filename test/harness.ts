@@ -11,6 +11,8 @@ import path from 'node:path';
 import tls from 'node:tls';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
+import { createCA, issueServerCert } from '@kubetunnel/shared';
+import { startStandinApiserver, type StandinApiserver, type StandinApiserverOptions } from '@kubetunnel/standin-apiserver';
 
 export const ROOT = fileURLToPath(new URL('..', import.meta.url));
 export const CLI = path.join(ROOT, 'packages/cli/bin/kubetunnel.js');
@@ -202,4 +204,43 @@ export async function run(cmd: string, args: string[], env: NodeJS.ProcessEnv = 
     const e = err as { stderr?: string; message: string };
     throw new Error(`${cmd} ${args.join(' ')} failed: ${e.stderr || e.message}`);
   }
+}
+
+export interface Member {
+  apiserver: StandinApiserver;
+  /** The member apiserver's CA, as a file for --apiserver-ca and curl. */
+  caFile: string;
+  agent: Proc;
+}
+
+/**
+ * A member cluster: a stand-in apiserver with its own CA (its certificate
+ * carries kubernetes.default.svc, as real ones do), an agent certificate,
+ * and a `kubetunnel agent` process registered with `server`.
+ */
+export async function startMember(o: {
+  dir: string;
+  certDir: string;
+  server: ServerProc;
+  name: string;
+  tokens: StandinApiserverOptions['tokens'];
+  ca?: string;
+  impersonators?: string[];
+  agentArgs?: string[];
+}): Promise<Member> {
+  const ca = createCA({ commonName: `${o.name} CA` });
+  const cert = issueServerCert(ca, { sans: ['localhost', '127.0.0.1', 'kubernetes.default.svc'] });
+  const caFile = path.join(o.dir, `${o.name}-ca.crt`);
+  fs.writeFileSync(caFile, ca.cert);
+  const apiserver = await startStandinApiserver({
+    cluster: o.name,
+    cert: cert.cert,
+    key: cert.key,
+    tokens: o.tokens,
+    ...(o.ca ? { ca: o.ca } : {}),
+    ...(o.impersonators ? { impersonators: o.impersonators } : {}),
+  });
+  await cli('certs', 'agent', '--dir', o.certDir, '--cluster', o.name);
+  const agent = await startAgentProc(o.certDir, o.server, o.name, apiserver.url, caFile, o.agentArgs);
+  return { apiserver, caFile, agent };
 }

@@ -11,9 +11,7 @@ import net from 'node:net';
 import path from 'node:path';
 import tls from 'node:tls';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { startStandinApiserver, type StandinApiserver } from '@kubetunnel/standin-apiserver';
-import { createCA, issueServerCert } from '@kubetunnel/shared';
-import { type Proc, type ServerProc, cli, clustersJson, rawConnect, run, startAgentProc, startServerProc, tmpDir } from './harness.js';
+import { type Member, type ServerProc, cli, clustersJson, rawConnect, run, startMember, startServerProc, tmpDir } from './harness.js';
 
 const POLICY = `
 rules:
@@ -30,7 +28,7 @@ let dir: string;
 let certDir: string;
 let server: ServerProc;
 let hubCA: string;
-const members = new Map<string, { apiserver: StandinApiserver; agent: Proc }>();
+const members = new Map<string, Member>();
 
 beforeAll(async () => {
   dir = tmpDir();
@@ -41,22 +39,19 @@ beforeAll(async () => {
   fs.writeFileSync(path.join(dir, 'policy.yaml'), POLICY);
   fs.writeFileSync(path.join(dir, 'agent-token'), AGENT_TOKEN + '\n');
   server = await startServerProc(certDir, ['--token-file', path.join(dir, 'tokens.csv'), '--policy', path.join(dir, 'policy.yaml')]);
-  for (const name of ['member-1', 'member-2']) {
-    const ca = createCA({ commonName: `${name} CA` });
-    const cert = issueServerCert(ca, { sans: ['localhost', '127.0.0.1'] });
-    const caFile = path.join(dir, `${name}-ca.crt`);
-    fs.writeFileSync(caFile, ca.cert);
-    const apiserver = await startStandinApiserver({
-      cluster: name,
-      cert: cert.cert,
-      key: cert.key,
-      tokens: { [AGENT_TOKEN]: { user: agentUser(name), groups: ['system:serviceaccounts'] } },
-      impersonators: [agentUser(name)],
-    });
-    await cli('certs', 'agent', '--dir', certDir, '--cluster', name);
-    const agent = await startAgentProc(certDir, server, name, apiserver.url, caFile, ['--apiserver-token-file', path.join(dir, 'agent-token')]);
-    members.set(name, { apiserver, agent });
-  }
+  for (const name of ['member-1', 'member-2'])
+    members.set(
+      name,
+      await startMember({
+        dir,
+        certDir,
+        server,
+        name,
+        tokens: { [AGENT_TOKEN]: { user: agentUser(name), groups: ['system:serviceaccounts'] } },
+        impersonators: [agentUser(name)],
+        agentArgs: ['--apiserver-token-file', path.join(dir, 'agent-token')],
+      }),
+    );
 });
 
 afterAll(async () => {
