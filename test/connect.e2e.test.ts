@@ -13,6 +13,7 @@ import {
   type ServerProc,
   cli,
   clustersJson,
+  expectIdle,
   rawConnect,
   run,
   startMember as startMemberProc,
@@ -62,15 +63,7 @@ afterAll(async () => {
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
-afterEach(async () => {
-  // Every test leaves the server with nothing open and nothing pending.
-  for (;;) {
-    const r = await clustersJson(server.adminUrl);
-    const busy = r.clusters.filter((c) => c.openStreams > 0 || c.pendingDials > 0);
-    if (busy.length === 0) break;
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-});
+afterEach(() => expectIdle(server.adminUrl));
 
 async function kubeconfig(mode: 'connect', creds: 'token' | 'cert'): Promise<string> {
   const file = path.join(dir, `kubeconfig-${mode}-${creds}`);

@@ -6,7 +6,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { type Member, type ServerProc, cli, clustersJson, rawConnect, run, startAgentProc, startMember as startMemberProc, startServerProc, tmpDir } from './harness.js';
+import { type Member, type ServerProc, cli, expectIdle, rawConnect, run, startAgentProc, startMember as startMemberProc, startServerProc, tmpDir } from './harness.js';
 
 const MEMBER_TOKEN = 'member-token';
 let dir: string;
@@ -51,13 +51,7 @@ afterAll(async () => {
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
-afterEach(async () => {
-  for (;;) {
-    const r = await clustersJson(server.adminUrl);
-    if (r.clusters.every((c) => c.openStreams === 0 && c.pendingDials === 0)) break;
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-});
+afterEach(() => expectIdle(server.adminUrl));
 
 describe('faults', () => {
   it('kill -9 of an agent mid-download closes the client within 2 s; the other cluster is unaffected; a restarted agent serves again', async () => {

@@ -244,3 +244,19 @@ export async function startMember(o: {
   const agent = await startAgentProc(o.certDir, o.server, o.name, apiserver.url, caFile, o.agentArgs);
   return { apiserver, caFile, agent };
 }
+
+/**
+ * Asserts that the server holds no open stream and no pending dial. Streams
+ * end asynchronously after a client goes, so it asks again for a while first.
+ */
+export async function expectIdle(adminUrl: string, withinMs = 5000): Promise<void> {
+  const deadline = Date.now() + withinMs;
+  for (;;) {
+    const busy = (await clustersJson(adminUrl)).clusters
+      .filter((c) => c.openStreams > 0 || c.pendingDials > 0)
+      .map((c) => `${c.name}: ${c.openStreams} open, ${c.pendingDials} dialing`);
+    if (busy.length === 0) return;
+    if (Date.now() > deadline) throw new Error(`server not idle after the test: ${busy.join('; ')}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}

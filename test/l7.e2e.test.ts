@@ -11,7 +11,7 @@ import net from 'node:net';
 import path from 'node:path';
 import tls from 'node:tls';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { type Member, type ServerProc, cli, clustersJson, rawConnect, run, startMember, startServerProc, tmpDir } from './harness.js';
+import { type Member, type ServerProc, cli, expectIdle, rawConnect, run, startMember, startServerProc, tmpDir } from './harness.js';
 
 const POLICY = `
 rules:
@@ -66,13 +66,7 @@ afterAll(async () => {
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
-afterEach(async () => {
-  for (;;) {
-    const r = await clustersJson(server.adminUrl);
-    if (r.clusters.every((c) => c.openStreams === 0 && c.pendingDials === 0)) break;
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-});
+afterEach(() => expectIdle(server.adminUrl));
 
 async function kubeconfig(token: string): Promise<string> {
   const file = path.join(dir, `kubeconfig-l7-${token}`);
