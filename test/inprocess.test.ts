@@ -178,3 +178,44 @@ describe('agent and server in one process', () => {
     while (server.registry.totals().openStreams > 0 || agent.openStreams() > 0) await new Promise((res) => setImmediate(res));
   });
 });
+
+describe('several server replicas behind one address', () => {
+  it('the agent dials through the balancer until it holds a tunnel to every replica', async () => {
+    const second = await startServer({ ...testServerConfig(ca, serverPem, tokens), serverId: 'replica-2', serverCount: 2 }, silentLogger());
+    const first = await startServer({ ...testServerConfig(ca, serverPem, tokens), serverId: 'replica-1', serverCount: 2 }, silentLogger());
+    // A TCP balancer that sends each new connection to the next replica in turn.
+    const backends = [first.addresses.agent.port, second.addresses.agent.port];
+    let turn = 0;
+    const piped = new Set<net.Socket>();
+    const lb = net.createServer((client) => {
+      const upstream = net.connect(backends[turn++ % 2]!, '127.0.0.1');
+      for (const s of [client, upstream]) {
+        piped.add(s);
+        s.on('close', () => piped.delete(s));
+        s.on('error', () => {});
+      }
+      client.pipe(upstream).pipe(client);
+      client.on('close', () => upstream.destroy());
+      upstream.on('close', () => client.destroy());
+    });
+    lb.listen(0, '127.0.0.1');
+    await once(lb, 'listening');
+    try {
+      agent = await startAgent(
+        { ...agentConfig(server, echo.port), servers: [`wss://localhost:${(lb.address() as net.AddressInfo).port}`] },
+        silentLogger(),
+      );
+      while (agent.connector.sessions().length < 2) await once(agent.connector, 'session');
+      expect(agent.connector.sessions().map((s) => s.serverId).sort()).toEqual(['replica-1', 'replica-2']);
+      for (const srv of [first, second]) expect(srv.registry.get('member-1')?.agents.size).toBe(1);
+      await agent.close();
+      agent = undefined;
+    } finally {
+      await first.close();
+      await second.close();
+      for (const s of piped) s.destroy();
+      lb.close();
+      await once(lb, 'close');
+    }
+  });
+});

@@ -146,8 +146,9 @@ export class AgentGateway {
     });
   }
 
-  /** GOAWAY to every agent; each tunnel closes once its streams end (or the grace period passes). */
+  /** No new agents; GOAWAY to every agent; each tunnel closes once its streams end (or the grace period passes). */
   async drain(graceMs: number): Promise<void> {
+    this.server.close();
     const sessions = this.registry.entries().flatMap((c) => [...c.agents.values()].map((t) => t.session));
     await Promise.all(sessions.map((s) => s.drain(graceMs)));
   }
