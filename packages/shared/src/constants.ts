@@ -5,6 +5,8 @@
 export const Defaults = {
   /** Per-stream receive window: the most bytes a peer may send unacknowledged. */
   initialWindow: 256 * 1024,
+  /** A stream whose reader keeps up grows its window up to this (see MuxStream.grant). */
+  maxWindow: 1024 * 1024,
   /** Largest DATA payload. Measured choice: see docs/benchmarks.md. */
   maxFrameSize: 32 * 1024,
   /** Most bytes put into one WebSocket message (several frames). */

@@ -244,7 +244,8 @@ describe.each([
 describe('mux over ws: fairness, liveness, back pressure', () => {
   it("a small write on B is not queued behind A's 200 MB", async () => {
     pair = await wsPair({ pingIntervalMs: 0 });
-    const window = pair.server.initialWindow;
+    // A's window may have grown (autotuning) up to the session's maximum.
+    const window = pair.server.maxWindow;
     const agentStreams = new Map<string, MuxStream>();
     pair.agent.on('open', (inc: IncomingOpen) => {
       const s = inc.accept();
@@ -275,8 +276,8 @@ describe('mux over ws: fairness, liveness, back pressure', () => {
     await Promise.all([bulk, pushing]);
     expect(aSink.bytes).toBe(total);
     expect(behind.length).toBeGreaterThan(5);
-    // B waits behind at most what A already had in flight (its window) plus
-    // one message of A's frames: never behind A's backlog.
+    // B waits behind at most what A already had in flight (its window, at
+    // most the maximum) plus one message of A's frames: never behind A's backlog.
     const bound = window + 256 * 1024 + 64 * 1024;
     expect(Math.max(...behind)).toBeLessThanOrEqual(bound);
     await settled(pair);
@@ -341,6 +342,32 @@ describe('mux over ws: fairness, liveness, back pressure', () => {
     accepted[1]!.end('fine');
     s2.end();
     expect((await back).toString()).toBe('fine');
+    await settled(pair);
+  });
+});
+
+describe('window autotuning', () => {
+  it('a reader that keeps up grows its window; one that stalls keeps the initial window', async () => {
+    pair = await wsPair({ pingIntervalMs: 0, initialWindow: 64 * 1024, maxWindow: 1024 * 1024 });
+    const agentSide = new Map<string, MuxStream>();
+    pair.agent.on('open', (inc: IncomingOpen) => {
+      const s = inc.accept();
+      agentSide.set(inc.request.target, s);
+      s.resume();
+      source(32 << 20).pipe(s);
+    });
+    const fast = await pair.server.open({ kind: 'tcp', target: 'fast' });
+    await pipeline(fast, sink());
+    expect(fast.window).toBeGreaterThan(64 * 1024);
+    expect(fast.window).toBeLessThanOrEqual(1024 * 1024);
+    fast.end();
+    const stalled = await pair.server.open({ kind: 'tcp', target: 'stalled' });
+    // Nothing reads it: the agent fills its window and stops there.
+    while (stalled.readableLength < 64 * 1024) await new Promise((r) => setImmediate(r));
+    expect(stalled.window).toBe(64 * 1024);
+    expect(stalled.bytesIn).toBeLessThanOrEqual(64 * 1024);
+    stalled.destroy();
+    await closed(agentSide.get('stalled')!);
     await settled(pair);
   });
 });

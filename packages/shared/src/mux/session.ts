@@ -10,6 +10,8 @@ export interface SessionOptions {
   /** The server opens odd stream ids, the agent even ones. */
   role: 'server' | 'agent';
   initialWindow?: number;
+  /** How far a fast stream's window may grow (autotuning); = initialWindow turns it off. */
+  maxWindow?: number;
   maxFrameSize?: number;
   maxMessageSize?: number;
   transportHighWater?: number;
@@ -56,6 +58,7 @@ interface Incoming {
  */
 export class Session extends EventEmitter implements StreamHost {
   readonly initialWindow: number;
+  readonly maxWindow: number;
   private readonly maxFrameSize: number;
   private readonly maxMessageSize: number;
   private readonly highWater: number;
@@ -99,6 +102,7 @@ export class Session extends EventEmitter implements StreamHost {
     super();
     this.transport = transport;
     this.initialWindow = options.initialWindow ?? Defaults.initialWindow;
+    this.maxWindow = Math.max(this.initialWindow, options.maxWindow ?? Defaults.maxWindow);
     this.maxFrameSize = options.maxFrameSize ?? Defaults.maxFrameSize;
     this.maxMessageSize = options.maxMessageSize ?? Defaults.maxMessageSize;
     this.highWater = options.transportHighWater ?? Defaults.transportHighWater;

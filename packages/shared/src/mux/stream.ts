@@ -3,8 +3,14 @@ import { TunnelError, reasonFromCode, Reasons } from '../errors.js';
 import { MAX_WINDOW, type OpenRequest } from '../protocol/frame.js';
 
 /** What a stream needs from its session: scheduling and frames out. */
+/** A window drained this fast (ms) is too small: it doubles. Small, so a fast
+ * stream never has more than a few ms of data queued ahead of its neighbours. */
+const AUTOTUNE_MS = 4;
+
 export interface StreamHost {
   readonly initialWindow: number;
+  /** The most a stream's window may grow to. */
+  readonly maxWindow: number;
   /** The stream has DATA or FIN to send. */
   schedule(stream: MuxStream): void;
   /** Grant `increment` more bytes of receive window to the peer. */
@@ -37,6 +43,10 @@ export class MuxStream extends Duplex {
   recvCredit = 0;
   bytesIn = 0;
   bytesOut = 0;
+  /** Receive window: starts at the session's initial window, grows for fast readers. */
+  window: number;
+  private consumedAtMark = 0;
+  private markAt = performance.now();
 
   private readonly host: StreamHost;
   private queue: Pending[] = [];
@@ -54,6 +64,7 @@ export class MuxStream extends Duplex {
       writableHighWaterMark: 64 * 1024,
     });
     this.host = host;
+    this.window = host.initialWindow;
     this.id = id;
     // A stream's failure is reported to whoever consumes it (pipeline, their
     // own 'error' listener); it must never crash the process on its own.
@@ -199,10 +210,25 @@ export class MuxStream extends Duplex {
     this.destroy(err);
   }
 
-  /** Tops the peer's credit back up when our buffer has drained enough. */
+  /**
+   * Tops the peer's credit back up when our buffer has drained enough.
+   *
+   * The window grows (doubling, up to maxWindow) while the consumer drains a
+   * whole window within AUTOTUNE_MS: then the window, not the reader, limits
+   * the stream, and the window tracks throughput x AUTOTUNE_MS (the
+   * bandwidth-delay product of a busy loopback). A slow or stalled reader
+   * never drains a window that fast, so it keeps the initial window.
+   */
   grant(): void {
     if (this.state === 'closed' || this.finReceived) return;
-    const window = this.host.initialWindow;
+    const consumed = this.bytesIn - this.readableLength;
+    if (consumed - this.consumedAtMark >= this.window) {
+      const now = performance.now();
+      if (now - this.markAt < AUTOTUNE_MS) this.window = Math.min(this.window * 2, this.host.maxWindow);
+      this.consumedAtMark = consumed;
+      this.markAt = now;
+    }
+    const window = this.window;
     const want = window - this.readableLength - this.recvCredit;
     // Grant in large steps (no silly window); always grant when the peer has
     // no credit at all, or nothing would ever call _read again.
