@@ -121,6 +121,25 @@ describe('agent and server in one process', () => {
     }
   });
 
+  it('admin: /clusters and /metrics describe what happened', async () => {
+    agent = await startAgent(agentConfig(server, echo.port), silentLogger());
+    await registered();
+    const ok = await connect('member-1:443', 'member-1');
+    expect(ok.status).toBe('HTTP/1.1 200 Connection established');
+    const refused = await connect('nowhere:443', 'nowhere');
+    expect(refused.status).toBe('HTTP/1.1 404 Not Found');
+    const admin = `http://127.0.0.1:${server.addresses.admin.port}`;
+    const clusters = (await (await fetch(`${admin}/clusters`)).json()) as { serverId: string; clusters: Array<{ name: string; openStreams: number; agents: Array<{ id: string; openStreams: number }> }> };
+    expect(clusters.serverId).toBe('test-server');
+    expect(clusters.clusters[0]).toMatchObject({ name: 'member-1', openStreams: 1, agents: [{ id: 'a1', openStreams: 1 }] });
+    const metrics = await (await fetch(`${admin}/metrics`)).text();
+    expect(metrics).toMatch(/kubetunnel_streams_total\{frontend="connect"\} 1/);
+    expect(metrics).toMatch(/kubetunnel_stream_failures_total\{frontend="connect",reason="UNKNOWN_CLUSTER"\} 1/);
+    expect(metrics).toMatch(/kubetunnel_agents\{cluster="member-1"\} 1/);
+    for (const s of [ok.socket, refused.socket]) s.destroy();
+    while (server.registry.totals().openStreams > 0 || agent.openStreams() > 0) await new Promise((r) => setImmediate(r));
+  });
+
   it('a dial to a closed port answers 502 with the reason', async () => {
     const closed = await echoServer();
     await closed.close();
