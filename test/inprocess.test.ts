@@ -55,6 +55,10 @@ beforeEach(async () => {
 });
 
 afterEach(async () => {
+  // Streams end asynchronously on both sides once the last bytes are read.
+  const deadline = Date.now() + 3000;
+  while ((server.registry.totals().openStreams > 0 || (agent?.openStreams() ?? 0) > 0) && Date.now() < deadline)
+    await new Promise((r) => setImmediate(r));
   expect(server.registry.totals()).toMatchObject({ openStreams: 0, pendingDials: 0 });
   if (agent) expect(agent.openStreams()).toBe(0);
   await agent?.close();
@@ -115,7 +119,6 @@ describe('agent and server in one process', () => {
       await once(b.socket, 'close');
       expect(echo.accepted()).toBe(1);
       expect(other.accepted()).toBe(1);
-      while (server.registry.totals().openStreams > 0 || agent.openStreams() > 0) await new Promise((r) => setImmediate(r));
     } finally {
       await other.close();
     }
@@ -137,7 +140,6 @@ describe('agent and server in one process', () => {
     expect(metrics).toMatch(/kubetunnel_stream_failures_total\{frontend="connect",reason="UNKNOWN_CLUSTER"\} 1/);
     expect(metrics).toMatch(/kubetunnel_agents\{cluster="member-1"\} 1/);
     for (const s of [ok.socket, refused.socket]) s.destroy();
-    while (server.registry.totals().openStreams > 0 || agent.openStreams() > 0) await new Promise((r) => setImmediate(r));
   });
 
   it('a dial to a closed port answers 502 with the reason', async () => {
@@ -194,7 +196,6 @@ describe('agent and server in one process', () => {
     const r = await connect('member-1:443', 'member-1');
     expect(r.status).toBe('HTTP/1.1 200 Connection established');
     r.socket.destroy();
-    while (server.registry.totals().openStreams > 0 || agent.openStreams() > 0) await new Promise((res) => setImmediate(res));
   });
 });
 

@@ -366,15 +366,28 @@ export class Session extends EventEmitter implements StreamHost {
     if (this.draining && this.streams.size === 0 && this.incoming.size === 0) this.emit('idle');
   }
 
+  /**
+   * Frames what is queued, soon. With nothing in flight the frames go out at
+   * the end of the current callback (a small request pays no extra loop
+   * turn); while the transport is busy they wait for the check phase, so the
+   * writes of every socket read in this loop turn share one message.
+   */
   private requestFlush(): void {
     if (this.flushQueued || this.closed) return;
     this.flushQueued = true;
-    this.immediate = setImmediate(this.flush);
+    if (this.outstanding === 0) process.nextTick(this.onFlushDue);
+    else this.immediate = setImmediate(this.onFlushDue);
   }
 
-  private readonly flush = (): void => {
+  private readonly onFlushDue = (): void => {
+    if (!this.flushQueued) return;
     this.flushQueued = false;
+    if (this.immediate) clearImmediate(this.immediate);
     this.immediate = undefined;
+    this.flush();
+  };
+
+  private flush(): void {
     if (this.flushing || this.closed) return;
     this.flushing = true;
     try {
@@ -384,7 +397,7 @@ export class Session extends EventEmitter implements StreamHost {
     } finally {
       this.flushing = false;
     }
-  };
+  }
 
   /** Frames one message: control frames first, then DATA round-robin. */
   private sendBatch(): boolean {
