@@ -1,0 +1,68 @@
+/**
+ * Many agents in one process (a real deployment has one per node or pod;
+ * a few thousand processes do not fit on a 2-core machine). argv[2] is a
+ * JSON job: the server, the certificate directory, the clusters and how many
+ * agents each. Prints {"ready": true, ms} once every agent has its tunnel,
+ * and stops when standard input ends.
+ */
+import { once } from 'node:events';
+import fs from 'node:fs';
+import path from 'node:path';
+import { startAgent, type Agent } from '@kubetunnel/agent';
+import { silentLogger } from '@kubetunnel/shared';
+
+interface Job {
+  server: string;
+  certDir: string;
+  clusters: string[];
+  perCluster: number;
+  apiserver: string;
+  /** Makes agent ids unique across processes. */
+  idPrefix?: string;
+}
+
+const job = JSON.parse(process.argv[2]!) as Job;
+
+async function main(): Promise<void> {
+  const ca = fs.readFileSync(path.join(job.certDir, 'ca.crt'), 'utf8');
+  const started = performance.now();
+  const agents: Agent[] = [];
+  const up: Array<Promise<unknown>> = [];
+  for (const cluster of job.clusters) {
+    const cert = fs.readFileSync(path.join(job.certDir, `agent-${cluster}.crt`), 'utf8');
+    const key = fs.readFileSync(path.join(job.certDir, `agent-${cluster}.key`), 'utf8');
+    for (let i = 0; i < job.perCluster; i++) {
+      const agent = await startAgent(
+        {
+          servers: [job.server],
+          cluster,
+          agentId: `${job.idPrefix ?? ''}${cluster}-${i}`,
+          cert,
+          key,
+          ca,
+          apiserver: new URL(job.apiserver),
+          allowDest: [],
+          healthPort: 0,
+          healthHost: '127.0.0.1',
+          gracePeriodMs: 1000,
+          backoff: { initialMs: 200, maxMs: 5000 },
+          dialTimeoutMs: 5000,
+        },
+        silentLogger(),
+      );
+      agents.push(agent);
+      up.push(agent.connector.ready ? Promise.resolve() : once(agent.connector, 'session'));
+    }
+  }
+  await Promise.all(up);
+  console.log(JSON.stringify({ ready: true, agents: agents.length, ms: Math.round(performance.now() - started) }));
+  process.stdin.resume();
+  await once(process.stdin, 'end');
+  await Promise.all(agents.map((a) => a.close()));
+  process.exit(0);
+}
+
+main().catch((err: unknown) => {
+  console.error(String(err));
+  process.exit(1);
+});

@@ -1,0 +1,93 @@
+/** Pieces every benchmark process shares: statistics, connections, HTTP over a socket. */
+import { once } from 'node:events';
+import fs from 'node:fs';
+import tls from 'node:tls';
+
+export interface Summary {
+  min: number;
+  median: number;
+  max: number;
+}
+
+export function percentile(sorted: number[], p: number): number {
+  if (sorted.length === 0) return NaN;
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
+}
+
+export function summary(xs: number[]): Summary {
+  const s = [...xs].sort((a, b) => a - b);
+  return { min: s[0] ?? NaN, median: percentile(s, 50), max: s[s.length - 1] ?? NaN };
+}
+
+/** How the load client reaches the upstream. */
+export type Route =
+  | { kind: 'direct'; port: number }
+  | { kind: 'kubetunnel'; proxyPort: number; cluster: string; token: string; hubCA: string }
+  | { kind: 'ssh'; port: number };
+
+/** A TLS connection to the upstream over `route` (for kubetunnel: CONNECT, then TLS inside). */
+export async function connectUpstream(route: Route, upstreamCA: string): Promise<tls.TLSSocket> {
+  if (route.kind !== 'kubetunnel') {
+    const s = tls.connect({ host: '127.0.0.1', port: route.port, servername: 'localhost', ca: upstreamCA });
+    await once(s, 'secureConnect');
+    s.setNoDelay(true);
+    return s;
+  }
+  const hub = tls.connect({ host: '127.0.0.1', port: route.proxyPort, servername: 'localhost', ca: route.hubCA });
+  await once(hub, 'secureConnect');
+  hub.setNoDelay(true);
+  hub.write(
+    `CONNECT ${route.cluster}:443 HTTP/1.1\r\nHost: ${route.cluster}:443\r\nProxy-Authorization: Bearer ${route.token}\r\n\r\n`,
+  );
+  const [head] = (await once(hub, 'data')) as [Buffer];
+  if (!head.toString('latin1').startsWith('HTTP/1.1 200')) throw new Error(`CONNECT refused: ${head.toString().split('\r\n')[0]}`);
+  const inner = tls.connect({ socket: hub, servername: 'localhost', ca: upstreamCA });
+  await once(inner, 'secureConnect');
+  return inner;
+}
+
+/**
+ * Sends one GET on a kept-alive connection and resolves once the whole body
+ * has arrived (Content-Length). `onBody` sees body bytes as they come.
+ */
+export function get(socket: tls.TLSSocket, path: string, onBody?: (n: number) => void): Promise<number> {
+  return new Promise((resolve, reject) => {
+    let head = '';
+    let want = -1;
+    let got = 0;
+    const onData = (chunk: Buffer) => {
+      let body = chunk;
+      if (want < 0) {
+        head += chunk.toString('latin1');
+        const end = head.indexOf('\r\n\r\n');
+        if (end < 0) return;
+        const m = /content-length: *(\d+)/i.exec(head.slice(0, end));
+        if (!m) return fail(new Error('response without Content-Length'));
+        want = Number(m[1]);
+        body = chunk.subarray(Buffer.byteLength(head.slice(0, end + 4), 'latin1'));
+      }
+      got += body.length;
+      onBody?.(body.length);
+      if (got >= want) {
+        socket.off('data', onData);
+        socket.off('close', onClose);
+        resolve(got);
+      }
+    };
+    const onClose = () => fail(new Error('connection closed mid-response'));
+    const fail = (err: Error) => {
+      socket.off('data', onData);
+      socket.off('close', onClose);
+      reject(err);
+    };
+    socket.on('data', onData);
+    socket.once('close', onClose);
+    socket.write(`GET ${path} HTTP/1.1\r\nHost: upstream\r\n\r\n`);
+  });
+}
+
+/** Resident set size of a process, in bytes. */
+export function rssOf(pid: number): number {
+  const m = /VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return m ? Number(m[1]) * 1024 : NaN;
+}
