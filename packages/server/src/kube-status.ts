@@ -1,30 +1,11 @@
 import type { ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
+import { failureStatus } from '@kubetunnel/shared';
 import { writeAndClose } from './respond.js';
 
-const REASONS: Record<number, string> = {
-  400: 'BadRequest',
-  401: 'Unauthorized',
-  403: 'Forbidden',
-  404: 'NotFound',
-  405: 'MethodNotAllowed',
-  500: 'InternalError',
-  502: 'ServiceUnavailable',
-  503: 'ServiceUnavailable',
-  504: 'Timeout',
-};
-
-/** A Kubernetes `Status` object, the error shape kubectl prints nicely. */
+/** A Kubernetes `Status` object as JSON. */
 export function kubeStatus(code: number, message: string): string {
-  return JSON.stringify({
-    kind: 'Status',
-    apiVersion: 'v1',
-    metadata: {},
-    status: 'Failure',
-    message,
-    reason: REASONS[code] ?? 'InternalError',
-    code,
-  });
+  return JSON.stringify(failureStatus(code, message));
 }
 
 export function sendStatus(res: ServerResponse, code: number, message: string, headers: Record<string, string> = {}): void {

@@ -2,37 +2,9 @@ import type { ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { STATUS_CODES } from 'node:http';
 
-/** Kubernetes `metav1.Status` reasons by HTTP code. */
-const REASONS: Record<number, string> = {
-  400: 'BadRequest',
-  401: 'Unauthorized',
-  403: 'Forbidden',
-  404: 'NotFound',
-  405: 'MethodNotAllowed',
-  409: 'AlreadyExists',
-  422: 'Invalid',
-  500: 'InternalError',
-};
+import { failureStatus, type StatusDetails } from '@kubetunnel/shared';
 
-export interface StatusDetails {
-  name?: string;
-  group?: string;
-  kind?: string;
-}
-
-/** A failure `Status` object, shaped like the real apiserver's. */
-export function failureStatus(code: number, message: string, details?: StatusDetails): object {
-  return {
-    kind: 'Status',
-    apiVersion: 'v1',
-    metadata: {},
-    status: 'Failure',
-    message,
-    reason: REASONS[code] ?? 'Unknown',
-    ...(details ? { details } : {}),
-    code,
-  };
-}
+export { failureStatus, type StatusDetails };
 
 export function sendJson(res: ServerResponse, code: number, body: unknown): void {
   const data = Buffer.from(JSON.stringify(body));
