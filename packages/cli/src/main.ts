@@ -235,7 +235,8 @@ program
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   const cmd = process.argv[2] ?? '';
-  const msg = err instanceof Error ? err.message : String(err);
+  let msg = err instanceof Error ? err.message : String(err);
+  if ((err as NodeJS.ErrnoException).code === 'EADDRINUSE') msg += ' (another process has that port: choose others with the --*-port flags, 0 for any free port)';
   process.stderr.write(`kubetunnel ${cmd}: ${msg}\n`);
   process.exit(err instanceof SettingError ? 2 : 1);
 });
