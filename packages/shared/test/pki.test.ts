@@ -1,10 +1,14 @@
 import { execFileSync } from 'node:child_process';
+import { generateKeyPairSync, X509Certificate } from 'node:crypto';
 import { once } from 'node:events';
 import fs from 'node:fs';
+import type net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import tls from 'node:tls';
-import { afterEach, describe, expect, it } from 'vitest';
+import forge from 'node-forge';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { isValidClusterName } from '../src/names.js';
 import {
   agentClusterOf,
   certsAgent,
@@ -15,108 +19,330 @@ import {
   issueAgentCert,
   issueClientCert,
   issueServerCert,
+  loadCA,
   parseSubjectAltName,
   type Pem,
 } from '../src/pki/index.js';
 
-const ca = createCA();
-const server = issueServerCert(ca, { sans: ['localhost', '127.0.0.1', 'kubernetes.default.svc'] });
-const agent = issueAgentCert(ca, { cluster: 'member-1' });
-const client = issueClientCert(ca, { user: 'alice', groups: ['dev', 'ops'] });
+const servers: tls.Server[] = [];
+const sockets: net.Socket[] = [];
+const dirs: string[] = [];
 
-const cleanups: Array<() => void> = [];
-afterEach(() => {
-  for (const c of cleanups.splice(0)) c();
+function tempDir(): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kubetunnel-pki-'));
+  dirs.push(dir);
+  return dir;
+}
+
+afterEach(async () => {
+  for (const s of sockets.splice(0)) s.destroy();
+  await Promise.all(servers.splice(0).map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
+  for (const d of dirs.splice(0)) fs.rmSync(d, { recursive: true, force: true });
 });
 
-/** A real TLS handshake: the server requires a client certificate from `ca`; returns what each side saw. */
-async function handshake(clientPem: Pem, servername: string, trust = ca.cert) {
-  const srv = tls.createServer({ cert: server.cert, key: server.key, ca: ca.cert, requestCert: true, rejectUnauthorized: true });
+/** The certificates `kubetunnel certs` writes, read back from their files. */
+interface Pki {
+  dir: string;
+  ca: Pem;
+  server: Pem;
+  agent: Pem;
+  client: Pem;
+}
+
+function makePki(): Pki {
+  const dir = tempDir();
+  certsInit(dir, { sans: ['hub.example', '::1'] });
+  certsAgent(dir, { cluster: 'member-1' });
+  certsClient(dir, { user: 'alice@example.com', groups: ['dev', 'ops'] });
+  const read = (base: string): Pem => ({
+    cert: fs.readFileSync(path.join(dir, `${base}.crt`), 'utf8'),
+    key: fs.readFileSync(path.join(dir, `${base}.key`), 'utf8'),
+  });
+  return { dir, ca: read('ca'), server: read('server'), agent: read('agent-member-1'), client: read('client-alice@example.com') };
+}
+
+/**
+ * A real TLS handshake against a server that requires a client certificate
+ * from the PKI's CA. Each side's verdict is its own promise: with TLS 1.3 the
+ * client may finish before the server refuses its certificate, and the server
+ * may accept before the client refuses the server's name.
+ */
+async function handshake(pki: Pki, client: Pem, options: tls.ConnectionOptions) {
+  const srv = tls.createServer({ cert: pki.server.cert, key: pki.server.key, ca: pki.ca.cert, requestCert: true, rejectUnauthorized: true });
+  servers.push(srv);
+  srv.on('connection', (s) => sockets.push(s));
   srv.listen(0, '127.0.0.1');
   await once(srv, 'listening');
-  cleanups.push(() => srv.close());
-  const seen = new Promise<tls.PeerCertificate>((resolve) => srv.once('secureConnection', (s) => (resolve(s.getPeerCertificate()), s.end())));
-  const port = (srv.address() as { port: number }).port;
-  const sock = tls.connect({ host: '127.0.0.1', port, servername, ca: trust, cert: clientPem.cert, key: clientPem.key });
-  cleanups.push(() => sock.destroy());
-  // With TLS 1.3 the client may finish before the server rejects its certificate: the
-  // server's verdict is what counts (its secureConnection, or an error on the client).
-  const failed = new Promise<never>((_, reject) => {
-    sock.once('error', reject);
-    sock.once('close', () => reject(new Error('closed before the server accepted the certificate')));
+  const accepted = new Promise<tls.PeerCertificate>((resolve, reject) => {
+    srv.once('secureConnection', (s) => resolve(s.getPeerCertificate()));
+    srv.once('tlsClientError', (err) => reject(new Error(`server refused: ${err.message}`)));
   });
-  return Promise.race([seen, failed]);
+  const sock = tls.connect({
+    host: '127.0.0.1',
+    port: (srv.address() as net.AddressInfo).port,
+    ca: pki.ca.cert,
+    cert: client.cert,
+    key: client.key,
+    ...options,
+  });
+  sockets.push(sock);
+  const connected = new Promise<void>((resolve, reject) => {
+    sock.once('secureConnect', () => resolve());
+    sock.once('error', (err) => reject(new Error(`client refused: ${err.message}`)));
+  });
+  // Each test awaits the verdict it cares about; the other must not surface as unhandled.
+  accepted.catch(() => {});
+  connected.catch(() => {});
+  return { accepted, connected };
+}
+
+/** Both sides accept; what the server saw of the client. */
+async function connect(pki: Pki, client: Pem, options: tls.ConnectionOptions): Promise<tls.PeerCertificate> {
+  const h = await handshake(pki, client, options);
+  const [peer] = await Promise.all([h.accepted, h.connected]);
+  return peer;
+}
+
+/** A client certificate with arbitrary URI SANs, signed by `ca` with forge directly (issue* would refuse these names). */
+function forgeClientCert(ca: Pem, uris: string[]): Pem {
+  const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+  const keyPem = privateKey.export({ type: 'pkcs1', format: 'pem' }).toString();
+  const key = forge.pki.privateKeyFromPem(keyPem) as forge.pki.rsa.PrivateKey;
+  const caCert = forge.pki.certificateFromPem(ca.cert);
+  const cert = forge.pki.createCertificate();
+  cert.publicKey = forge.pki.setRsaPublicKey(key.n, key.e);
+  cert.serialNumber = '0a';
+  cert.validity.notBefore = new Date(Date.now() - 60_000);
+  cert.validity.notAfter = new Date(Date.now() + 3_600_000);
+  cert.setSubject([{ name: 'commonName', value: 'forged' }]);
+  cert.setIssuer(caCert.subject.attributes);
+  cert.setExtensions([
+    { name: 'extKeyUsage', clientAuth: true },
+    { name: 'subjectAltName', altNames: uris.map((value) => ({ type: 6, value })) },
+  ]);
+  cert.sign(forge.pki.privateKeyFromPem(ca.key) as forge.pki.rsa.PrivateKey, forge.md.sha256.create());
+  return { cert: forge.pki.certificateToPem(cert), key: keyPem };
+}
+
+function openssl(args: string[], file: string): string {
+  return execFileSync('openssl', [...args, '-in', file], { encoding: 'utf8' });
 }
 
 describe('certificates verified by Node TLS', () => {
-  it.each(['localhost', 'kubernetes.default.svc'])('an agent certificate authenticates, server name %s', async (name) => {
-    const peer = await handshake(agent, name);
+  let pki: Pki;
+  beforeEach(() => {
+    pki = makePki();
+  });
+
+  it.each(['localhost', 'kubernetes.default.svc', 'kubernetes.default', 'hub.example'])(
+    'an agent certificate authenticates and binds its cluster (server name %s)',
+    async (servername) => {
+      const peer = await connect(pki, pki.agent, { servername });
+      expect(agentClusterOf(peer)).toBe('member-1');
+      expect(clientIdentityOf(peer)).toBeUndefined();
+    },
+  );
+
+  it('the server certificate is valid for 127.0.0.1 (IP SAN, no server name)', async () => {
+    const peer = await connect(pki, pki.agent, {});
     expect(agentClusterOf(peer)).toBe('member-1');
-    expect(clientIdentityOf(peer)).toBeUndefined();
   });
 
   it('a client certificate carries user and groups, and no cluster', async () => {
-    const peer = await handshake(client, 'localhost');
-    expect(clientIdentityOf(peer)).toEqual({ user: 'alice', groups: ['dev', 'ops'] });
+    for (const servername of ['localhost', 'kubernetes.default.svc']) {
+      const peer = await connect(pki, pki.client, { servername });
+      expect(clientIdentityOf(peer)).toEqual({ user: 'alice@example.com', groups: ['dev', 'ops'] });
+      expect(agentClusterOf(peer)).toBeUndefined();
+    }
+  });
+
+  it('a certificate from another CA is refused by the server', async () => {
+    const mallory = issueClientCert(createCA(), { user: 'mallory' });
+    const h = await handshake(pki, mallory, { servername: 'localhost' });
+    await expect(h.accepted).rejects.toThrow(/server refused/);
+  });
+
+  it('the client refuses a server name the certificate does not carry', async () => {
+    const h = await handshake(pki, pki.client, { servername: 'elsewhere.example' });
+    await expect(h.connected).rejects.toThrow(/client refused/);
+  });
+
+  it('a quoted URI with a comma is one value in a real peer certificate, and binds no cluster', async () => {
+    const forged = forgeClientCert(pki.ca, ['urn:kubetunnel:agent:a,URI:urn:kubetunnel:agent:b']);
+    const peer = await connect(pki, forged, { servername: 'localhost' });
+    // Node quotes the value and escapes the comma inside it.
+    expect(peer.subjectaltname).toBe('URI:"urn:kubetunnel:agent:a\\u002cURI:urn:kubetunnel:agent:b"');
+    expect(parseSubjectAltName(peer.subjectaltname)).toEqual([['URI', 'urn:kubetunnel:agent:a,URI:urn:kubetunnel:agent:b']]);
     expect(agentClusterOf(peer)).toBeUndefined();
+    expect(clientIdentityOf(peer)).toBeUndefined(); // it still looks like an agent certificate
   });
 
-  it('a certificate from another CA is refused by the handshake', async () => {
-    const other = createCA();
-    await expect(handshake(issueClientCert(other, { user: 'mallory' }), 'localhost')).rejects.toThrow();
-  });
-
-  it('the agent certificate has the URI SAN and client use only (openssl)', () => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pki-'));
-    cleanups.push(() => fs.rmSync(dir, { recursive: true, force: true }));
-    fs.writeFileSync(path.join(dir, 'a.crt'), agent.cert);
-    const text = execFileSync('openssl', ['x509', '-noout', '-text', '-in', path.join(dir, 'a.crt')]).toString();
+  it('openssl: agent certificate has the URI SAN and client use only', () => {
+    const text = openssl(['x509', '-noout', '-text'], path.join(pki.dir, 'agent-member-1.crt'));
     expect(text).toContain('URI:urn:kubetunnel:agent:member-1');
     expect(text).toMatch(/Extended Key Usage: *\n *TLS Web Client Authentication\n/);
+    expect(text).toContain('CA:FALSE');
+    expect(text).toMatch(/Subject: CN *= *kubetunnel-agent:member-1, O *= *kubetunnel:agents/);
   });
 
-  it('refuses invalid cluster and user names', () => {
-    expect(() => issueAgentCert(ca, { cluster: 'Member_1' })).toThrow(/invalid cluster name/);
+  it('openssl: client certificate has user and groups as UTF8 strings, client use only, no URI', () => {
+    const file = path.join(pki.dir, 'client-alice@example.com.crt');
+    const text = openssl(['x509', '-noout', '-text'], file);
+    expect(text).toMatch(/Extended Key Usage: *\n *TLS Web Client Authentication\n/);
+    expect(text).not.toContain('URI:');
+    // Go (kubectl) rejects '@' in forge's default PrintableString.
+    expect(openssl(['x509', '-noout', '-subject', '-nameopt', 'sep_comma_plus,show_type'], file)).toContain(
+      'subject=CN=UTF8STRING:alice@example.com,O=UTF8STRING:dev,O=UTF8STRING:ops',
+    );
+  });
+
+  it('openssl: server and CA certificates, positive 16-byte serials', () => {
+    const server = openssl(['x509', '-noout', '-text'], path.join(pki.dir, 'server.crt'));
+    for (const name of ['DNS:localhost', 'IP Address:127.0.0.1', 'DNS:kubernetes.default.svc', 'DNS:kubernetes.default', 'DNS:kubernetes,', 'DNS:hub.example', 'IP Address:0:0:0:0:0:0:0:1'])
+      expect(server).toContain(name);
+    expect(server).toMatch(/TLS Web Server Authentication/);
+    const ca = openssl(['x509', '-noout', '-text'], path.join(pki.dir, 'ca.crt'));
+    expect(ca).toMatch(/CA:TRUE/);
+    expect(ca).toMatch(/Certificate Sign, CRL Sign/);
+    for (const f of ['ca', 'server', 'agent-member-1', 'client-alice@example.com'])
+      expect(openssl(['x509', '-noout', '-serial'], path.join(pki.dir, `${f}.crt`)).trim()).toMatch(/^serial=(0[1-9A-F]|[1-7][0-9A-F])[0-9A-F]{30}$/);
+  });
+});
+
+describe('issuing', () => {
+  it('IPv6 SANs (also IPv4-mapped) and a non-ASCII CA name, checked by Node', () => {
+    const ca = createCA({ commonName: 'Zürich CA' });
+    const server = new X509Certificate(issueServerCert(ca, { sans: ['::1', '2001:db8::1', '::ffff:10.0.0.1', 'a.example'] }).cert);
+    const caX = new X509Certificate(ca.cert);
+    expect(server.checkIssued(caX)).toBe(true);
+    expect(server.verify(caX.publicKey)).toBe(true);
+    expect(server.checkIP('::1')).toBe('::1');
+    expect(server.checkIP('2001:db8::1')).toBe('2001:db8::1');
+    expect(server.checkIP('::ffff:10.0.0.1')).toBe('::ffff:10.0.0.1');
+    expect(server.checkHost('a.example')).toBe('a.example');
+  });
+
+  it('refuses bad names with a clear message', () => {
+    const ca = createCA();
+    for (const cluster of ['Member_1', '', '-a', 'a-', 'a.b', 'a'.repeat(64)])
+      expect(() => issueAgentCert(ca, { cluster })).toThrow(/invalid cluster name/);
     expect(() => issueClientCert(ca, { user: 'a\nb' })).toThrow(/control characters/);
+    expect(() => issueClientCert(ca, { user: '' })).toThrow(/non-empty/);
+    expect(() => issueClientCert(ca, { user: 'u', groups: ['kubetunnel:agents'] })).toThrow(/reserved/);
+    expect(() => issueServerCert(ca, { sans: ['[::1]'] })).toThrow(/invalid server name/);
+    expect(() => issueServerCert(ca, { sans: ['a b'] })).toThrow(/invalid server name/);
+    expect(() => issueServerCert(ca, { sans: [] })).toThrow(/at least one name/);
+  });
+
+  it('refuses a CA whose key does not belong to it, or a certificate that is no CA', () => {
+    const a = createCA();
+    const b = createCA();
+    expect(() => issueClientCert({ cert: a.cert, key: b.key }, { user: 'u' })).toThrow(/does not belong/);
+    const leaf = issueClientCert(a, { user: 'u' });
+    expect(() => issueClientCert(leaf, { user: 'v' })).toThrow(/not a certificate authority/);
+  });
+
+  it('isValidClusterName: DNS-1123 labels', () => {
+    for (const ok of ['a', '0', 'member-1', 'a'.repeat(63)]) expect(isValidClusterName(ok)).toBe(true);
+    for (const bad of ['', 'A', '-a', 'a-', 'a_b', 'a.b', 'a'.repeat(64), 'a\n']) expect(isValidClusterName(bad)).toBe(false);
   });
 });
 
 describe('subjectaltname parsing', () => {
+  const peer = (subjectaltname: string, subject: Record<string, string | string[]> = { CN: 'x' }) =>
+    ({ subject, subjectaltname }) as unknown as tls.PeerCertificate;
+
   it('splits plain values', () => {
-    expect(parseSubjectAltName('DNS:a, URI:urn:kubetunnel:agent:x, IP Address:127.0.0.1')).toEqual([
+    expect(parseSubjectAltName('DNS:a, URI:urn:kubetunnel:agent:x, IP Address:0:0:0:0:0:0:0:1')).toEqual([
       ['DNS', 'a'],
       ['URI', 'urn:kubetunnel:agent:x'],
-      ['IP Address', '127.0.0.1'],
+      ['IP Address', '0:0:0:0:0:0:0:1'],
     ]);
+    expect(parseSubjectAltName(undefined)).toEqual([]);
+    expect(parseSubjectAltName('')).toEqual([]);
   });
-  it('keeps a quoted value with commas as one value', () => {
-    const parsed = parseSubjectAltName('URI:"urn:kubetunnel:agent:a,URI:urn:kubetunnel:agent:b", DNS:x');
-    expect(parsed).toEqual([
+
+  it('keeps a quoted value with commas (and escaped quotes) as one value', () => {
+    expect(parseSubjectAltName('URI:"urn:kubetunnel:agent:a,URI:urn:kubetunnel:agent:b", DNS:x')).toEqual([
       ['URI', 'urn:kubetunnel:agent:a,URI:urn:kubetunnel:agent:b'],
       ['DNS', 'x'],
     ]);
-    // Such a value names no valid cluster.
-    expect(agentClusterOf({ subject: { CN: 'x' }, subjectaltname: 'URI:"urn:kubetunnel:agent:a,URI:urn:kubetunnel:agent:b"' } as never)).toBeUndefined();
+    expect(parseSubjectAltName('URI:"urn:x\\",URI:urn:kubetunnel:agent:b"')).toEqual([['URI', 'urn:x",URI:urn:kubetunnel:agent:b']]);
+    expect(parseSubjectAltName('URI:"urn:kubetunnel:agent:a\\u002cURI:urn:kubetunnel:agent:b", DNS:x')).toEqual([
+      ['URI', 'urn:kubetunnel:agent:a,URI:urn:kubetunnel:agent:b'],
+      ['DNS', 'x'],
+    ]);
   });
-  it('an agent certificate with two cluster URIs binds none', () => {
-    expect(agentClusterOf({ subject: { CN: 'x' }, subjectaltname: 'URI:urn:kubetunnel:agent:a, URI:urn:kubetunnel:agent:b' } as never)).toBeUndefined();
+
+  it('binds a cluster only for exactly one valid agent URI', () => {
+    expect(agentClusterOf(peer('DNS:a, URI:urn:kubetunnel:agent:member-1'))).toBe('member-1');
+    expect(agentClusterOf(peer('URI:"urn:kubetunnel:agent:a,URI:urn:kubetunnel:agent:b"'))).toBeUndefined();
+    expect(agentClusterOf(peer('URI:"urn:kubetunnel:agent:a\\u002cURI:urn:kubetunnel:agent:b"'))).toBeUndefined();
+    expect(agentClusterOf(peer('URI:"urn:x\\",URI:urn:kubetunnel:agent:b"'))).toBeUndefined();
+    expect(agentClusterOf(peer('URI:urn:kubetunnel:agent:a, URI:urn:kubetunnel:agent:b'))).toBeUndefined();
+    expect(agentClusterOf(peer('URI:urn:kubetunnel:agent:Bad_Name'))).toBeUndefined();
+    expect(agentClusterOf(peer('DNS:urn:kubetunnel:agent:a'))).toBeUndefined();
+    expect(agentClusterOf(undefined)).toBeUndefined();
+    expect(agentClusterOf({} as tls.PeerCertificate)).toBeUndefined(); // what Node gives without a peer certificate
+  });
+
+  it('reads a client identity; never from an agent certificate', () => {
+    expect(clientIdentityOf(peer('', { CN: 'bob', O: 'g' }))).toEqual({ user: 'bob', groups: ['g'] });
+    expect(clientIdentityOf(peer('', { CN: 'bob' }))).toEqual({ user: 'bob', groups: [] });
+    expect(clientIdentityOf(peer('', { O: 'g' }))).toBeUndefined();
+    expect(clientIdentityOf(peer('', { CN: 'bob', O: ['g', 'kubetunnel:agents'] }))).toBeUndefined();
+    expect(clientIdentityOf(peer('URI:urn:kubetunnel:agent:x', { CN: 'bob' }))).toBeUndefined();
+    expect(clientIdentityOf(undefined)).toBeUndefined();
   });
 });
 
 describe('certs files', () => {
-  it('writes the contract file names with private keys at 0600, and reuses the CA', () => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pki-'));
-    cleanups.push(() => fs.rmSync(dir, { recursive: true, force: true }));
-    const init = certsInit(dir, { sans: ['hub.example'] });
+  it('writes the contract file names: keys 0600, certificates 0644, directory 0700', () => {
+    const dir = path.join(tempDir(), 'certs');
+    const init = certsInit(dir, {});
     expect(init.files.map((f) => path.basename(f)).sort()).toEqual(['ca.crt', 'ca.key', 'server.crt', 'server.key']);
-    const caBefore = fs.readFileSync(path.join(dir, 'ca.crt'), 'utf8');
-    expect(certsInit(dir, {}).files.map((f) => path.basename(f)).sort()).toEqual(['server.crt', 'server.key']);
-    expect(fs.readFileSync(path.join(dir, 'ca.crt'), 'utf8')).toBe(caBefore);
-    certsAgent(dir, { cluster: 'member-2' });
-    certsClient(dir, { user: 'bob', groups: ['g'] });
-    for (const f of ['ca.key', 'server.key', 'agent-member-2.key', 'client-bob.key'])
-      expect(fs.statSync(path.join(dir, f)).mode & 0o777).toBe(0o600);
-    expect(() => certsClient(dir, { user: '../x' })).toThrow(/file name/);
-    expect(() => certsAgent(fs.mkdtempSync(path.join(os.tmpdir(), 'empty-')), { cluster: 'x' })).toThrow(/no CA/);
+    expect(certsAgent(dir, { cluster: 'member-2' }).files.map((f) => path.basename(f))).toEqual(['agent-member-2.crt', 'agent-member-2.key']);
+    expect(certsClient(dir, { user: 'bob', groups: ['g'] }).files.map((f) => path.basename(f))).toEqual(['client-bob.crt', 'client-bob.key']);
+    const mode = (f: string) => fs.statSync(path.join(dir, f)).mode & 0o777;
+    expect(mode('.')).toBe(0o700);
+    for (const f of ['ca', 'server', 'agent-member-2', 'client-bob']) {
+      expect(mode(`${f}.key`)).toBe(0o600);
+      expect(mode(`${f}.crt`)).toBe(0o644);
+    }
+    expect(fs.readdirSync(dir).filter((f) => f.endsWith('.tmp'))).toEqual([]);
+  });
+
+  it('reuses the CA: a second init only issues a new server certificate, signed by it', () => {
+    const dir = tempDir();
+    certsInit(dir, {});
+    const ca = loadCA(dir);
+    const before = fs.readFileSync(path.join(dir, 'server.crt'), 'utf8');
+    expect(certsInit(dir, { sans: ['other.example'] }).files.map((f) => path.basename(f)).sort()).toEqual(['server.crt', 'server.key']);
+    expect(loadCA(dir)).toEqual(ca);
+    const server = new X509Certificate(fs.readFileSync(path.join(dir, 'server.crt')));
+    expect(server.raw.equals(new X509Certificate(before).raw)).toBe(false);
+    expect(server.verify(new X509Certificate(ca.cert).publicKey)).toBe(true);
+    expect(server.checkHost('other.example')).toBe('other.example');
+  });
+
+  it('refuses half a CA instead of replacing it', () => {
+    const dir = tempDir();
+    certsInit(dir, {});
+    const caCert = fs.readFileSync(path.join(dir, 'ca.crt'), 'utf8');
+    fs.rmSync(path.join(dir, 'ca.key'));
+    expect(() => certsInit(dir, {})).toThrow(/has ca.crt but no ca.key/);
+    expect(fs.readFileSync(path.join(dir, 'ca.crt'), 'utf8')).toBe(caCert);
+  });
+
+  it('clear errors: no CA, bad cluster, user names that are no file names', () => {
+    const empty = tempDir();
+    expect(() => certsAgent(empty, { cluster: 'x' })).toThrow(`no CA in ${empty}: run \`kubetunnel certs init --dir ${empty}\` first`);
+    expect(() => certsClient(empty, { user: 'x' })).toThrow(/no CA in/);
+    const dir = tempDir();
+    certsInit(dir, {});
+    expect(() => certsAgent(dir, { cluster: '../x' })).toThrow(/invalid cluster name/);
+    for (const user of ['../x', 'a/b', '..', 'a b', ''])
+      expect(() => certsClient(dir, { user })).toThrow(/cannot be a file name/);
+    expect(fs.readdirSync(dir).sort()).toEqual(['ca.crt', 'ca.key', 'server.crt', 'server.key']);
   });
 });

@@ -59,12 +59,18 @@ export function agentClusterOf(cert: PeerCertificate | undefined): string | unde
   return isValidClusterName(cluster) ? cluster : undefined;
 }
 
-/** The user (CN) and groups (O) of a client certificate; undefined for an agent certificate or no CN. */
+/**
+ * The user (CN) and groups (O) of a client certificate; undefined for an
+ * agent certificate (any agent URI SAN, or O = kubetunnel:agents), which the
+ * client frontend refuses, and for no (or more than one) CN.
+ */
 export function clientIdentityOf(cert: PeerCertificate | undefined): { user: string; groups: string[] } | undefined {
   if (!cert || !cert.subject) return undefined;
   const groups = fieldValues(cert.subject.O as string | string[] | undefined);
   if (agentUris(cert).length > 0 || groups.includes(AGENT_ORGANIZATION)) return undefined;
   const cn = fieldValues(cert.subject.CN as string | string[] | undefined);
   if (cn.length !== 1 || cn[0] === '') return undefined;
+  // Names go on into headers (Impersonate-User/Group): refuse what issuing refuses.
+  if ([...cn, ...groups].some((v) => /[\u0000-\u001f\u007f]/.test(v))) return undefined;
   return { user: cn[0]!, groups };
 }

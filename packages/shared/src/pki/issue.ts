@@ -1,4 +1,4 @@
-import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { createPrivateKey, generateKeyPairSync, randomBytes, X509Certificate, type KeyObject } from 'node:crypto';
 import net from 'node:net';
 import forge from 'node-forge';
 import { isValidClusterName } from '../names.js';
@@ -15,22 +15,33 @@ export const AGENT_URI_PREFIX = 'urn:kubetunnel:agent:';
 export const AGENT_ORGANIZATION = 'kubetunnel:agents';
 
 const DAY = 24 * 60 * 60 * 1000;
+const UTF8 = forge.asn1.Type.UTF8;
 
-/** Keys come from Node's native generator; forge only builds and signs the certificate. */
-function newKeyPair(): { publicKey: forge.pki.PublicKey; privateKey: forge.pki.rsa.PrivateKey; pem: string } {
-  const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
-  const pem = privateKey.export({ type: 'pkcs1', format: 'pem' }).toString();
-  const forgeKey = forge.pki.privateKeyFromPem(pem) as forge.pki.rsa.PrivateKey;
-  return { privateKey: forgeKey, publicKey: forge.pki.setRsaPublicKey(forgeKey.n, forgeKey.e), pem };
+/** A Node key as forge needs it to sign (forge only builds and signs; Node makes keys and verifies). */
+function forgeKey(key: KeyObject): forge.pki.rsa.PrivateKey {
+  if (key.asymmetricKeyType !== 'rsa') throw new Error(`the CA key is ${key.asymmetricKeyType ?? 'not a private'} key; kubetunnel signs with RSA keys only`);
+  return forge.pki.privateKeyFromPem(key.export({ type: 'pkcs1', format: 'pem' }).toString()) as forge.pki.rsa.PrivateKey;
 }
 
+/** A new 2048-bit RSA key from Node's native generator. */
+function newKeyPair(): { publicKey: forge.pki.PublicKey; privateKey: forge.pki.rsa.PrivateKey; pem: string } {
+  const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+  const key = forgeKey(privateKey);
+  return { privateKey: key, publicKey: forge.pki.setRsaPublicKey(key.n, key.e), pem: privateKey.export({ type: 'pkcs1', format: 'pem' }).toString() };
+}
+
+/**
+ * 16 random bytes, positive. The first byte is kept non-zero too: forge drops
+ * leading zero bytes, which could otherwise leave a negative serial.
+ */
 function serial(): string {
   const b = randomBytes(16);
-  b[0] = b[0]! & 0x7f; // positive
+  b[0] = (b[0]! & 0x7f) || 0x01;
   return b.toString('hex');
 }
 
 function baseCert(publicKey: forge.pki.PublicKey, validDays: number): forge.pki.Certificate {
+  if (!Number.isFinite(validDays) || validDays <= 0) throw new Error(`validDays must be a positive number, not ${validDays}`);
   const cert = forge.pki.createCertificate();
   cert.publicKey = publicKey;
   cert.serialNumber = serial();
@@ -39,20 +50,27 @@ function baseCert(publicKey: forge.pki.PublicKey, validDays: number): forge.pki.
   return cert;
 }
 
+/** Subject fields as UTF8String (forge's default, PrintableString, cannot hold '@', '_' or non-ASCII; Go rejects them). */
+function utf8Name(fields: Array<[name: string, value: string]>): forge.pki.CertificateField[] {
+  return fields.map(([name, value]) => ({ name, value, valueTagClass: UTF8 as unknown as forge.asn1.Class }));
+}
+
 function sign(cert: forge.pki.Certificate, key: forge.pki.rsa.PrivateKey): string {
   cert.sign(key, forge.md.sha256.create());
   return forge.pki.certificateToPem(cert);
 }
 
-function noControlChars(s: string, what: string): void {
-  if (s === '' || /[\u0000-\u001f\u007f]/.test(s)) throw new Error(`${what} must be non-empty and without control characters`);
+function checkText(s: string, what: string): void {
+  if (s === '' || /[\u0000-\u001f\u007f]/.test(s)) throw new Error(`${what} must be non-empty and without control characters: ${JSON.stringify(s)}`);
 }
 
 /** A new certificate authority. */
 export function createCA(opts: { commonName?: string; validDays?: number } = {}): Pem {
+  const commonName = opts.commonName ?? 'kubetunnel CA';
+  checkText(commonName, 'CA common name');
   const keys = newKeyPair();
   const cert = baseCert(keys.publicKey, opts.validDays ?? 3650);
-  const subject = [{ name: 'commonName', value: opts.commonName ?? 'kubetunnel CA' }];
+  const subject = utf8Name([['commonName', commonName]]);
   cert.setSubject(subject);
   cert.setIssuer(subject);
   cert.setExtensions([
@@ -63,37 +81,80 @@ export function createCA(opts: { commonName?: string; validDays?: number } = {})
   return { cert: sign(cert, keys.privateKey), key: keys.pem };
 }
 
-function issue(
-  ca: Pem,
-  subject: forge.pki.CertificateField[],
-  extensions: object[],
-  validDays: number,
-): Pem {
-  const caCert = forge.pki.certificateFromPem(ca.cert);
-  const caKey = forge.pki.privateKeyFromPem(ca.key) as forge.pki.rsa.PrivateKey;
+/** The CA as forge needs it to sign; checked with Node first (a CA, and the key belongs to it). */
+function loadSigner(ca: Pem): { cert: forge.pki.Certificate; key: forge.pki.rsa.PrivateKey } {
+  let x509: X509Certificate;
+  let key: KeyObject;
+  try {
+    x509 = new X509Certificate(ca.cert);
+    key = createPrivateKey(ca.key);
+  } catch (err) {
+    throw new Error(`cannot read the CA certificate or key: ${(err as Error).message}`);
+  }
+  if (!x509.ca) throw new Error('the CA certificate is not a certificate authority (basicConstraints CA:FALSE)');
+  if (!x509.checkPrivateKey(key)) throw new Error('the CA key does not belong to the CA certificate');
+  const signKey = forgeKey(key);
+  return { cert: forge.pki.certificateFromPem(ca.cert), key: signKey };
+}
+
+function issue(ca: Pem, subject: forge.pki.CertificateField[], extensions: object[], validDays: number): Pem {
+  const signer = loadSigner(ca);
   const keys = newKeyPair();
   const cert = baseCert(keys.publicKey, validDays);
   cert.setSubject(subject);
-  cert.setIssuer(caCert.subject.attributes);
+  // forge reads name values as raw bytes but encodes UTF8String values itself: decode them
+  // first, so the issuer is byte for byte the CA's subject.
+  cert.setIssuer(
+    signer.cert.subject.attributes.map((a) =>
+      (a.valueTagClass as unknown) === UTF8 && typeof a.value === 'string' ? { ...a, value: forge.util.decodeUtf8(a.value) } : a,
+    ),
+  );
+  const caSki = signer.cert.getExtension('subjectKeyIdentifier') as { subjectKeyIdentifier?: string } | null;
   cert.setExtensions([
     { name: 'basicConstraints', cA: false, critical: true },
     { name: 'keyUsage', digitalSignature: true, keyEncipherment: true, critical: true },
-    { name: 'authorityKeyIdentifier', keyIdentifier: caCert.generateSubjectKeyIdentifier().getBytes() },
+    {
+      name: 'authorityKeyIdentifier',
+      keyIdentifier: caSki?.subjectKeyIdentifier
+        ? forge.util.hexToBytes(caSki.subjectKeyIdentifier)
+        : signer.cert.generateSubjectKeyIdentifier().getBytes(),
+    },
     ...extensions,
   ]);
-  return { cert: sign(cert, caKey), key: keys.pem };
+  return { cert: sign(cert, signer.key), key: keys.pem };
 }
 
-/** A serving certificate; each SAN that is an IP address becomes an IP SAN, the rest DNS SANs. */
+/** The 4 or 16 bytes of an IP address (forge's own parser rejects forms such as ::ffff:10.0.0.1). */
+function ipBytes(ip: string): string {
+  if (net.isIPv4(ip)) return String.fromCharCode(...ip.split('.').map(Number));
+  // IPv6: write a dotted IPv4 tail as two groups, then expand '::'.
+  const s = ip.replace(/(\d+)\.(\d+)\.(\d+)\.(\d+)$/, (_, a, b, c, d) => `${((+a << 8) | +b).toString(16)}:${((+c << 8) | +d).toString(16)}`);
+  const [head, tail] = s.split('::') as [string, string | undefined];
+  const groups = (part: string | undefined) => (part ? part.split(':') : []);
+  const h = groups(head);
+  const t = groups(tail);
+  const all = tail === undefined ? h : [...h, ...Array<string>(8 - h.length - t.length).fill('0'), ...t];
+  return all.map((g) => String.fromCharCode(parseInt(g, 16) >> 8, parseInt(g, 16) & 0xff)).join('');
+}
+
+const DNS_NAME = /^(\*\.)?([A-Za-z0-9_]([-A-Za-z0-9_]*[A-Za-z0-9_])?\.)*[A-Za-z0-9_]([-A-Za-z0-9_]*[A-Za-z0-9_])?$/;
+
+function altName(san: string): { type: number; value: string } {
+  if (net.isIPv4(san) || (net.isIPv6(san) && !san.includes('%'))) return { type: 7, value: ipBytes(san) };
+  if (san.length > 253 || !DNS_NAME.test(san))
+    throw new Error(`invalid server name ${JSON.stringify(san)}: want a DNS name (optionally *.name) or an IP address without brackets`);
+  return { type: 2, value: san };
+}
+
+/** A serving certificate; each SAN that is an IP address (v4 or v6) becomes an IP SAN, the rest DNS SANs. */
 export function issueServerCert(ca: Pem, opts: { sans: string[]; commonName?: string; validDays?: number }): Pem {
   if (opts.sans.length === 0) throw new Error('a server certificate needs at least one name');
-  const altNames = [...new Set(opts.sans)].map((san) => {
-    noControlChars(san, 'subject alternative name');
-    return net.isIP(san) ? { type: 7, ip: san } : { type: 2, value: san };
-  });
+  const altNames = [...new Set(opts.sans)].map(altName);
+  const commonName = opts.commonName ?? opts.sans[0]!;
+  checkText(commonName, 'common name');
   return issue(
     ca,
-    [{ name: 'commonName', value: opts.commonName ?? opts.sans[0]! }],
+    utf8Name([['commonName', commonName]]),
     [
       { name: 'extKeyUsage', serverAuth: true, clientAuth: true },
       { name: 'subjectAltName', altNames },
@@ -105,13 +166,13 @@ export function issueServerCert(ca: Pem, opts: { sans: string[]; commonName?: st
 /** An agent certificate bound to one cluster (URI SAN urn:kubetunnel:agent:<cluster>), client use only. */
 export function issueAgentCert(ca: Pem, opts: { cluster: string; validDays?: number }): Pem {
   if (!isValidClusterName(opts.cluster))
-    throw new Error(`invalid cluster name ${JSON.stringify(opts.cluster)}: want a DNS label (a-z, 0-9, -; at most 63)`);
+    throw new Error(`invalid cluster name ${JSON.stringify(opts.cluster)}: want a DNS label (a-z, 0-9, '-'; at most 63; alphanumeric at both ends)`);
   return issue(
     ca,
-    [
-      { name: 'commonName', value: `kubetunnel-agent:${opts.cluster}` },
-      { name: 'organizationName', value: AGENT_ORGANIZATION },
-    ],
+    utf8Name([
+      ['commonName', `kubetunnel-agent:${opts.cluster}`],
+      ['organizationName', AGENT_ORGANIZATION],
+    ]),
     [
       { name: 'extKeyUsage', clientAuth: true },
       { name: 'subjectAltName', altNames: [{ type: 6, value: AGENT_URI_PREFIX + opts.cluster }] },
@@ -122,12 +183,13 @@ export function issueAgentCert(ca: Pem, opts: { cluster: string; validDays?: num
 
 /** A client certificate: user = CN, one O per group, client use only. */
 export function issueClientCert(ca: Pem, opts: { user: string; groups?: string[]; validDays?: number }): Pem {
-  noControlChars(opts.user, 'user name');
-  for (const g of opts.groups ?? []) noControlChars(g, 'group name');
-  if ((opts.groups ?? []).includes(AGENT_ORGANIZATION)) throw new Error(`group ${AGENT_ORGANIZATION} is reserved for agents`);
+  const groups = opts.groups ?? [];
+  checkText(opts.user, 'user name');
+  for (const g of groups) checkText(g, 'group name');
+  if (groups.includes(AGENT_ORGANIZATION)) throw new Error(`group ${AGENT_ORGANIZATION} is reserved for agents`);
   return issue(
     ca,
-    [{ name: 'commonName', value: opts.user }, ...(opts.groups ?? []).map((g) => ({ name: 'organizationName', value: g }))],
+    utf8Name([['commonName', opts.user], ...groups.map((g): [string, string] => ['organizationName', g])]),
     [{ name: 'extKeyUsage', clientAuth: true }],
     opts.validDays ?? 365,
   );
