@@ -2,10 +2,11 @@
  * The load client, a process of its own. argv[2] is a JSON job; the result
  * is printed as one JSON line. Jobs: bulk, small, setup, probe (small
  * requests while a bulk download runs on another route), hold (keep many
- * CONNECT streams open), slow (a reader at a fixed rate beside small requests).
+ * CONNECT streams open), slow (small requests alone, then beside a reader
+ * taking a fast download at a fixed rate).
  */
 import { once } from 'node:events';
-import type tls from 'node:tls';
+import tls from 'node:tls';
 import { connectUpstream, get, percentile, type Route } from './common.js';
 
 interface Job {
@@ -104,10 +105,9 @@ async function main(): Promise<unknown> {
       const route = job.route as Extract<Route, { kind: 'kubetunnel' }>;
       const held: tls.TLSSocket[] = [];
       let failed = 0;
-      const tlsMod = await import('node:tls');
       const open = async (i: number) => {
         const cluster = clusters[i % clusters.length]!;
-        const hub = tlsMod.connect({ host: '127.0.0.1', port: route.proxyPort, servername: 'localhost', ca: route.hubCA });
+        const hub = tls.connect({ host: '127.0.0.1', port: route.proxyPort, servername: 'localhost', ca: route.hubCA });
         try {
           await once(hub, 'secureConnect');
           hub.write(`CONNECT ${cluster}:443 HTTP/1.1\r\nHost: ${cluster}:443\r\nProxy-Authorization: Bearer ${route.token}\r\n\r\n`);
@@ -131,30 +131,40 @@ async function main(): Promise<unknown> {
       return { closed: held.length };
     }
     case 'slow': {
+      // Small requests for as long as the slow read will take, alone, then
+      // the same beside the slow reader.
+      const s = await connectUpstream(job.route, job.upstreamCA);
+      const seconds = job.bytes! / job.rate!;
+      const probeFor = async (until: () => boolean) => {
+        const out: number[] = [];
+        while (!until()) {
+          out.push(...(await smallLatencies(s, 10)));
+          await new Promise((r) => setTimeout(r, 50));
+        }
+        return out;
+      };
+      const t0 = performance.now();
+      const alone = await probeFor(() => performance.now() - t0 > seconds * 1000);
+      console.log(JSON.stringify({ phase: 'beside' }));
       const bulk = await connectUpstream(job.bulkRoute!, job.upstreamCA);
-      const rate = job.rate!;
       const started = performance.now();
       let read = 0;
       // A 1 GiB source; the reader takes `bytes` of it at `rate`, pausing the
       // socket whenever it is ahead, then hangs up.
       const done = get(bulk, `/bytes?n=${1 << 30}`, (n) => {
         read += n;
-        const ahead = read / rate - (performance.now() - started) / 1000;
+        const ahead = read / job.rate! - (performance.now() - started) / 1000;
         if (ahead > 0.01) {
           bulk.pause();
           setTimeout(() => bulk.resume(), ahead * 1000);
         }
       });
-      const s = await connectUpstream(job.route, job.upstreamCA);
-      const probes: number[] = [];
-      while (read < job.bytes!) {
-        probes.push(...(await smallLatencies(s, 10)));
-        await new Promise((r) => setTimeout(r, 50));
-      }
+      const beside = await probeFor(() => read >= job.bytes!);
+      const readerMBps = read / ((performance.now() - started) / 1000) / 1e6;
       bulk.destroy();
       await done.catch(() => undefined);
       s.destroy();
-      return { ...lat(probes), readerMBps: read / ((performance.now() - started) / 1000) / 1e6 };
+      return { alone: lat(alone), beside: lat(beside), readerMBps };
     }
   }
 }

@@ -1,6 +1,5 @@
 /** Pieces every benchmark process shares: statistics, connections, HTTP over a socket. */
 import { once } from 'node:events';
-import fs from 'node:fs';
 import tls from 'node:tls';
 
 export interface Summary {
@@ -17,6 +16,26 @@ export function percentile(sorted: number[], p: number): number {
 export function summary(xs: number[]): Summary {
   const s = [...xs].sort((a, b) => a - b);
   return { min: s[0] ?? NaN, median: percentile(s, 50), max: s[s.length - 1] ?? NaN };
+}
+
+/** Latency percentiles of one run, ms. */
+export interface Lat {
+  p50: number;
+  p99: number;
+  n: number;
+}
+
+/** Latency percentiles over several runs: min / median / max of each run's p50 and p99. */
+export interface LatRuns {
+  p50: Summary;
+  p99: Summary;
+  /** Samples per run. */
+  n: number;
+  runs: number;
+}
+
+export function latRuns(runs: Lat[]): LatRuns {
+  return { p50: summary(runs.map((r) => r.p50)), p99: summary(runs.map((r) => r.p99)), n: runs[0]?.n ?? 0, runs: runs.length };
 }
 
 /** How the load client reaches the upstream. */
@@ -84,10 +103,4 @@ export function get(socket: tls.TLSSocket, path: string, onBody?: (n: number) =>
     socket.once('close', onClose);
     socket.write(`GET ${path} HTTP/1.1\r\nHost: upstream\r\n\r\n`);
   });
-}
-
-/** Resident set size of a process, in bytes. */
-export function rssOf(pid: number): number {
-  const m = /VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
-  return m ? Number(m[1]) * 1024 : NaN;
 }

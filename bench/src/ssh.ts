@@ -3,16 +3,17 @@
  * a throwaway host key and config, and `ssh -N -R` connections from the
  * "agent side", each forwarding one loopback port to the upstream.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
+import { freePort, start, stop } from './procs.js';
 
 export interface Ssh {
   /** Loopback ports that reach the upstream, one per ssh connection. */
   ports: number[];
   version: string;
-  stop(): void;
+  stop(): Promise<void>;
 }
 
 const SSHD = '/usr/sbin/sshd';
@@ -36,12 +37,7 @@ export async function startSsh(dir: string, upstreamPort: number, remotePorts: n
   fs.mkdirSync('/run/sshd', { recursive: true });
   for (const k of ['host', 'client']) spawnSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', path.join(d, k)]);
   fs.copyFileSync(path.join(d, 'client.pub'), path.join(d, 'authorized_keys'));
-  const sshdPort = await new Promise<number>((resolve) => {
-    const s = net.createServer().listen(0, '127.0.0.1', () => {
-      const p = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(p));
-    });
-  });
+  const sshdPort = await freePort();
   fs.writeFileSync(
     path.join(d, 'sshd_config'),
     [
@@ -57,27 +53,29 @@ export async function startSsh(dir: string, upstreamPort: number, remotePorts: n
     ].join('\n'),
   );
   const procs: ChildProcess[] = [];
-  const stop = () => {
-    for (const p of procs) p.kill();
+  const stopSsh = async () => {
+    // The clients first: their sessions end, then the listening sshd.
+    await Promise.all(procs.slice(1).map((p) => stop(p)));
+    if (procs[0]) await stop(procs[0]);
   };
   try {
-    procs.push(spawn(SSHD, ['-D', '-e', '-f', path.join(d, 'sshd_config')], { stdio: 'ignore' }));
+    procs.push(start(SSHD, ['-D', '-e', '-f', path.join(d, 'sshd_config')], { node: false }));
     const deadline = Date.now() + 10_000;
     await listening(sshdPort, deadline);
     for (const rport of remotePorts) {
       procs.push(
-        spawn('ssh', [
+        start('ssh', [
           '-N', '-o', 'BatchMode=yes', '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null', '-o', 'LogLevel=ERROR',
           '-i', path.join(d, 'client'), '-p', String(sshdPort),
           '-R', `127.0.0.1:${rport}:127.0.0.1:${upstreamPort}`, 'root@127.0.0.1',
-        ], { stdio: 'ignore' }),
+        ], { node: false }),
       );
       await listening(rport, deadline);
     }
   } catch (err) {
-    stop();
+    await stopSsh();
     throw err;
   }
   const version = spawnSync('ssh', ['-V'], { encoding: 'utf8' }).stderr.trim();
-  return { ports: remotePorts, version, stop };
+  return { ports: remotePorts, version, stop: stopSsh };
 }

@@ -1,0 +1,162 @@
+/**
+ * The kubetunnel side of a run, every party its own process: certificates,
+ * the stand-in upstream, `kubetunnel server`, `kubetunnel agent`s, and
+ * processes of many in-process agents (bench/src/agents.ts).
+ */
+import { execFile, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import type { Route } from './common.js';
+import { line, start, stop } from './procs.js';
+
+export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+const CLI = path.join(ROOT, 'packages/cli/bin/kubetunnel.js');
+const DIST = fileURLToPath(new URL('.', import.meta.url));
+const TOKEN = 'bench-token';
+
+/** Short grace periods: the run stops its processes as soon as it is done. */
+const GRACE = ['--grace-period', '2s'];
+
+const execFileP = promisify(execFile);
+function cli(...args: string[]): Promise<unknown> {
+  return execFileP(process.execPath, [CLI, ...args]).catch((err: { stderr?: string }) => {
+    throw new Error(`kubetunnel ${args.join(' ')}: ${err.stderr ?? String(err)}`);
+  });
+}
+
+export interface Pki {
+  dir: string;
+  ca: string;
+  file(name: string): string;
+}
+
+/**
+ * A CA, the server certificate (also the upstream's) and an agent
+ * certificate per cluster, issued a few at a time (each is an RSA key).
+ */
+export async function makeCerts(dir: string, clusters: string[]): Promise<Pki> {
+  await cli('certs', 'init', '--dir', dir);
+  let next = 0;
+  await Promise.all(
+    os.cpus().map(async () => {
+      while (next < clusters.length) await cli('certs', 'agent', '--dir', dir, '--cluster', clusters[next++]!);
+    }),
+  );
+  return { dir, ca: fs.readFileSync(path.join(dir, 'ca.crt'), 'utf8'), file: (name) => path.join(dir, name) };
+}
+
+/** The TLS upstream standing in for an apiserver; resolves with its port. */
+export async function startUpstream(pki: Pki): Promise<{ proc: ChildProcess; port: number }> {
+  const proc = start(path.join(DIST, 'upstream.js'), [pki.file('server.crt'), pki.file('server.key')]);
+  const { port } = await line<{ port: number }>(proc, (o) => typeof o.port === 'number', 'upstream');
+  return { proc, port };
+}
+
+export interface Server {
+  proc: ChildProcess;
+  ports: { proxy: number; agent: number; health: number; admin: number };
+  /** The route of a CONNECT to `cluster` through this server. */
+  route(cluster: string): Route;
+  /** Polls GET /clusters until `want` accepts the agent count of each cluster. */
+  waitAgents(want: (agents: Map<string, number>) => boolean): Promise<void>;
+}
+
+export async function startServer(pki: Pki, tmp: string): Promise<Server> {
+  const tokens = path.join(tmp, 'tokens.csv');
+  fs.writeFileSync(tokens, `${TOKEN},bench,1,"bench"\n`);
+  const proc = start(CLI, [
+    'server', '--cert', pki.file('server.crt'), '--key', pki.file('server.key'), '--ca', pki.file('ca.crt'),
+    '--bind-address', '127.0.0.1', '--proxy-port', '0', '--agent-port', '0', '--health-port', '0', '--admin-port', '0',
+    '--token-file', tokens, '--max-streams-per-client', '100000', '--log-level', 'info', ...GRACE,
+  ]);
+  const ports: Record<string, number> = {};
+  await line(
+    proc,
+    (l) => {
+      if (typeof l.listener === 'string' && typeof l.address === 'string') ports[l.listener] = Number(l.address.slice(l.address.lastIndexOf(':') + 1));
+      return ['proxy', 'agent', 'health', 'admin'].every((n) => ports[n] !== undefined);
+    },
+    'server listeners',
+  );
+  const admin = `http://127.0.0.1:${ports.admin}/clusters`;
+  return {
+    proc,
+    ports: ports as Server['ports'],
+    route: (cluster) => ({ kind: 'kubetunnel', proxyPort: ports.proxy!, cluster, token: TOKEN, hubCA: pki.ca }),
+    async waitAgents(want) {
+      for (;;) {
+        const body = (await (await fetch(admin)).json()) as { clusters: Array<{ name: string; agents: unknown[] }> };
+        if (want(new Map(body.clusters.map((c) => [c.name, c.agents.length])))) return;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    },
+  };
+}
+
+/** One `kubetunnel agent` process for `cluster`. */
+export function startAgent(pki: Pki, server: Server, cluster: string, upstreamPort: number): ChildProcess {
+  return start(CLI, [
+    'agent', '--server', `wss://localhost:${server.ports.agent}`, '--cluster', cluster,
+    '--cert', pki.file(`agent-${cluster}.crt`), '--key', pki.file(`agent-${cluster}.key`), '--ca', pki.file('ca.crt'),
+    '--apiserver', `https://127.0.0.1:${upstreamPort}`, '--health-port', '0', '--log-level', 'warn', ...GRACE,
+  ]);
+}
+
+/**
+ * A process running `perCluster` agent instances for each of `clusters`
+ * (bench/src/agents.ts); resolves once every one has its tunnel. Ending its
+ * standard input stops it.
+ */
+export async function startAgentPool(
+  pki: Pki,
+  server: Server,
+  upstreamPort: number,
+  clusters: string[],
+  perCluster: number,
+  idPrefix: string,
+): Promise<ChildProcess> {
+  const job = {
+    server: `wss://localhost:${server.ports.agent}`,
+    certDir: pki.dir,
+    clusters,
+    perCluster,
+    apiserver: `https://127.0.0.1:${upstreamPort}`,
+    idPrefix,
+  };
+  const proc = start(path.join(DIST, 'agents.js'), [JSON.stringify(job)], { stdin: true });
+  await line(proc, (o) => o.ready === true, `agent pool ${idPrefix}`);
+  return proc;
+}
+
+/**
+ * The load client (bench/src/client.ts) for one job. `result` is its JSON
+ * result line; lines with a `phase` field are progress, not the result.
+ */
+export function startClient<T>(job: Record<string, unknown>): { proc: ChildProcess; result: Promise<T> } {
+  const proc = start(path.join(DIST, 'client.js'), [JSON.stringify(job)]);
+  return { proc, result: line<T>(proc, (o) => o.phase === undefined, `client ${String(job.job)}`) };
+}
+
+export function client<T>(job: Record<string, unknown>): Promise<T> {
+  return startClient<T>(job).result;
+}
+
+/** A long-running client job that prints {"ready": true, ...} and ends when its standard input does. */
+export async function clientHolding<T>(job: Record<string, unknown>): Promise<{ proc: ChildProcess; ready: T }> {
+  const proc = start(path.join(DIST, 'client.js'), [JSON.stringify(job)], { stdin: true });
+  return { proc, ready: await line<T>(proc, (o) => o.ready === true, `client ${String(job.job)}`) };
+}
+
+/** Ends a process that stops when its standard input ends (agent pools, holding clients). */
+export async function endInput(proc: ChildProcess): Promise<void> {
+  proc.stdin!.end();
+  if (proc.exitCode === null && proc.signalCode === null) {
+    const t = setTimeout(() => void stop(proc), 15_000);
+    await once(proc, 'exit');
+    clearTimeout(t);
+  }
+}

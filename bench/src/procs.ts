@@ -1,0 +1,124 @@
+/**
+ * The processes of a benchmark run: starting them, reading the JSON lines
+ * they print, their memory and CPU, and stopping every one of them at the end.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+
+const children = new Set<ChildProcess>();
+
+/**
+ * Starts a process. Its stdout and stderr are read for as long as it lives
+ * (a child whose log pipe is gone may never exit), the last 4 KiB of stderr
+ * kept for error messages.
+ */
+export function start(file: string, args: string[], opts: { stdin?: boolean; node?: boolean } = {}): ChildProcess {
+  const child = spawn(opts.node === false ? file : process.execPath, opts.node === false ? args : [file, ...args], {
+    stdio: [opts.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'],
+  });
+  children.add(child);
+  child.once('exit', () => children.delete(child));
+  child.once('error', () => children.delete(child));
+  let tail = '';
+  child.stdout!.on('data', () => undefined);
+  child.stderr!.on('data', (d: Buffer) => (tail = (tail + d.toString()).slice(-4096)));
+  stderrTails.set(child, () => tail);
+  return child;
+}
+
+const stderrTails = new WeakMap<ChildProcess, () => string>();
+
+/** The first JSON line on `child`'s stdout that `pred` accepts. */
+export function line<T>(child: ChildProcess, pred: (o: Record<string, unknown>) => boolean, what: string): Promise<T> {
+  return new Promise((resolve, reject) => {
+    let buf = '';
+    const onExit = (code: number | null, signal: string | null) =>
+      reject(new Error(`${what}: process exited (${code ?? signal}) before it was ready: ${stderrTails.get(child)?.() ?? ''}`));
+    const onData = (d: Buffer) => {
+      buf += d.toString();
+      let nl;
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        const text = buf.slice(0, nl);
+        buf = buf.slice(nl + 1);
+        let o: Record<string, unknown>;
+        try {
+          o = JSON.parse(text) as Record<string, unknown>;
+        } catch {
+          continue; // not a JSON line
+        }
+        if (pred(o)) {
+          child.stdout!.off('data', onData);
+          child.off('exit', onExit);
+          return resolve(o as T);
+        }
+      }
+    };
+    child.stdout!.on('data', onData);
+    child.once('exit', onExit);
+  });
+}
+
+/** Rejects with a clear message if `p` takes longer than `ms`. */
+export function within<T>(ms: number, what: string, p: Promise<T>): Promise<T> {
+  let timer: NodeJS.Timeout;
+  return Promise.race([
+    p.finally(() => clearTimeout(timer)),
+    new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`${what} did not finish within ${ms / 1000} s`)), ms);
+    }),
+  ]);
+}
+
+/** Waits for `child` to exit, at most `ms`; true if it did. */
+function exited(child: ChildProcess, ms: number): Promise<boolean> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve(true);
+  return new Promise((resolve) => {
+    const t = setTimeout(() => resolve(false), ms);
+    child.once('exit', () => (clearTimeout(t), resolve(true)));
+  });
+}
+
+/** Stops one process: SIGTERM (it may drain), then SIGKILL after `graceMs`. */
+export async function stop(child: ChildProcess, graceMs = 5000): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  child.kill('SIGTERM');
+  if (!(await exited(child, graceMs))) {
+    child.kill('SIGKILL');
+    await exited(child, 2000);
+  }
+}
+
+/** Stops every process this run started; their pipes are read until they are gone. */
+export async function stopAll(): Promise<void> {
+  await Promise.all([...children].map((c) => stop(c)));
+}
+
+/** Resident set size of a process, in bytes. */
+export function rssOf(pid: number): number {
+  const m = /VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return m ? Number(m[1]) * 1024 : NaN;
+}
+
+/** CPU time (user + system) a process has used so far, in seconds (Linux clock ticks are 1/100 s). */
+export function cpuOf(pid: number): number {
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer().listen(0, '127.0.0.1', () => {
+      const port = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(port));
+    });
+    s.on('error', reject);
+  });
+}
+
+const began = performance.now();
+/** A progress line on stderr, with the time since the run began. */
+export function progress(msg: string): void {
+  process.stderr.write(`[bench ${((performance.now() - began) / 1000).toFixed(1).padStart(6)}s] ${msg}\n`);
+}
