@@ -3,7 +3,10 @@ import { randomBytes } from 'node:crypto';
 import { pipeline } from 'node:stream/promises';
 import { Readable, Writable } from 'node:stream';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { Defaults } from '../src/constants.js';
 import { TunnelError } from '../src/errors.js';
+import { HEADER_SIZE } from '../src/protocol/frame.js';
+import { BufferPool, poolFor } from '../src/mux/pool.js';
 import { MemoryTransport, Session, type IncomingOpen, type MuxStream } from '../src/mux/index.js';
 import { closed, expectNoLeaks, liveResources, memoryPair, readAll, wsPair, type Pair } from './helpers.js';
 
@@ -369,5 +372,52 @@ describe('window autotuning', () => {
     stalled.destroy();
     await closed(agentSide.get('stalled')!);
     await settled(pair);
+  });
+});
+
+describe('message buffers', () => {
+  it('a pooled message is not reused before the transport is done with it', async () => {
+    // Like ws: the buffer is referenced, not copied, until the send callback.
+    // Callbacks run late, after later messages were framed, and each message
+    // must still hold what it held when sent.
+    const [a, b] = MemoryTransport.pair();
+    const sent: Array<{ message: Buffer; copy: Buffer; cb: (err?: Error) => void }> = [];
+    const deliver = a.send.bind(a);
+    a.send = (message, cb) => sent.push({ message, copy: Buffer.from(message), cb: (err) => (err ? cb(err) : deliver(message, cb)) });
+    let changed = 0;
+    const flushLater = setInterval(() => {
+      for (const s of sent.splice(0, 2)) {
+        if (!s.message.equals(s.copy)) changed++;
+        s.cb();
+      }
+    }, 1);
+    pair = { server: new Session(a, { role: 'server', pingIntervalMs: 0 }), agent: new Session(b, { role: 'agent', pingIntervalMs: 0 }), close: async () => {} };
+    pair.close = async () => {
+      clearInterval(flushLater);
+      pair!.server.close();
+      pair!.agent.close();
+      await new Promise((r) => setImmediate(r));
+    };
+    echo(pair.agent);
+    const payload = randomBytes(8 << 20);
+    const s = await pair.server.open(tcp);
+    const back = readAll(s);
+    s.end(payload);
+    expect((await back).equals(payload)).toBe(true);
+    expect(changed).toBe(0);
+    const pool = poolFor(Defaults.maxMessageSize + Defaults.maxFrameSize + 2 * HEADER_SIZE);
+    expect(pool.idle).toBeGreaterThan(0);
+    expect(pool.idle).toBeLessThanOrEqual(16);
+    await settled(pair);
+  });
+
+  it('BufferPool keeps at most its limit of idle buffers', () => {
+    const pool = new BufferPool(1024, 2);
+    const taken = [pool.take(), pool.take(), pool.take()];
+    expect(taken.every((b) => b.length === 1024)).toBe(true);
+    expect(new Set(taken).size).toBe(3);
+    for (const b of taken) pool.give(b);
+    expect(pool.idle).toBe(2);
+    expect(pool.take()).toBe(taken[1]);
   });
 });

@@ -3,3 +3,4 @@ export * from './ws-transport.js';
 export * from './stream.js';
 export * from './session.js';
 export * from './splice.js';
+export * from './pool.js';

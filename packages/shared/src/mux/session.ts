@@ -3,6 +3,7 @@ import { Defaults } from '../constants.js';
 import { Reasons, TunnelError, reasonFromCode, type Reason } from '../errors.js';
 import { FrameDecoder, ProtocolError, encodeFrame, writeHeader } from '../protocol/codec.js';
 import { FrameType, HEADER_SIZE, MAX_STREAM_ID, type Frame, type OpenRequest } from '../protocol/frame.js';
+import { poolFor, type BufferPool } from './pool.js';
 import { MuxStream, type StreamHost } from './stream.js';
 import type { FrameTransport } from './transport.js';
 
@@ -67,6 +68,8 @@ export class Session extends EventEmitter implements StreamHost {
   private readonly maxStreams: number;
   private readonly transport: FrameTransport;
   private readonly decoder: FrameDecoder;
+  /** Buffers messages are assembled in (a message may overrun maxMessageSize by one frame). */
+  private readonly pool: BufferPool;
 
   private readonly streams = new Map<number, MuxStream>();
   private readonly pending = new Map<number, PendingOpen>();
@@ -112,6 +115,7 @@ export class Session extends EventEmitter implements StreamHost {
     this.nextId = options.role === 'server' ? 1 : 2;
     // Control frames (OPEN with identity) may exceed a DATA frame.
     this.decoder = new FrameDecoder({ maxPayload: Math.max(this.maxFrameSize, 64 * 1024) });
+    this.pool = poolFor(this.maxMessageSize + this.maxFrameSize + 2 * HEADER_SIZE);
 
     transport.on('message', this.onMessage);
     transport.on('close', this.onTransportClose);
@@ -432,9 +436,19 @@ export class Session extends EventEmitter implements StreamHost {
       }
     }
     if (parts.length === 0) return false;
-    const message = parts.length === 1 ? parts[0]! : Buffer.concat(parts, size);
+    let message = parts[0]!;
+    let borrowed: Buffer | undefined;
+    if (parts.length > 1 && size <= this.pool.size) {
+      borrowed = this.pool.take();
+      let at = 0;
+      for (const part of parts) at += part.copy(borrowed, at);
+      message = borrowed.subarray(0, size);
+    } else if (parts.length > 1) {
+      message = Buffer.concat(parts, size);
+    }
     this.outstanding += message.length;
     this.transport.send(message, (err) => {
+      if (borrowed) this.pool.give(borrowed);
       this.outstanding -= message.length;
       if (err) this.close(new TunnelError('SESSION_CLOSED', err.message));
       else if (this.outstanding < this.highWater && (this.control.length > 0 || this.ready.length > 0)) this.flush();
