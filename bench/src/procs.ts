@@ -5,6 +5,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
+import path from 'node:path';
 
 const children = new Set<ChildProcess>();
 
@@ -13,15 +14,22 @@ const children = new Set<ChildProcess>();
  * (a child whose log pipe is gone may never exit), the last 4 KiB of stderr
  * kept for error messages.
  */
+/** Extra node flags for every node party, e.g. BENCH_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof". */
+const nodeArgs = (process.env.BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean);
+/** BENCH_LOG_DIR=dir keeps every party's standard output there, one file each. */
+const logDir = process.env.BENCH_LOG_DIR;
+
 export function start(file: string, args: string[], opts: { stdin?: boolean; node?: boolean } = {}): ChildProcess {
-  const child = spawn(opts.node === false ? file : process.execPath, opts.node === false ? args : [file, ...args], {
+  const child = spawn(opts.node === false ? file : process.execPath, opts.node === false ? args : [...nodeArgs, file, ...args], {
     stdio: [opts.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'],
   });
   children.add(child);
   child.once('exit', () => children.delete(child));
   child.once('error', () => children.delete(child));
   let tail = '';
-  child.stdout!.on('data', () => undefined);
+  const log = logDir ? fs.createWriteStream(path.join(logDir, `${path.basename(file)}-${child.pid}.log`)) : undefined;
+  child.stdout!.on('data', (d: Buffer) => log?.write(d));
+  child.once('exit', () => log?.end());
   child.stderr!.on('data', (d: Buffer) => (tail = (tail + d.toString()).slice(-4096)));
   stderrTails.set(child, () => tail);
   return child;

@@ -23,6 +23,14 @@ import * as scenario from './scenarios.js';
 import { startSsh, type Ssh } from './ssh.js';
 
 const quick = process.argv.includes('--quick');
+/** --only bulk,small: run just these scenarios (results go to bench/results/partial.json). */
+const onlyAt = process.argv.indexOf('--only');
+const only = onlyAt > 0 ? new Set((process.argv[onlyAt + 1] ?? '').split(',').filter(Boolean)) : undefined;
+const SCENARIOS = ['bulk', 'small', 'setup', 'fairness', 'slowReader', 'manyAgents', 'manyStreams'];
+if (only && (only.size === 0 || [...only].some((n) => !SCENARIOS.includes(n)))) {
+  process.stderr.write(`--only takes a comma-separated list of: ${SCENARIOS.join(', ')}\n`);
+  process.exit(2);
+}
 const scale = quick ? scenario.QUICK : scenario.FULL;
 /** Longest any one scenario may take before the run counts as broken. */
 const scenarioLimitMs = quick ? 45_000 : 20 * 60_000;
@@ -57,9 +65,11 @@ function machine() {
 async function main(): Promise<boolean> {
   const date = new Date().toISOString();
   progress(`${quick ? 'quick' : 'full'} run; temporary files in ${tmp}`);
-  const clusters = Array.from({ length: scale.streamClusters }, (_, i) => `c${i + 1}`);
-  progress(`certificates: CA, server, ${clusters.length + 1} agents`);
-  const pki = await makeCerts(path.join(tmp, 'certs'), [...clusters, 'many']);
+  const runs = (name: string) => !only || only.has(name);
+  const clusters = Array.from({ length: runs('manyStreams') ? scale.streamClusters : 2 }, (_, i) => `c${i + 1}`);
+  const agentClusters = runs('manyAgents') ? [...clusters, 'many'] : clusters;
+  progress(`certificates: CA, server, ${agentClusters.length} agents`);
+  const pki = await makeCerts(path.join(tmp, 'certs'), agentClusters);
 
   progress('upstream, kubetunnel server, agents for c1 and c2');
   const upstream = await startUpstream(pki);
@@ -87,6 +97,7 @@ async function main(): Promise<boolean> {
   const results: Record<string, unknown> = {};
   const failed: string[] = [];
   for (const [name, title, run] of plan) {
+    if (!runs(name)) continue;
     progress(title);
     try {
       results[name] = await within(scenarioLimitMs, name, run(b));
@@ -103,11 +114,11 @@ async function main(): Promise<boolean> {
     progress(`scenarios that did not complete: ${failed.join(', ')}; no results written`);
     return false;
   }
-  const out = path.join(ROOT, 'bench/results', quick ? 'quick.json' : 'latest.json');
+  const out = path.join(ROOT, 'bench/results', only ? 'partial.json' : quick ? 'quick.json' : 'latest.json');
   fs.mkdirSync(path.dirname(out), { recursive: true });
   fs.writeFileSync(out, JSON.stringify(report, null, 2) + '\n');
   progress(`wrote ${path.relative(ROOT, out)}`);
-  if (!quick) {
+  if (!quick && !only) {
     writeReport(path.join(ROOT, 'docs/benchmarks.md'), report as unknown as Report);
     progress('wrote the tables in docs/benchmarks.md');
   }

@@ -88,13 +88,18 @@ export async function bulk(b: Bench): Promise<BulkResult> {
     for (const [name, route] of paths(b)) {
       const before = { server: cpuOf(b.server.proc.pid!), agent: cpuOf(b.agentC1.pid!), t: performance.now() };
       const r = await client<{ mbps: number[] }>({ ...base(b), job: 'bulk', route, bytes: b.scale.bulkBytes, runs: 1 });
+      let share = '';
       if (name === 'kubetunnel') {
-        cpu.server += cpuOf(b.server.proc.pid!) - before.server;
-        cpu.agent += cpuOf(b.agentC1.pid!) - before.agent;
-        cpu.seconds += (performance.now() - before.t) / 1000;
+        const seconds = (performance.now() - before.t) / 1000;
+        const server = cpuOf(b.server.proc.pid!) - before.server;
+        const agent = cpuOf(b.agentC1.pid!) - before.agent;
+        cpu.server += server;
+        cpu.agent += agent;
+        cpu.seconds += seconds;
+        share = ` (CPU: server ${((100 * server) / seconds).toFixed(0)}%, agent ${((100 * agent) / seconds).toFixed(0)}% of a core)`;
       }
       (mbps[name] ??= []).push(...r.mbps);
-      progress(`  run ${i + 1}/${b.scale.runs} ${name}: ${r.mbps.map((x) => x.toFixed(0)).join(', ')} MB/s`);
+      progress(`  run ${i + 1}/${b.scale.runs} ${name}: ${r.mbps.map((x) => x.toFixed(0)).join(', ')} MB/s${share}`);
     }
   }
   return {
