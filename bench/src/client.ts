@@ -7,7 +7,7 @@
  */
 import { once } from 'node:events';
 import tls from 'node:tls';
-import { connectUpstream, get, percentile, type Route } from './common.js';
+import { connectUpstream, contextFor, get, percentile, type Phases, type Route } from './common.js';
 
 interface Job {
   job: 'bulk' | 'small' | 'setup' | 'probe' | 'hold' | 'slow';
@@ -80,14 +80,19 @@ async function main(): Promise<unknown> {
     }
     case 'setup': {
       const out: number[] = [];
+      const proxyTls: number[] = [];
+      const connect: number[] = [];
       for (let i = 0; i < job.count!; i++) {
+        const phases: Phases = { proxyTls: NaN, connect: NaN };
         const t = performance.now();
-        const s = await connectUpstream(job.route, job.upstreamCA);
+        const s = await connectUpstream(job.route, job.upstreamCA, phases);
         await get(s, '/small');
         out.push(performance.now() - t);
+        proxyTls.push(phases.proxyTls);
+        connect.push(phases.connect);
         s.destroy();
       }
-      return lat(out);
+      return job.route.kind === 'proxy' ? { ...lat(out), phases: { proxyTls: lat(proxyTls), connect: lat(connect) } } : lat(out);
     }
     case 'probe': {
       const bulk = await backgroundBulk(job.bulkRoute!);
@@ -102,12 +107,12 @@ async function main(): Promise<unknown> {
     }
     case 'hold': {
       const clusters = job.clusters!;
-      const route = job.route as Extract<Route, { kind: 'kubetunnel' }>;
+      const route = job.route as Extract<Route, { kind: 'proxy' }>;
       const held: tls.TLSSocket[] = [];
       let failed = 0;
       const open = async (i: number) => {
         const cluster = clusters[i % clusters.length]!;
-        const hub = tls.connect({ host: '127.0.0.1', port: route.proxyPort, servername: 'localhost', ca: route.hubCA });
+        const hub = tls.connect({ host: '127.0.0.1', port: route.proxyPort, servername: 'localhost', secureContext: contextFor(route.hubCA) });
         try {
           await once(hub, 'secureConnect');
           hub.write(`CONNECT ${cluster}:443 HTTP/1.1\r\nHost: ${cluster}:443\r\nProxy-Authorization: Bearer ${route.token}\r\n\r\n`);

@@ -41,26 +41,45 @@ export function latRuns(runs: Lat[]): LatRuns {
 /** How the load client reaches the upstream. */
 export type Route =
   | { kind: 'direct'; port: number }
-  | { kind: 'kubetunnel'; proxyPort: number; cluster: string; token: string; hubCA: string }
+  /** Through an HTTPS proxy: TLS to it, CONNECT, then TLS to the upstream inside (kubetunnel, the node relay). */
+  | { kind: 'proxy'; proxyPort: number; cluster: string; token: string; hubCA: string }
   | { kind: 'ssh'; port: number };
 
-/** A TLS connection to the upstream over `route` (for kubetunnel: CONNECT, then TLS inside). */
-export async function connectUpstream(route: Route, upstreamCA: string): Promise<tls.TLSSocket> {
-  if (route.kind !== 'kubetunnel') {
-    const s = tls.connect({ host: '127.0.0.1', port: route.port, servername: 'localhost', ca: upstreamCA });
+/** Where a new connection's time went (proxy routes): TLS with the proxy, then its answer to CONNECT, ms. */
+export interface Phases {
+  proxyTls: number;
+  connect: number;
+}
+
+// One TLS context per CA, as a real client builds its TLS configuration once
+// (creating one per connection costs more than the handshake's cryptography).
+const contexts = new Map<string, tls.SecureContext>();
+export const contextFor = (ca: string) => contexts.get(ca) ?? contexts.set(ca, tls.createSecureContext({ ca })).get(ca)!;
+
+/** A TLS connection to the upstream over `route` (proxy routes: CONNECT, then TLS inside). */
+export async function connectUpstream(route: Route, upstreamCA: string, phases?: Phases): Promise<tls.TLSSocket> {
+  const upstreamContext = contextFor(upstreamCA);
+  if (route.kind !== 'proxy') {
+    const s = tls.connect({ host: '127.0.0.1', port: route.port, servername: 'localhost', secureContext: upstreamContext });
     await once(s, 'secureConnect');
     s.setNoDelay(true);
     return s;
   }
-  const hub = tls.connect({ host: '127.0.0.1', port: route.proxyPort, servername: 'localhost', ca: route.hubCA });
+  const t0 = performance.now();
+  const hub = tls.connect({ host: '127.0.0.1', port: route.proxyPort, servername: 'localhost', secureContext: contextFor(route.hubCA) });
   await once(hub, 'secureConnect');
+  const t1 = performance.now();
   hub.setNoDelay(true);
   hub.write(
     `CONNECT ${route.cluster}:443 HTTP/1.1\r\nHost: ${route.cluster}:443\r\nProxy-Authorization: Bearer ${route.token}\r\n\r\n`,
   );
   const [head] = (await once(hub, 'data')) as [Buffer];
   if (!head.toString('latin1').startsWith('HTTP/1.1 200')) throw new Error(`CONNECT refused: ${head.toString().split('\r\n')[0]}`);
-  const inner = tls.connect({ socket: hub, servername: 'localhost', ca: upstreamCA });
+  if (phases) {
+    phases.proxyTls = t1 - t0;
+    phases.connect = performance.now() - t1;
+  }
+  const inner = tls.connect({ socket: hub, servername: 'localhost', secureContext: upstreamContext });
   await once(inner, 'secureConnect');
   return inner;
 }

@@ -56,6 +56,18 @@ export async function startUpstream(pki: Pki): Promise<{ proc: ChildProcess; por
   return { proc, port };
 }
 
+/**
+ * The node relay (bench/src/relay.ts): a front and a back process between
+ * the client and the upstream; resolves with the route through it.
+ */
+export async function startRelay(pki: Pki, upstreamPort: number): Promise<Route> {
+  const port = async (args: string[], what: string) =>
+    (await line<{ port: number }>(start(path.join(DIST, 'relay.js'), args), (o) => typeof o.port === 'number', what)).port;
+  const back = await port(['back', pki.dir, String(upstreamPort)], 'relay back');
+  const front = await port(['front', pki.dir, String(back)], 'relay front');
+  return { kind: 'proxy', proxyPort: front, cluster: 'upstream', token: 'none', hubCA: pki.ca };
+}
+
 export interface Server {
   proc: ChildProcess;
   ports: { proxy: number; agent: number; health: number; admin: number };
@@ -86,7 +98,7 @@ export async function startServer(pki: Pki, tmp: string): Promise<Server> {
   return {
     proc,
     ports: ports as Server['ports'],
-    route: (cluster) => ({ kind: 'kubetunnel', proxyPort: ports.proxy!, cluster, token: TOKEN, hubCA: pki.ca }),
+    route: (cluster) => ({ kind: 'proxy', proxyPort: ports.proxy!, cluster, token: TOKEN, hubCA: pki.ca }),
     async waitAgents(want) {
       for (;;) {
         const body = (await (await fetch(admin)).json()) as { clusters: Array<{ name: string; agents: unknown[] }> };

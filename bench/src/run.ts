@@ -16,7 +16,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { startAgent, makeCerts, ROOT, startServer, startUpstream } from './parties.js';
+import { startAgent, makeCerts, ROOT, startRelay, startServer, startUpstream } from './parties.js';
 import { freePort, progress, stopAll, within } from './procs.js';
 import { writeReport, type Report } from './report.js';
 import * as scenario from './scenarios.js';
@@ -84,7 +84,10 @@ async function main(): Promise<boolean> {
     return undefined;
   });
 
-  const b: scenario.Bench = { scale, pki, server, upstreamPort: upstream.port, agentC1, agentC2, clusters, ssh };
+  progress('node relay: front and back processes');
+  const relay = await startRelay(pki, upstream.port);
+
+  const b: scenario.Bench = { scale, pki, server, upstreamPort: upstream.port, agentC1, agentC2, clusters, ssh, relay };
   const plan: Array<[string, string, (b: scenario.Bench) => Promise<unknown>]> = [
     ['bulk', `bulk: one stream, ${scale.bulkBytes >> 20} MiB download, ${scale.runs} run(s) per path`, scenario.bulk],
     ['small', `small requests: ${scale.small} sequential GETs on one kept-alive connection, ${scale.runs} run(s) per path`, scenario.small],

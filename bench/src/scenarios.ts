@@ -45,31 +45,40 @@ export interface Bench {
   /** Clusters c1..cN of "many streams" (c1 and c2 are the agent processes above). */
   clusters: string[];
   ssh: Ssh | undefined;
+  /** The node relay's route: what a Node relay of this shape can do at best (bulk and small requests). */
+  relay: Route;
 }
 
 const ms = (x: number) => `${x.toFixed(3)} ms`;
 const showLat = (l: Lat) => `p50 ${ms(l.p50)}, p99 ${ms(l.p99)} (${l.n})`;
 const MiB = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`;
 
-function paths(b: Bench): Array<[string, Route]> {
+/** The paths a scenario compares; `withRelay` adds the node relay (not a floor for setup: it handshakes per connection). */
+function paths(b: Bench, withRelay = false): Array<[string, Route]> {
   const out: Array<[string, Route]> = [
     ['direct', { kind: 'direct', port: b.upstreamPort }],
     ['kubetunnel', b.server.route('c1')],
   ];
   if (b.ssh) out.push(['ssh -R', { kind: 'ssh', port: b.ssh.ports[0]! }]);
+  if (withRelay) out.push(['node relay', b.relay]);
   return out;
 }
 
 const base = (b: Bench) => ({ upstreamCA: b.pki.ca });
 
-/** Runs `job` over every path, `runs` times, the paths taking turns within each run. */
-async function latencyOverPaths(b: Bench, job: Record<string, unknown>): Promise<Record<string, LatRuns>> {
+/** Runs `job` over every path, `runs` times, the paths taking turns within each run; `each` sees every run's result. */
+async function latencyOverPaths<T extends Lat>(
+  b: Bench,
+  job: Record<string, unknown>,
+  withRelay: boolean,
+  each: (name: string, r: T) => string = () => '',
+): Promise<Record<string, LatRuns>> {
   const runs: Record<string, Lat[]> = {};
   for (let i = 0; i < b.scale.runs; i++) {
-    for (const [name, route] of paths(b)) {
-      const r = await client<Lat>({ ...base(b), ...job, route });
+    for (const [name, route] of paths(b, withRelay)) {
+      const r = await client<T>({ ...base(b), ...job, route });
       (runs[name] ??= []).push(r);
-      progress(`  run ${i + 1}/${b.scale.runs} ${name}: ${showLat(r)}`);
+      progress(`  run ${i + 1}/${b.scale.runs} ${name}: ${showLat(r)}${each(name, r)}`);
     }
   }
   return Object.fromEntries(Object.entries(runs).map(([k, v]) => [k, latRuns(v)]));
@@ -85,7 +94,7 @@ export async function bulk(b: Bench): Promise<BulkResult> {
   const mbps: Record<string, number[]> = {};
   const cpu = { server: 0, agent: 0, seconds: 0 };
   for (let i = 0; i < b.scale.runs; i++) {
-    for (const [name, route] of paths(b)) {
+    for (const [name, route] of paths(b, true)) {
       const before = { server: cpuOf(b.server.proc.pid!), agent: cpuOf(b.agentC1.pid!), t: performance.now() };
       const r = await client<{ mbps: number[] }>({ ...base(b), job: 'bulk', route, bytes: b.scale.bulkBytes, runs: 1 });
       let share = '';
@@ -109,11 +118,24 @@ export async function bulk(b: Bench): Promise<BulkResult> {
 }
 
 export function small(b: Bench): Promise<Record<string, LatRuns>> {
-  return latencyOverPaths(b, { job: 'small', count: b.scale.small });
+  return latencyOverPaths(b, { job: 'small', count: b.scale.small }, true);
 }
 
-export function setup(b: Bench): Promise<Record<string, LatRuns>> {
-  return latencyOverPaths(b, { job: 'setup', count: b.scale.setup });
+export interface SetupResult {
+  paths: Record<string, LatRuns>;
+  /** kubetunnel's connections: the TLS handshake with the server, then the server's answer to CONNECT (agent dial included). */
+  kubetunnelPhases: { proxyTls: LatRuns; connect: LatRuns };
+}
+
+export async function setup(b: Bench): Promise<SetupResult> {
+  const phases = { proxyTls: [] as Lat[], connect: [] as Lat[] };
+  const result = await latencyOverPaths<Lat & { phases?: { proxyTls: Lat; connect: Lat } }>(b, { job: 'setup', count: b.scale.setup }, false, (name, r) => {
+    if (name !== 'kubetunnel' || !r.phases) return '';
+    phases.proxyTls.push(r.phases.proxyTls);
+    phases.connect.push(r.phases.connect);
+    return `; of which TLS with the server p50 ${ms(r.phases.proxyTls.p50)}, CONNECT answered p50 ${ms(r.phases.connect.p50)}`;
+  });
+  return { paths: result, kubetunnelPhases: { proxyTls: latRuns(phases.proxyTls), connect: latRuns(phases.connect) } };
 }
 
 export interface FairnessResult {
