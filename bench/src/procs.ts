@@ -9,16 +9,16 @@ import path from 'node:path';
 
 const children = new Set<ChildProcess>();
 
-/**
- * Starts a process. Its stdout and stderr are read for as long as it lives
- * (a child whose log pipe is gone may never exit), the last 4 KiB of stderr
- * kept for error messages.
- */
 /** Extra node flags for every node party, e.g. BENCH_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof". */
 const nodeArgs = (process.env.BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean);
 /** BENCH_LOG_DIR=dir keeps every party's standard output there, one file each. */
 const logDir = process.env.BENCH_LOG_DIR;
 
+/**
+ * Starts a process. Its stdout and stderr are read for as long as it lives
+ * (a child whose log pipe is gone may never exit), the last 4 KiB of stderr
+ * kept for error messages.
+ */
 export function start(file: string, args: string[], opts: { stdin?: boolean; node?: boolean } = {}): ChildProcess {
   const child = spawn(opts.node === false ? file : process.execPath, opts.node === false ? args : [...nodeArgs, file, ...args], {
     stdio: [opts.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'],
