@@ -109,12 +109,15 @@ export class MuxStream extends Duplex {
   }
 
   override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
-    const failure = err ?? new TunnelError('CANCELLED', 'stream destroyed');
-    for (const p of this.queue) p.cb?.(failure);
-    this.queue = [];
     const fin = this.finCallback;
-    this.finCallback = undefined;
-    fin?.(failure);
+    if (this.queue.length > 0 || fin) {
+      // Writes still waiting fail; a stream that ended cleanly has none (and makes no error).
+      const failure = err ?? new TunnelError('CANCELLED', 'stream destroyed');
+      for (const p of this.queue) p.cb?.(failure);
+      this.queue = [];
+      this.finCallback = undefined;
+      fin?.(failure);
+    }
     const wasOpen = this.state !== 'closed';
     this.state = 'closed';
     if (wasOpen) {
