@@ -1,8 +1,17 @@
-import { timingSafeEqual, createHash } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import type { TLSSocket } from 'node:tls';
 import { clientIdentityOf, type Identity } from '@kubetunnel/shared';
 
+/** Static tokens as configured: token -> identity. */
 export type TokenTable = Map<string, { user: string; uid: string; groups: string[] }>;
+/** The same identities by the SHA-256 (hex) of their token, as the frontends look them up. */
+export type TokenIndex = ReadonlyMap<string, { user: string; uid: string; groups: string[] }>;
+
+const digestOf = (token: string) => createHash('sha256').update(token).digest('hex');
+
+export function indexTokens(table: TokenTable): TokenIndex {
+  return new Map([...table].map(([token, id]) => [digestOf(token), id]));
+}
 
 /**
  * Parses a kube-apiserver style static token file: one `token,user,uid` line
@@ -47,14 +56,14 @@ function parseCsvLine(line: string): string[] {
   return out;
 }
 
-/** Looks a token up in constant time per entry (no early exit on a prefix match). */
-export function lookupToken(table: TokenTable, token: string): Identity | undefined {
-  const want = createHash('sha256').update(token).digest();
-  let found: Identity | undefined;
-  for (const [t, id] of table) {
-    if (timingSafeEqual(createHash('sha256').update(t).digest(), want)) found = { user: id.user, uid: id.uid, groups: id.groups };
-  }
-  return found;
+/**
+ * Looks a token up by its digest: one hash and one map lookup however many
+ * tokens there are. How long the lookup takes depends on the digest, which
+ * tells a caller nothing about the tokens it has not guessed.
+ */
+export function lookupToken(index: TokenIndex, token: string): Identity | undefined {
+  const id = index.get(digestOf(token));
+  return id && { user: id.user, uid: id.uid, groups: id.groups };
 }
 
 /** The token in `Bearer T` or `Basic base64(user:T)`; undefined when absent or malformed. */
@@ -74,7 +83,7 @@ export type AuthResult = { ok: true; identity: Identity; via: 'certificate' | 't
  * Who the caller is: a verified client certificate from the CA (user = CN,
  * groups = O; agent certificates are refused), else a token.
  */
-export function authenticate(socket: TLSSocket, authorization: string | undefined, tokens: TokenTable): AuthResult {
+export function authenticate(socket: TLSSocket, authorization: string | undefined, tokens: TokenIndex): AuthResult {
   const cert = socket.authorized ? socket.getPeerCertificate() : undefined;
   if (cert && Object.keys(cert).length > 0) {
     const id = clientIdentityOf(cert);

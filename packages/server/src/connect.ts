@@ -2,7 +2,7 @@ import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
 import { splice, type Logger } from '@kubetunnel/shared';
-import { authenticate, type TokenTable } from './auth.js';
+import { authenticate, type TokenIndex } from './auth.js';
 import { dialCluster, type DialDeps } from './dial.js';
 import type { ClusterRegistry } from './registry.js';
 import { resolveCluster } from './resolve.js';
@@ -10,7 +10,7 @@ import { respondRaw } from './respond.js';
 
 export interface ConnectDeps extends DialDeps {
   registry: ClusterRegistry;
-  tokens: TokenTable;
+  tokens: TokenIndex;
   clusterDomain?: string;
   log: Logger;
 }

@@ -4,13 +4,13 @@ import type { Duplex } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
 import httpProxy from 'http-proxy';
 import { onProxyResponse, isValidClusterName, relayUpgrade, stripCallerHeaders, type Identity, type Logger, type MuxStream } from '@kubetunnel/shared';
-import { authenticate, type TokenTable } from './auth.js';
+import { authenticate, type TokenIndex } from './auth.js';
 import { dialCluster, type DialDeps } from './dial.js';
 import { connectOnly, type HttpHandlers } from './frontend.js';
 import { sendStatus, sendStatusRaw } from './kube-status.js';
 
 export interface L7Deps extends DialDeps {
-  tokens: TokenTable;
+  tokens: TokenIndex;
   log: Logger;
   /** One line per L7 request (user, cluster, method, path, status, bytes, duration). */
   audit: Logger;

@@ -4,6 +4,7 @@ import type { AddressInfo } from 'node:net';
 import { Defaults, type Logger } from '@kubetunnel/shared';
 import { createAdminServer, createHealthServer } from './admin.js';
 import { AgentGateway } from './agent-gateway.js';
+import { indexTokens } from './auth.js';
 import type { ServerConfig } from './config.js';
 import type { ConnectDeps } from './connect.js';
 import { Frontend } from './frontend.js';
@@ -50,7 +51,7 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ku
   const deps: ConnectDeps = {
     registry,
     metrics,
-    tokens: config.tokens,
+    tokens: indexTokens(config.tokens),
     dialTimeoutMs: config.dialTimeoutMs,
     maxStreamsPerClient: config.maxStreamsPerClient,
     clientStreams: new Map(),

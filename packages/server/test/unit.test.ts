@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { lookupToken, parseTokenFile, tokenFromAuthorization } from '../src/auth.js';
+import { indexTokens, lookupToken, parseTokenFile, tokenFromAuthorization } from '../src/auth.js';
 import { pickTunnel, type AgentTunnel, type ClusterEntry } from '../src/registry.js';
 import { parseAuthority, resolveCluster } from '../src/resolve.js';
 import { routeL7 } from '../src/l7.js';
@@ -52,10 +52,18 @@ describe('static token file', () => {
     expect(() => parseTokenFile('t1,alice,1,"open\n')).toThrow(/unterminated/);
   });
   it('looks tokens up exactly', () => {
-    const t = parseTokenFile('secret,alice,1\n');
+    const t = indexTokens(parseTokenFile('secret,alice,1\n'));
     expect(lookupToken(t, 'secret')?.user).toBe('alice');
     expect(lookupToken(t, 'secre')).toBeUndefined();
     expect(lookupToken(t, 'secret ')).toBeUndefined();
+  });
+  it('finds the right identity among many tokens, and the index keeps no token', () => {
+    const lines = Array.from({ length: 20_000 }, (_, i) => `token-${i},user-${i},${i}`);
+    const t = indexTokens(parseTokenFile(lines.join('\n')));
+    expect(lookupToken(t, 'token-19999')?.user).toBe('user-19999');
+    expect(lookupToken(t, 'token-0')?.user).toBe('user-0');
+    expect(lookupToken(t, 'token-20000')).toBeUndefined();
+    expect([...t.keys()].some((k) => k.startsWith('token-'))).toBe(false);
   });
   it('reads Bearer and Basic (token as password) credentials', () => {
     expect(tokenFromAuthorization('Bearer abc')).toBe('abc');
