@@ -122,6 +122,8 @@ export function renderTables(report: Report): string {
     `| server peak RSS, alone → beside the slow reader | ${mib(slow.rss.server.alone)} → ${mib(slow.rss.server.beside)} (${signedKib(slow.growth.server)}) | growth ≤ 2 × stream window (${kib(slow.limit)}): ${met(slow.growth.server <= slow.limit)} |`,
     `| agent peak RSS, alone → beside the slow reader | ${mib(slow.rss.agent.alone)} → ${mib(slow.rss.agent.beside)} (${signedKib(slow.growth.agent)}) | growth ≤ ${kib(slow.limit)}: ${met(slow.growth.agent <= slow.limit)} |`,
     '',
+    'RSS shows a tunnel that buffers what the fast source sends (hundreds of MiB here), not a few hundred KiB: it also moves by MiB as memory from earlier scenarios is returned. The window bound itself is asserted by the mux tests: a stream that is never read receives at most its window while others complete.',
+    '',
     `**Many streams**: ${ms.streams.toLocaleString('en')} CONNECT streams held open at once across ${ms.clusters} clusters (agents of c3…c${ms.clusters} in one process), through one server.`,
     '',
     '| open | failed | opened in | server RSS before → with the streams | per stream | target |',
