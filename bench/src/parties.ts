@@ -1,7 +1,8 @@
 /**
- * The kubetunnel side of a run, every party its own process: certificates,
- * the stand-in upstream, `kubetunnel server`, `kubetunnel agent`s, and
- * processes of many in-process agents (bench/src/agents.ts).
+ * The parties of a run, every one its own process: certificates, the
+ * stand-in upstream, `kubetunnel server`, `kubetunnel agent`s, processes of
+ * many in-process agents (bench/src/agents.ts), the node relay
+ * (bench/src/relay.ts) and the load client (bench/src/client.ts).
  */
 import { execFile, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
