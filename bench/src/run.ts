@@ -1,17 +1,18 @@
 /**
- * End-to-end benchmark: the same work over three paths in one run,
- * every party a separate process on loopback.
+ * End-to-end benchmark: the same work over every path in one run, every
+ * party a separate process on loopback.
  *
  *   direct      client -> upstream (TLS)
  *   kubetunnel  client -> server frontend (TLS, CONNECT) -> tunnel (wss) -> agent -> upstream, TLS end to end inside
  *   ssh -R      client -> OpenSSH reverse tunnel -> upstream, TLS end to end inside
+ *   node relay  client -> front (TLS, CONNECT) -> back (TLS) -> upstream: the same hops, nothing else (relay.ts)
  *
- *   npm run bench [-- --quick]
+ *   npm run bench [-- --quick] [-- --only bulk,small]
  *
  * Writes bench/results/latest.json and the tables in docs/benchmarks.md;
  * --quick (the CI smoke run: small counts, checks nothing about speed)
- * writes bench/results/quick.json only. Exits non-zero only if a scenario
- * could not complete.
+ * writes bench/results/quick.json only, --only bench/results/partial.json.
+ * Exits non-zero only if a scenario could not complete.
  */
 import fs from 'node:fs';
 import os from 'node:os';
