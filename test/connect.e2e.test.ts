@@ -18,6 +18,7 @@ import {
   run,
   startMember as startMemberProc,
   startServerProc,
+  stopMembers,
   tmpDir,
 } from './harness.js';
 
@@ -57,13 +58,20 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  for (const m of members.values()) await m.agent.stop();
-  await server?.proc.stop();
-  for (const m of members.values()) await m.apiserver.close();
+  await stopMembers(server, members.values());
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
 afterEach(() => expectIdle(server.adminUrl));
+
+/** TLS options presenting `<name>.crt` from the test CA, trusting the hub. */
+function tlsIdentity(name: string): { ca: string; cert: string; key: string } {
+  return {
+    ca: hubCA,
+    cert: fs.readFileSync(path.join(certDir, `${name}.crt`), 'utf8'),
+    key: fs.readFileSync(path.join(certDir, `${name}.key`), 'utf8'),
+  };
+}
 
 async function kubeconfig(mode: 'connect', creds: 'token' | 'cert'): Promise<string> {
   const file = path.join(dir, `kubeconfig-${mode}-${creds}`);
@@ -163,11 +171,7 @@ describe('CONNECT bad input: exact status, one-line reason, nothing else disturb
       expect(r.status).toBe(407);
       expect(r.head).toMatch(/\r\nProxy-Authenticate: Basic realm="kubetunnel"/);
     }
-    const agentCert = {
-      ca: hubCA,
-      cert: fs.readFileSync(path.join(certDir, 'agent-member-1.crt'), 'utf8'),
-      key: fs.readFileSync(path.join(certDir, 'agent-member-1.key'), 'utf8'),
-    };
+    const agentCert = tlsIdentity('agent-member-1');
     const r = await rawConnect(server.proxy, 'CONNECT member-1:443 HTTP/1.1\r\nHost: member-1:443\r\n\r\n', agentCert);
     expect(r.status).toBe(407);
     expect(r.body).toMatch(/agent certificates are refused/);
@@ -211,22 +215,14 @@ describe('CONNECT bad input: exact status, one-line reason, nothing else disturb
   });
 
   it('a client certificate on the agent gateway is refused', async () => {
-    const clientCert = {
-      ca: hubCA,
-      cert: fs.readFileSync(path.join(certDir, 'client-alice.crt'), 'utf8'),
-      key: fs.readFileSync(path.join(certDir, 'client-alice.key'), 'utf8'),
-    };
+    const clientCert = tlsIdentity('client-alice');
     const r = await rawConnect(server.agent, upgradeRequest('member-1'), clientCert);
     expect(r.status).toBe(403);
     expect(r.body).toMatch(/not an agent certificate/);
   });
 
   it("an agent certificate for member-1 registering as member-2 is refused; both clusters still work", async () => {
-    const agentCert = {
-      ca: hubCA,
-      cert: fs.readFileSync(path.join(certDir, 'agent-member-1.crt'), 'utf8'),
-      key: fs.readFileSync(path.join(certDir, 'agent-member-1.key'), 'utf8'),
-    };
+    const agentCert = tlsIdentity('agent-member-1');
     const r = await rawConnect(server.agent, upgradeRequest('member-2'), agentCert);
     expect(r.status).toBe(403);
     expect(r.body).toMatch(/certificate is for cluster member-1, not member-2/);

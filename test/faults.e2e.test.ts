@@ -6,7 +6,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { type Member, type ServerProc, cli, expectIdle, rawConnect, run, startAgentProc, startMember as startMemberProc, startServerProc, tmpDir } from './harness.js';
+import { type Member, type ServerProc, cli, expectIdle, rawConnect, run, startAgentProc, startMember as startMemberProc, startServerProc, stopMembers, tmpDir } from './harness.js';
 
 const MEMBER_TOKEN = 'member-token';
 let dir: string;
@@ -45,9 +45,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  for (const m of members.values()) await m.agent.stop();
-  await server?.proc.stop();
-  for (const m of members.values()) await m.apiserver.close();
+  await stopMembers(server, members.values());
   fs.rmSync(dir, { recursive: true, force: true });
 });
 

@@ -213,6 +213,14 @@ export interface Member {
   agent: Proc;
 }
 
+/** Stops the agents, then the server, then the member apiservers (agents first: no reconnect storms). */
+export async function stopMembers(server: ServerProc | undefined, members: Iterable<Member>): Promise<void> {
+  const all = [...members];
+  for (const m of all) await m.agent.stop();
+  await server?.proc.stop();
+  for (const m of all) await m.apiserver.close();
+}
+
 /**
  * A member cluster: a stand-in apiserver with its own CA (its certificate
  * carries kubernetes.default.svc, as real ones do), an agent certificate,

@@ -11,7 +11,7 @@ import net from 'node:net';
 import path from 'node:path';
 import tls from 'node:tls';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { type Member, type ServerProc, cli, expectIdle, rawConnect, run, startMember, startServerProc, tmpDir } from './harness.js';
+import { type Member, type ServerProc, cli, expectIdle, rawConnect, run, startMember, startServerProc, stopMembers, tmpDir } from './harness.js';
 
 const POLICY = `
 rules:
@@ -55,9 +55,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  for (const m of members.values()) await m.agent.stop();
-  await server?.proc.stop();
-  for (const m of members.values()) await m.apiserver.close();
+  await stopMembers(server, members.values());
   // Credentials never reach the logs.
   const logs = JSON.stringify(server?.proc.lines ?? []) + [...members.values()].map((m) => JSON.stringify(m.agent.lines)).join('');
   expect(logs).not.toContain('admin-token');
