@@ -160,6 +160,37 @@ describe.each([
     await settled(pair);
   });
 
+  it('zero-length writes in both directions frame nothing and keep the tunnel up', async () => {
+    pair = await makePair();
+    let agentSide!: MuxStream;
+    const gotAgent = new Promise<void>((resolve) =>
+      pair!.agent.on('open', (inc: IncomingOpen) => {
+        agentSide = inc.accept();
+        resolve();
+      }),
+    );
+    const s = await pair.server.open(tcp);
+    await gotAgent;
+    const agentRead = readAll(agentSide);
+    const serverRead = readAll(s);
+    // Empty writes alone (write), and corked together with real ones (writev).
+    s.write(Buffer.alloc(0));
+    agentSide.write(Buffer.alloc(0));
+    s.cork();
+    s.write(Buffer.alloc(0));
+    s.write('a');
+    s.write(Buffer.alloc(0));
+    s.uncork();
+    agentSide.write('b');
+    agentSide.write(Buffer.alloc(0));
+    s.end(Buffer.alloc(0));
+    agentSide.end(Buffer.alloc(0));
+    expect((await agentRead).toString()).toBe('a');
+    expect((await serverRead).toString()).toBe('b');
+    expect(pair.server.closed || pair.agent.closed).toBe(false);
+    await settled(pair);
+  });
+
   it('RESET from either side errors the other with the reason code', async () => {
     pair = await makePair();
     const agentStreams: MuxStream[] = [];

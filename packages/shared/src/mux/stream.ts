@@ -88,14 +88,19 @@ export class MuxStream extends Duplex {
 
   // ------------------------------------------------ Duplex implementation
 
+  // A zero-length write frames nothing: an empty DATA frame is a protocol
+  // error, and peers (Python's http.server, for one) do write empty chunks.
   override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
+    if (chunk.length === 0) return cb();
     this.queue.push({ buf: chunk, cb });
     this.host.schedule(this);
   }
 
   override _writev(chunks: Array<{ chunk: Buffer }>, cb: (err?: Error | null) => void): void {
-    const last = chunks.length - 1;
-    chunks.forEach((c, i) => this.queue.push({ buf: c.chunk, cb: i === last ? cb : undefined }));
+    const bufs = chunks.map((c) => c.chunk).filter((b) => b.length > 0);
+    if (bufs.length === 0) return cb();
+    const last = bufs.length - 1;
+    bufs.forEach((buf, i) => this.queue.push({ buf, cb: i === last ? cb : undefined }));
     this.host.schedule(this);
   }
 
