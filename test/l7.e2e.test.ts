@@ -167,8 +167,11 @@ describe('L7 mode with real kubectl', () => {
     members.get('member-2')!.apiserver.deleteNamespace('l7-watch-ns');
   });
 
-  it('unauthenticated: 401 in the Status shape kubectl prints', async () => {
+  it('unauthenticated: 401 in the Status shape kubectl prints, logged and counted', async () => {
     await expect(kubectl('wrong-token', '--context', 'member-1-l7', 'get', '--raw', '/version')).rejects.toThrow(/Unauthorized/);
+    await server.proc.waitFor((l) => l.msg === 'L7 request refused' && l.status === 401, 'the 401 in the log');
+    const metrics = await (await fetch(`${server.adminUrl}/metrics`)).text();
+    expect(metrics).toMatch(/kubetunnel_stream_failures_total\{frontend="l7",reason="UNAUTHENTICATED"\} [1-9]/);
   });
 });
 
@@ -186,9 +189,39 @@ describe('policy', () => {
     expect(r.status).toBe(403);
     expect(r.body).toBe('user "dev" may not reach cluster "member-2"\n');
   });
+
+  it('a name the user may not reach answers 403 whether or not the cluster exists (no enumeration)', async () => {
+    const ask = (cluster: string, token: string) =>
+      rawConnect(server.proxy, `CONNECT ${cluster}:443 HTTP/1.1\r\nHost: ${cluster}:443\r\nX-Cluster-Name: ${cluster}\r\nProxy-Authorization: Bearer ${token}\r\n\r\n`, { ca: hubCA });
+    const [known, unknown] = await Promise.all([ask('member-2', 'dev-token'), ask('no-such-cluster', 'dev-token')]);
+    expect([known.status, unknown.status]).toEqual([403, 403]);
+    expect(unknown.body).toBe('user "dev" may not reach cluster "no-such-cluster"\n');
+    // Over L7 the same.
+    const l7 = await rawConnect(server.proxy, 'GET /clusters/no-such-cluster/version HTTP/1.1\r\nHost: hub\r\nAuthorization: Bearer dev-token\r\n\r\n', { ca: hubCA });
+    expect(l7.status).toBe(403);
+    // A user the policy allows every cluster learns that it is unknown.
+    expect((await ask('no-such-cluster', 'admin-token')).status).toBe(404);
+  });
 });
 
 describe('upgrades that are not answered 101', () => {
+  it('an upgrade request that announces a body is refused; nothing reaches the member', async () => {
+    const api = members.get('member-1')!.apiserver;
+    const before = api.requests.length;
+    for (const framing of ['Transfer-Encoding: chunked', 'Content-Length: 5']) {
+      const r = await rawConnect(
+        server.proxy,
+        'GET /clusters/member-1/api/v1/namespaces/default/pods/echo/exec?command=cat&stdin=true HTTP/1.1\r\n' +
+          `Host: hub\r\nAuthorization: Bearer admin-token\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n${framing}\r\n\r\n0\r\n\r\n`,
+        { ca: hubCA },
+      );
+      expect(r.status).toBe(400);
+      expect(r.body).toContain('an upgrade request carries no body');
+    }
+    expect(api.requests.length).toBe(before);
+  });
+
+
   it('deliver the answer, then close: follow-up bytes never reach the member', async () => {
     const api = members.get('member-1')!.apiserver;
     const before = api.requests.length;

@@ -1,10 +1,9 @@
 import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
-import type { Logger } from '@kubetunnel/shared';
+import { createHealthServer, type Logger } from '@kubetunnel/shared';
 import type { AgentConfig } from './config.js';
 import { Connector } from './connector.js';
 import { handleOpen } from './handlers.js';
-import { createHealthServer } from './health.js';
 import { ApiserverHttp } from './http-handler.js';
 
 export interface Agent {

@@ -6,10 +6,12 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import httpProxy from 'http-proxy';
 import {
+  failureStatus,
   onProxyResponse,
   impersonationHeaders,
   relayUpgrade,
   stripCallerHeaders,
+  upgradeRequestHeaders,
   type Identity,
   type Logger,
   type MuxStream,
@@ -21,6 +23,15 @@ export interface ApiserverHttpConfig {
   /** The agent's own token toward its apiserver (a service-account token), re-read as it rotates. */
   tokenFile?: string;
   log: Logger;
+}
+
+/** Answers a failed request with a Kubernetes Status, or ends a connection that is past its head. */
+function fail(res: ServerResponse | Duplex, code: number, message: string): void {
+  if (!('writeHead' in res)) return void res.destroy();
+  if (res.headersSent) return void res.destroy();
+  const body = JSON.stringify(failureStatus(code, message));
+  res.writeHead(code, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(body) });
+  res.end(body);
 }
 
 /** Re-reads a token file at most every few seconds (kubelet rotates projected tokens in place). */
@@ -70,15 +81,22 @@ export class ApiserverHttp {
     this.proxy.on('proxyRes', (upstream: IncomingMessage, _req: IncomingMessage, res: ServerResponse) => onProxyResponse(upstream, res));
     this.proxy.on('error', (err: Error, _req: IncomingMessage, res: ServerResponse | Duplex) => {
       config.log.debug({ err: err.message }, 'apiserver request failed');
-      if ('writeHead' in res && !res.headersSent) {
-        const body = JSON.stringify({ kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Failure', message: `agent could not reach the apiserver: ${err.message}`, reason: 'ServiceUnavailable', code: 502 });
-        res.writeHead(502, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(body) });
-        res.end(body);
-      } else res.destroy();
+      fail(res, 502, `agent could not reach the apiserver: ${err.message}`);
     });
     this.server = http.createServer({ keepAliveTimeout: 0 });
-    this.server.on('request', (req, res) => this.onRequest(req, res));
-    this.server.on('upgrade', (req, socket, head) => this.onUpgrade(req, socket, head));
+    // Each request's error boundary: whatever throws fails that request only.
+    const guarded =
+      <A extends [IncomingMessage, ServerResponse | Duplex, ...unknown[]]>(handle: (...args: A) => void) =>
+      (...args: A) => {
+        try {
+          handle(...args);
+        } catch (err) {
+          config.log.warn({ err }, 'L7 request failed at the agent');
+          fail(args[1], 500, 'the agent could not send this request');
+        }
+      };
+    this.server.on('request', guarded((req: IncomingMessage, res: ServerResponse) => this.onRequest(req, res)));
+    this.server.on('upgrade', guarded((req: IncomingMessage, socket: Duplex, head: Buffer) => this.onUpgrade(req, socket, head)));
     this.server.on('clientError', (_err, socket: Duplex) => socket.destroy());
   }
 
@@ -114,9 +132,7 @@ export class ApiserverHttp {
   private onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     const identity = this.identityOf(req);
     if (!identity) return void socket.destroy();
-    const headers = this.upstreamHeaders(req.headers, identity);
-    headers.connection = 'Upgrade';
-    headers.upgrade = req.headers.upgrade;
+    const headers = upgradeRequestHeaders(this.upstreamHeaders(req.headers, identity), req.headers.upgrade);
     const out = https.request({
       host: this.config.apiserver.hostname,
       port: this.config.apiserver.port || 443,

@@ -1,6 +1,9 @@
 import http from 'node:http';
+import { isValidClusterName, parseOriginForm, sendText } from '@kubetunnel/shared';
 import type { ServerMetrics } from './metrics.js';
 import type { ClusterRegistry } from './registry.js';
+
+const TEXT = 'text/plain; charset=utf-8';
 
 /** The JSON of GET /clusters: scripts rely on these names and meanings. */
 export function clustersReport(serverId: string, registry: ClusterRegistry) {
@@ -28,44 +31,31 @@ export function clustersReport(serverId: string, registry: ClusterRegistry) {
   };
 }
 
-function send(res: http.ServerResponse, status: number, type: string, body: string): void {
-  res.writeHead(status, { 'Content-Type': type, 'Content-Length': Buffer.byteLength(body), 'Cache-Control': 'no-store' });
-  res.end(body);
-}
-
 /** Admin: GET /clusters, /clusters/NAME/ca.crt, /metrics. Plain HTTP; bind it to loopback or a private network. */
 export function createAdminServer(serverId: string, registry: ClusterRegistry, metrics: ServerMetrics): http.Server {
   return http.createServer((req, res) => {
-    const path = new URL(req.url ?? '/', 'http://x').pathname;
-    if (req.method !== 'GET') return send(res, 405, 'text/plain', 'GET only\n');
-    if (path === '/clusters') return send(res, 200, 'application/json', JSON.stringify(clustersReport(serverId, registry)) + '\n');
+    const target = parseOriginForm(req.url);
+    if (!target) return sendText(res, 400, TEXT, 'request target must be a path\n');
+    if (req.method !== 'GET') return sendText(res, 405, TEXT, 'GET only\n');
+    const path = target.path;
+    if (path === '/clusters') return sendText(res, 200, 'application/json', JSON.stringify(clustersReport(serverId, registry)) + '\n');
     const m = /^\/clusters\/([^/]+)\/ca\.crt$/.exec(path);
     if (m) {
-      const c = registry.get(decodeURIComponent(m[1]!));
+      // Cluster names are DNS labels: nothing in them is percent-encoded.
+      const name = m[1]!;
+      if (!isValidClusterName(name)) return sendText(res, 400, TEXT, 'invalid cluster name: want a DNS label (a-z, 0-9, -; at most 63)\n');
+      const c = registry.get(name);
       const ca = c && [...c.agents.values()].find((t) => t.apiserverCA)?.apiserverCA;
-      if (!ca) return send(res, 404, 'text/plain', `no apiserver CA known for cluster "${m[1]}"\n`);
-      return send(res, 200, 'application/x-pem-file', ca);
+      if (!ca) return sendText(res, 404, TEXT, `no apiserver CA known for cluster "${name}"\n`);
+      return sendText(res, 200, 'application/x-pem-file', ca);
     }
     if (path === '/metrics') {
       metrics.registry.metrics().then(
-        (text) => send(res, 200, metrics.registry.contentType, text),
-        (err: unknown) => send(res, 500, 'text/plain', `${String(err)}\n`),
+        (text) => sendText(res, 200, metrics.registry.contentType, text),
+        (err: unknown) => sendText(res, 500, TEXT, `${String(err)}\n`),
       );
       return;
     }
-    send(res, 404, 'text/plain', 'not found: try /clusters or /metrics\n');
-  });
-}
-
-/** Health: /healthz while the process runs, /readyz unless draining. */
-export function createHealthServer(isReady: () => true | string): http.Server {
-  return http.createServer((req, res) => {
-    const path = new URL(req.url ?? '/', 'http://x').pathname;
-    if (path === '/healthz' || path === '/livez') return send(res, 200, 'text/plain', 'ok\n');
-    if (path === '/readyz') {
-      const r = isReady();
-      return r === true ? send(res, 200, 'text/plain', 'ok\n') : send(res, 503, 'text/plain', `${r}\n`);
-    }
-    send(res, 404, 'text/plain', 'not found: try /healthz or /readyz\n');
+    sendText(res, 404, TEXT, 'not found: try /clusters or /metrics\n');
   });
 }

@@ -15,6 +15,7 @@ import {
   isValidAgentId,
   isValidClusterName,
   isValidHostPort,
+  parseOriginForm,
   type Logger,
 } from '@kubetunnel/shared';
 import type { ServerConfig } from './config.js';
@@ -109,7 +110,7 @@ export class AgentGateway {
       this.log.warn({ status, reason, remote: req.socket.remoteAddress }, 'agent registration refused');
       respondRaw(socket, status, reason);
     };
-    if (new URL(req.url ?? '/', 'https://x').pathname !== AGENT_PATH) return refuse(404, `agents register at ${AGENT_PATH}`);
+    if (parseOriginForm(req.url)?.path !== AGENT_PATH) return refuse(404, `agents register at ${AGENT_PATH}`);
     const offered = (req.headers['sec-websocket-protocol'] ?? '').split(',').map((s) => s.trim());
     if (!offered.includes(SUBPROTOCOL)) return refuse(400, `unsupported tunnel protocol; this server speaks ${SUBPROTOCOL}`);
     const checked = checkRegistration(req);

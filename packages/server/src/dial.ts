@@ -20,7 +20,7 @@ export type DialResult =
 
 /**
  * Opens a stream to a cluster for a frontend: the steps and statuses every
- * frontend shares (unknown 404, not allowed 403, no live agent 503, the
+ * frontend shares (not allowed 403, then unknown 404, no live agent 503, the
  * agent's dial failure 502/504). The stream counts toward the cluster's open
  * streams until it closes; pending dials are counted while the OPEN waits.
  */
@@ -33,10 +33,12 @@ export async function dialCluster(
     metrics.failures.inc({ frontend: args.frontend, reason: metricReason });
     return retryAfter === undefined ? { ok: false, status, reason } : { ok: false, status, reason, retryAfter };
   };
-  const entry = registry.get(args.cluster);
-  if (!entry) return fail(404, `unknown cluster "${args.cluster}"`, 'UNKNOWN_CLUSTER');
+  // Authorization comes first: a caller not allowed a name learns nothing
+  // about it, not even whether such a cluster exists.
   const allowed = deps.authorize(args.identity, args.cluster);
   if (allowed !== true) return fail(403, allowed, 'FORBIDDEN');
+  const entry = registry.get(args.cluster);
+  if (!entry) return fail(404, `unknown cluster "${args.cluster}"`, 'UNKNOWN_CLUSTER');
   const tunnel = pickTunnel(entry, args.request.kind, args.request.target);
   if (!tunnel) {
     const why = entry.agents.size === 0 ? 'has no live agent' : `has no live agent that serves ${args.request.kind === 'http' ? 'L7 requests' : args.request.target}`;

@@ -3,7 +3,18 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
 import httpProxy from 'http-proxy';
-import { onProxyResponse, isValidClusterName, relayUpgrade, stripCallerHeaders, type Identity, type Logger, type MuxStream } from '@kubetunnel/shared';
+import {
+  decodeSegment,
+  isValidClusterName,
+  onProxyResponse,
+  parseOriginForm,
+  relayUpgrade,
+  stripCallerHeaders,
+  upgradeRequestHeaders,
+  type Identity,
+  type Logger,
+  type MuxStream,
+} from '@kubetunnel/shared';
 import { authenticate, type TokenIndex } from './auth.js';
 import { dialCluster, type DialDeps } from './dial.js';
 import { connectOnly, type HttpHandlers } from './frontend.js';
@@ -33,27 +44,29 @@ export function routeL7(
   serverName?: string,
   serverNameSuffix?: string,
 ): L7Route | undefined {
-  const m = /^\/clusters\/([^/?#]*)([^?#]*)(\?[^#]*)?$/.exec(url);
+  const origin = parseOriginForm(url);
+  const m = origin && /^\/clusters\/([^/]*)(.*)$/.exec(origin.path);
   if (m) {
-    let name: string;
-    try {
-      name = decodeURIComponent(m[1]!);
-    } catch {
-      return { error: 'malformed cluster name in path' };
-    }
+    const name = decodeSegment(m[1]!);
+    if (name === undefined) return { error: 'malformed cluster name in path' };
     if (!isValidClusterName(name)) return { error: `invalid cluster name ${JSON.stringify(name)} in path` };
-    return { cluster: name, path: (m[2] || '/') + (m[3] ?? '') };
+    return { cluster: name, path: (m[2] || '/') + origin.query };
   }
+  let cluster: string | undefined;
   if (clusterHeader !== undefined) {
     if (Array.isArray(clusterHeader) || !isValidClusterName(clusterHeader)) return { error: 'invalid X-Cluster-Name' };
-    return { cluster: clusterHeader, path: url };
+    cluster = clusterHeader;
+  } else {
+    const suffix = `.${serverNameSuffix}`;
+    if (serverName && serverNameSuffix && serverName.toLowerCase().endsWith(suffix)) {
+      const name = serverName.slice(0, -suffix.length).toLowerCase();
+      if (isValidClusterName(name)) cluster = name;
+    }
   }
-  const suffix = `.${serverNameSuffix}`;
-  if (serverName && serverNameSuffix && serverName.toLowerCase().endsWith(suffix)) {
-    const name = serverName.slice(0, -suffix.length).toLowerCase();
-    if (isValidClusterName(name)) return { cluster: name, path: url };
-  }
-  return undefined;
+  if (cluster === undefined) return undefined;
+  // Only origin-form goes to a member (an absolute-form target would name another host).
+  if (!origin) return { error: 'request target must be a path (origin-form)' };
+  return { cluster, path: url };
 }
 
 /** An http.Agent that hands out one already-open tunnel stream. */
@@ -100,9 +113,14 @@ export function l7Handlers(deps: L7Deps): HttpHandlers {
     const servername = (req.socket as TLSSocket).servername;
     const route = routeL7(req.url ?? '/', req.headers['x-cluster-name'], typeof servername === 'string' ? servername : undefined, deps.serverNameSuffix);
     if (!route) return undefined;
-    if ('error' in route) return void fail(400, route.error);
+    const refuse = (code: 400 | 401, reason: 'BAD_REQUEST' | 'UNAUTHENTICATED', message: string) => {
+      deps.metrics.failures.inc({ frontend: 'l7', reason });
+      deps.log.info({ status: code, reason: message, remote: req.socket.remoteAddress }, 'L7 request refused');
+      fail(code, message);
+    };
+    if ('error' in route) return void refuse(400, 'BAD_REQUEST', route.error);
     const auth = authenticate(req.socket as TLSSocket, req.headers.authorization, deps.tokens);
-    if (!auth.ok) return void fail(401, `Unauthorized: ${auth.reason}`);
+    if (!auth.ok) return void refuse(401, 'UNAUTHENTICATED', `Unauthorized: ${auth.reason}`);
     const headers = stripCallerHeaders(req.headers);
     delete headers['x-cluster-name'];
     // Only the keep-alive intent of the caller's Connection header survives
@@ -110,6 +128,13 @@ export function l7Handlers(deps: L7Deps): HttpHandlers {
     headers.connection = /(^|,)\s*close\s*(,|$)/i.test(String(req.headers.connection ?? '')) ? 'close' : 'keep-alive';
     return { route, identity: auth.identity, headers };
   };
+
+  /** The error boundary of one request: whatever throws ends this request, nothing else. */
+  const guard = (what: Promise<void>, answer: (message: string) => void) =>
+    what.catch((err: unknown) => {
+      deps.log.error({ err }, 'L7 request failed');
+      answer('internal error');
+    });
 
   const dial = async (p: Prepared, signal: AbortSignal) =>
     dialCluster(deps, {
@@ -147,7 +172,7 @@ export function l7Handlers(deps: L7Deps): HttpHandlers {
       }
       const gone = new AbortController();
       res.once('close', () => gone.abort());
-      void dial(p, gone.signal).then((result) => {
+      const proxied = dial(p, gone.signal).then((result) => {
         if (!result.ok) {
           sendStatus(res, result.status, result.reason, result.retryAfter ? { 'Retry-After': String(result.retryAfter) } : {});
           audit(p, req, result.status, undefined, started);
@@ -163,6 +188,7 @@ export function l7Handlers(deps: L7Deps): HttpHandlers {
         req.url = p.route.path;
         proxy.web(req, res, { target: `http://${p.route.cluster}`, agent: new StreamAgent(stream), changeOrigin: false });
       });
+      void guard(proxied, (message) => sendStatus(res, 500, message));
     },
 
     upgrade(req, socket, head) {
@@ -173,25 +199,37 @@ export function l7Handlers(deps: L7Deps): HttpHandlers {
         if (!socket.destroyed && socket.writable) connectOnly.upgrade(req, socket, head);
         return;
       }
+      // An upgrade has no body: bytes after the head belong to the upgraded
+      // protocol, and a body would be read by the member as its first frame.
+      if (hasBody(req)) return sendStatusRaw(socket, 400, 'an upgrade request carries no body');
       const gone = new AbortController();
       socket.once('close', () => gone.abort());
-      void dial(p, gone.signal).then((result) => {
+      const relayed = dial(p, gone.signal).then((result) => {
         if (!result.ok) {
           sendStatusRaw(socket, result.status, result.reason, result.retryAfter ? { 'Retry-After': String(result.retryAfter) } : {});
           audit(p, req, result.status, undefined, started);
           return;
         }
+        const { stream } = result;
+        if (socket.destroyed) return void stream.destroy();
         const out = http.request({
           method: req.method,
           path: p.route.path,
-          headers: { ...p.headers, connection: 'Upgrade', upgrade: req.headers.upgrade },
-          agent: new StreamAgent(result.stream),
+          headers: upgradeRequestHeaders(p.headers, req.headers.upgrade),
+          agent: new StreamAgent(stream),
         });
         relayUpgrade(socket, head, out, (status) => {
-          if (!result.stream.destroyed) result.stream.destroy();
-          audit(p, req, status, result.stream, started, String(req.headers.upgrade));
+          if (!stream.destroyed) stream.destroy();
+          audit(p, req, status, stream, started, String(req.headers.upgrade));
         });
       });
+      void guard(relayed, (message) => sendStatusRaw(socket, 500, message));
     },
   };
+}
+
+/** True when a request announces a body (any Transfer-Encoding, or a non-zero Content-Length). */
+function hasBody(req: IncomingMessage): boolean {
+  const length = req.headers['content-length'];
+  return req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0');
 }

@@ -1,8 +1,8 @@
 import { once } from 'node:events';
 import type { Server } from 'node:net';
 import type { AddressInfo } from 'node:net';
-import { Defaults, type Logger } from '@kubetunnel/shared';
-import { createAdminServer, createHealthServer } from './admin.js';
+import { Defaults, createHealthServer, type Logger } from '@kubetunnel/shared';
+import { createAdminServer } from './admin.js';
 import { AgentGateway } from './agent-gateway.js';
 import { indexTokens } from './auth.js';
 import type { ServerConfig } from './config.js';

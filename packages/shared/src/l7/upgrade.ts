@@ -1,4 +1,4 @@
-import type { ClientRequest, IncomingMessage } from 'node:http';
+import type { ClientRequest, IncomingMessage, OutgoingHttpHeaders } from 'node:http';
 import type { Duplex } from 'node:stream';
 
 /**
@@ -61,4 +61,14 @@ export function responseHead(res: IncomingMessage, closing: boolean): string {
   }
   if (closing) lines.push('Connection: close');
   return lines.join('\r\n') + '\r\n\r\n';
+}
+
+/**
+ * The headers of an upgrade request sent on: `headers` (already stripped of
+ * caller credentials) without body framing, which an upgrade request never
+ * has, plus Connection: Upgrade and the protocol asked for.
+ */
+export function upgradeRequestHeaders(headers: OutgoingHttpHeaders, upgrade: string | undefined): OutgoingHttpHeaders {
+  const { 'content-length': _length, 'transfer-encoding': _encoding, ...rest } = headers;
+  return { ...rest, connection: 'Upgrade', upgrade };
 }
