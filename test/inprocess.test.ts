@@ -6,7 +6,8 @@ import { once } from 'node:events';
 import net from 'node:net';
 import tls from 'node:tls';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { startAgent, type Agent, type AgentConfig } from '@kubetunnel/agent';
+import { Connector, startAgent, type Agent, type AgentConfig } from '@kubetunnel/agent';
+import { pino } from 'pino';
 import { startServer, type KubetunnelServer } from '@kubetunnel/server';
 import { createCA, issueAgentCert, issueServerCert, silentLogger, type Pem } from '@kubetunnel/shared';
 import { testAgentConfig, testServerConfig } from './fixtures.js';
@@ -73,12 +74,13 @@ async function registered(cluster = 'member-1', agents = 1): Promise<void> {
 }
 
 /** CONNECT through the frontend; resolves with the status line and the socket. */
-async function connect(target: string, cluster: string): Promise<{ status: string; socket: tls.TLSSocket }> {
+async function connect(target: string, cluster: string): Promise<{ status: string; body: string; socket: tls.TLSSocket }> {
   const socket = tls.connect({ host: '127.0.0.1', port: server.addresses.proxy.port, ca: ca.cert, servername: 'localhost' });
   await once(socket, 'secureConnect');
   socket.write(`CONNECT ${target} HTTP/1.1\r\nHost: ${target}\r\nX-Cluster-Name: ${cluster}\r\nProxy-Authorization: Bearer t\r\n\r\n`);
   const [data] = (await once(socket, 'data')) as [Buffer];
-  return { status: data.toString().split('\r\n')[0]!, socket };
+  const text = data.toString();
+  return { status: text.split('\r\n')[0]!, body: text.slice(text.indexOf('\r\n\r\n') + 4), socket };
 }
 
 describe('agent and server in one process', () => {
@@ -149,18 +151,36 @@ describe('agent and server in one process', () => {
     await registered();
     const r = await connect('member-1:443', 'member-1');
     expect(r.status).toBe('HTTP/1.1 502 Bad Gateway');
+    // The agent's reason crossed the tunnel as a code and is stated in the body.
+    expect(r.body).toMatch(/^cluster "member-1": connect ECONNREFUSED 127\.0\.0\.1:\d+\n$/);
     r.socket.destroy();
   });
 
-  it('reconnects with backoff after the server drops the tunnel', async () => {
-    agent = await startAgent(agentConfig(server, echo.port), silentLogger());
-    await registered();
-    const first = [...server.registry.get('member-1')!.agents.values()][0]!;
-    const again = once(agent.connector, 'session');
-    first.session.close();
-    await again;
-    await registered();
-    expect([...server.registry.get('member-1')!.agents.values()][0]).not.toBe(first);
+  it('reconnects with backoff after the server drops the tunnel: waits of full jitter that double', async () => {
+    const lines: Array<{ msg: string; retryInMs?: number }> = [];
+    const log = pino({ level: 'info' }, { write: (line: string) => void lines.push(JSON.parse(line)) });
+    // Jitter fixed at half of the cap: the waits are 0.5 x 20, 0.5 x 40, 0.5 x 80 ms.
+    const config = agentConfig(server, echo.port, agentPem, { backoff: { initialMs: 20, maxMs: 60 } });
+    const connector = new Connector(config, (incoming) => incoming.reject('INTERNAL'), log, () => 0.5);
+    let up = once(connector, 'session');
+    connector.start();
+    try {
+      for (let i = 0; i < 3; i++) {
+        await up;
+        await registered();
+        const tunnel = [...server.registry.get('member-1')!.agents.values()][0]!;
+        const down = once(connector, 'disconnect');
+        up = once(connector, 'session');
+        tunnel.session.close();
+        await down;
+      }
+      await up;
+      expect(lines.filter((l) => l.msg === 'tunnel down').map((l) => l.retryInMs)).toEqual([10, 20, 30]);
+      expect(lines.filter((l) => l.msg === 'tunnel up')).toHaveLength(4);
+    } finally {
+      connector.close();
+      while ((server.registry.get('member-1')?.agents.size ?? 0) > 0) await once(server.registry, 'change');
+    }
   });
 
   it('drain: GOAWAY, open streams finish, then the agent closes its tunnels', async () => {

@@ -50,9 +50,11 @@ export class Connector extends EventEmitter {
     private readonly config: AgentConfig,
     private readonly onOpen: (incoming: IncomingOpen, log: Logger) => void,
     private readonly log: Logger,
+    /** The jitter source of the backoff (tests fix it). */
+    random: () => number = Math.random,
   ) {
     super();
-    this.backoff = new Backoff(config.backoff.initialMs, config.backoff.maxMs);
+    this.backoff = new Backoff(config.backoff.initialMs, config.backoff.maxMs, random);
     this.wanted = config.servers.length;
   }
 
@@ -196,9 +198,10 @@ export class Connector extends EventEmitter {
       clearTimeout(stable);
       this.draining.delete(session);
       if (this.live.get(serverId) === live) this.live.delete(serverId);
-      log.info({ reason: err?.message ?? 'closed' }, 'tunnel down');
+      const retryInMs = this.closed ? 0 : this.backoff.next();
+      log.info({ reason: err?.message ?? 'closed', ...(this.closed ? {} : { retryInMs }) }, 'tunnel down');
       this.emit('disconnect', live);
-      this.ensure(this.closed ? 0 : this.backoff.next());
+      this.ensure(retryInMs);
     });
     this.emit('session', live);
   }
