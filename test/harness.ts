@@ -169,9 +169,9 @@ export async function clustersJson(adminUrl: string): Promise<ClustersJson> {
 export async function rawConnect(
   port: number,
   request: string,
-  opts: { ca: string; cert?: string; key?: string } ,
+  opts: { ca: string; cert?: string; key?: string; host?: string },
 ): Promise<{ status: number; head: string; body: string }> {
-  const socket = tls.connect({ host: '127.0.0.1', port, ca: opts.ca, servername: 'localhost', cert: opts.cert, key: opts.key });
+  const socket = tls.connect({ host: opts.host ?? '127.0.0.1', port, ca: opts.ca, servername: 'localhost', cert: opts.cert, key: opts.key });
   await once(socket, 'secureConnect');
   socket.write(request);
   let data = '';

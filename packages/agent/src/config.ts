@@ -2,8 +2,12 @@ import type { SessionOptions } from '@kubetunnel/shared';
 
 /** The agent's validated configuration (the CLI builds it from flags, file and env). */
 export interface AgentConfig {
-  /** wss:// URLs of the server's agent gateway (each may be a load balancer). */
+  /** wss:// URLs of the server's agent gateway (each may be a load balancer), or dns:///NAME:PORT (a headless Service). */
   servers: string[];
+  /** Resolvers for dns:/// servers (host or host:port); empty: the system's. */
+  dnsServers?: string[];
+  /** How often dns:/// servers are looked up again (default Defaults.dnsRefreshMs). */
+  dnsRefreshMs?: number;
   cluster: string;
   agentId: string;
   /** PEM contents. */

@@ -13,6 +13,7 @@ import {
 } from '@kubetunnel/shared';
 import { Backoff } from './backoff.js';
 import type { AgentConfig } from './config.js';
+import { dnsLookup, parseServerSource, resolveEndpoints, type Endpoint, type Lookup, type ServerSource } from './discovery.js';
 
 export interface LiveSession {
   serverId: string;
@@ -30,7 +31,10 @@ const STABLE_MS = 10_000;
  * URL may be a load balancer over several replicas) until it holds a tunnel
  * to as many distinct server ids as the servers report there are; a
  * connection that lands on a replica it already holds is closed and retried
- * later. Lost tunnels are redialed with exponential backoff and full jitter.
+ * later. A dns:/// server is a headless Service: one tunnel per address it
+ * resolves to, re-resolved every `dnsRefreshMs` and whenever a tunnel is
+ * lost, so replicas added or removed are followed without a server count.
+ * Lost tunnels are redialed with exponential backoff and full jitter.
  *
  * Events: 'session' (LiveSession), 'disconnect' (LiveSession).
  */
@@ -41,9 +45,17 @@ export class Connector extends EventEmitter {
   private readonly timers = new Set<NodeJS.Timeout>();
   private readonly sockets = new Set<WebSocket>();
   private readonly backoff: Backoff;
-  private wanted: number;
+  private readonly sources: ServerSource[];
+  private readonly lookup: Lookup;
+  /** Where to dial now: the URLs, and the addresses dns:/// names resolved to at the last look. */
+  private endpoints: Endpoint[];
+  /** Replicas the servers behind URL endpoints report (load balancer mode). */
+  private reportedCount = 1;
   private dialing = 0;
+  /** Address endpoints with a dial under way. */
+  private readonly dialingAddresses = new Set<string>();
   private nextUrl = 0;
+  private refreshTimer: NodeJS.Timeout | undefined;
   private closed = false;
 
   constructor(
@@ -55,11 +67,49 @@ export class Connector extends EventEmitter {
   ) {
     super();
     this.backoff = new Backoff(config.backoff.initialMs, config.backoff.maxMs, random);
-    this.wanted = config.servers.length;
+    this.sources = config.servers.map((text) => {
+      const source = parseServerSource(text);
+      if (typeof source === 'string') throw new Error(`--server: ${source}`);
+      return source;
+    });
+    this.lookup = dnsLookup(config.dnsServers);
+    this.endpoints = this.sources.flatMap((source) => (source.kind === 'url' ? [{ url: source.url, source }] : []));
   }
 
   start(): void {
+    if (!this.sources.some((s) => s.kind === 'dns')) return this.ensure(0);
+    void this.refresh();
+    this.refreshTimer = setInterval(() => void this.refresh(), this.config.dnsRefreshMs ?? Defaults.dnsRefreshMs);
+  }
+
+  /** Looks the dns:/// names up again, then dials any address not yet held. */
+  private async refresh(): Promise<void> {
+    try {
+      const endpoints = await resolveEndpoints(this.sources, this.lookup);
+      const before = this.endpoints.map((e) => e.url).join(' ');
+      this.endpoints = endpoints;
+      const now = endpoints.map((e) => e.url).join(' ');
+      if (now !== before) this.log.info({ endpoints: endpoints.map((e) => e.url) }, 'server endpoints changed');
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, 'could not resolve the servers; keeping the last answer');
+    }
     this.ensure(0);
+  }
+
+  /** Tunnels wanted: one per address endpoint, plus the replicas behind URL endpoints. */
+  private wanted(): number {
+    const addresses = this.endpoints.filter((e) => e.source.kind === 'dns').length;
+    const urls = this.endpoints.length - addresses;
+    return addresses + (urls > 0 ? Math.max(urls, this.reportedCount) : 0);
+  }
+
+  /** The next endpoint to dial: an address not held or being dialed, else the next URL in turn. */
+  private pick(): Endpoint | undefined {
+    const held = new Set([...this.live.values()].map((l) => l.url));
+    const free = this.endpoints.find((e) => e.source.kind === 'dns' && !held.has(e.url) && !this.dialingAddresses.has(e.url));
+    if (free) return free;
+    const urls = this.endpoints.filter((e) => e.source.kind === 'url');
+    return urls.length > 0 ? urls[this.nextUrl++ % urls.length] : undefined;
   }
 
   /** Live (not draining) tunnels. */
@@ -79,14 +129,17 @@ export class Connector extends EventEmitter {
     return n;
   }
 
-  /** Dials as many new tunnels as are missing, after `delayMs`. */
+  /** Dials as many new tunnels as are missing, after `delayMs` (each picks its endpoint then). */
   private ensure(delayMs: number): void {
     if (this.closed) return;
-    const missing = this.wanted - this.live.size - this.dialing;
+    const missing = this.wanted() - this.live.size - this.dialing;
     for (let i = 0; i < missing; i++) {
       this.dialing++;
-      const url = this.config.servers[this.nextUrl++ % this.config.servers.length]!;
-      this.later(delayMs, () => this.dial(url));
+      this.later(delayMs, () => {
+        const endpoint = this.closed ? undefined : this.pick();
+        if (!endpoint) return void this.dialing--;
+        this.dial(endpoint);
+      });
     }
   }
 
@@ -99,13 +152,16 @@ export class Connector extends EventEmitter {
   }
 
   /** One dial attempt; it ends (once) by scheduling what is still missing. */
-  private dial(url: string): void {
+  private dial(endpoint: Endpoint): void {
+    const url = endpoint.url;
     let settled = false;
     let opened = false;
+    if (endpoint.source.kind === 'dns') this.dialingAddresses.add(url);
     const done = (nextDelay: number) => {
       if (settled) return;
       settled = true;
       this.dialing--;
+      this.dialingAddresses.delete(url);
       this.ensure(nextDelay);
     };
     if (this.closed) return done(0);
@@ -125,6 +181,8 @@ export class Connector extends EventEmitter {
       perMessageDeflate: false,
       maxPayload: Defaults.maxWsPayload,
       handshakeTimeout: 10_000,
+      // An address from DNS is checked against the name it was found under.
+      ...(endpoint.servername ? { servername: endpoint.servername } : {}),
       // Masking guards plaintext WebSockets against cache poisoning by
       // intermediaries; inside TLS it only costs a copy of every byte. A zero
       // mask makes ws skip it.
@@ -167,7 +225,7 @@ export class Connector extends EventEmitter {
         ws.close(1001, 'agent stopping');
         return done(0);
       }
-      this.wanted = Math.max(this.config.servers.length, count);
+      if (endpoint.source.kind === 'url') this.reportedCount = count;
       if (!serverId || this.live.has(serverId)) {
         ws.close(1000, 'already connected to this server');
         const delay = this.backoff.next();
@@ -192,7 +250,9 @@ export class Connector extends EventEmitter {
       log.info('server is draining; dialing a new tunnel');
       if (this.live.get(serverId) === live) this.live.delete(serverId);
       this.draining.add(session);
-      this.ensure(0);
+      // With dns:/// servers, look again first: a replica that drains is usually leaving.
+      if (this.refreshTimer) void this.refresh();
+      else this.ensure(0);
     });
     session.once('close', (err?: Error) => {
       clearTimeout(stable);
@@ -202,6 +262,8 @@ export class Connector extends EventEmitter {
       log.info({ reason: err?.message ?? 'closed', ...(this.closed ? {} : { retryInMs }) }, 'tunnel down');
       this.emit('disconnect', live);
       this.ensure(retryInMs);
+      // A replica that went away may be gone from DNS too.
+      if (!this.closed && this.refreshTimer) void this.refresh();
     });
     this.emit('session', live);
   }
@@ -223,6 +285,7 @@ export class Connector extends EventEmitter {
 
   private stop(): void {
     this.closed = true;
+    clearInterval(this.refreshTimer);
     for (const t of this.timers) clearTimeout(t);
     this.timers.clear();
   }

@@ -4,3 +4,4 @@ export * from './connector.js';
 export * from './backoff.js';
 export * from './handlers.js';
 export * from './http-handler.js';
+export * from './discovery.js';

@@ -106,7 +106,9 @@ program
 program
   .command('agent')
   .description('run an agent: dial the server(s) and serve tunnel streams to this cluster\'s apiserver')
-  .option('--server <url>', 'server agent endpoint, wss://HOST:8091 (repeatable)', collect, [])
+  .option('--server <url>', 'server agent endpoint: wss://HOST:8091, or dns:///NAME:8091 for one tunnel per address of a headless Service (repeatable)', collect, [])
+  .option('--dns-server <host[:port]>', 'resolver for dns:/// servers (repeatable; default: the system\'s)', collect, [])
+  .option('--dns-refresh <duration>', 'how often dns:/// servers are looked up again', '30s')
   .option('--cluster <name>', 'the cluster this agent serves (must match its certificate)')
   .option('--cert <file>', 'agent certificate (PEM)')
   .option('--key <file>', 'agent key (PEM)')

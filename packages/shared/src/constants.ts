@@ -31,6 +31,12 @@ export const Defaults = {
    * unless the server has a --cluster-domain.
    */
   l7ServerNameSuffix: 'clusters.kubetunnel',
+  /**
+   * How often an agent looks dns:/// servers up again (it also does when a
+   * tunnel is lost). A replica added to a headless Service is reached within
+   * this; one removed drains its own tunnels.
+   */
+  dnsRefreshMs: 30_000,
   /** WebSocket payload limit on the tunnel. */
   maxWsPayload: 1024 * 1024,
 } as const;

@@ -1,7 +1,8 @@
+import { Resolver } from 'node:dns/promises';
 import fs from 'node:fs';
 import os from 'node:os';
 import { createLogger, isValidClusterName, isValidHostPort } from '@kubetunnel/shared';
-import { startAgent, type Agent, type AgentConfig } from '@kubetunnel/agent';
+import { parseServerSource, startAgent, type Agent, type AgentConfig } from '@kubetunnel/agent';
 import { SettingError, type Settings } from '../options.js';
 import { watchTlsFiles } from '../reload.js';
 
@@ -15,18 +16,24 @@ function readIfExists(path: string): string | undefined {
   }
 }
 
+/** Resolvers for dns:/// servers: IP addresses, each with an optional port. */
+function dnsServers(s: Settings): string[] {
+  const list = s.list('dns-server');
+  try {
+    new Resolver().setServers(list);
+  } catch {
+    throw new SettingError('dns-server', `want IP or IP:PORT entries, got ${JSON.stringify(list)}`);
+  }
+  return list;
+}
+
 /** Builds and checks the agent's config; in-cluster defaults come from the pod's environment. */
 export function agentConfig(s: Settings, env: NodeJS.ProcessEnv): AgentConfig {
   const servers = s.list('server');
-  if (servers.length === 0) throw new SettingError('server', 'is required (wss://HOST:8091)');
+  if (servers.length === 0) throw new SettingError('server', 'is required (wss://HOST:8091 or dns:///NAME:8091)');
   for (const u of servers) {
-    let url: URL;
-    try {
-      url = new URL(u);
-    } catch {
-      throw new SettingError('server', `not a URL: ${JSON.stringify(u)}`);
-    }
-    if (url.protocol !== 'wss:') throw new SettingError('server', `want a wss:// URL, got ${JSON.stringify(u)}`);
+    const source = parseServerSource(u);
+    if (typeof source === 'string') throw new SettingError('server', source);
   }
   const cluster = s.require('cluster');
   if (!isValidClusterName(cluster)) throw new SettingError('cluster', 'want a DNS label: a-z, 0-9 and -, at most 63 characters');
@@ -61,6 +68,8 @@ export function agentConfig(s: Settings, env: NodeJS.ProcessEnv): AgentConfig {
     healthHost: s.require('health-bind-address'),
     gracePeriodMs: s.duration('grace-period'),
     backoff: { initialMs: 500, maxMs: 30_000 },
+    dnsServers: dnsServers(s),
+    dnsRefreshMs: s.duration('dns-refresh'),
     dialTimeoutMs: s.duration('dial-timeout'),
   };
   if (apiserverCA) config.apiserverCA = apiserverCA;
