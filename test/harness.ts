@@ -112,6 +112,7 @@ export async function startServerProc(certDir: string, extra: string[] = [], por
     '--health-port', String(ports.health ?? 0),
     '--admin-port', String(ports.admin ?? 0),
     '--grace-period', '2s',
+    '--shutdown-delay', '0s',
     ...extra,
   ]);
   const port = async (name: string) => {

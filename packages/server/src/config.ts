@@ -21,6 +21,8 @@ export interface ServerConfig {
   serverId: string;
   serverCount: number;
   gracePeriodMs: number;
+  /** On SIGTERM, how long /readyz answers 503 while the server still accepts connections (default 0). */
+  shutdownDelayMs?: number;
   /** How long a CONNECT may wait for the agent to reach its target. */
   dialTimeoutMs: number;
   maxHeaderSize: number;

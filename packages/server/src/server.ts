@@ -28,7 +28,7 @@ export interface KubetunnelServer {
   frontendSockets(): number;
   /** New certificate, key and CA for the listeners (new connections use them). */
   updateTls(tls: { cert: string; key: string; ca: string }): void;
-  /** SIGTERM: not ready, GOAWAY to agents, let streams finish within the grace period, then close. */
+  /** SIGTERM: not ready; after the shutdown delay no new connections, GOAWAY to agents, streams finish within the grace period; then close. */
   drain(graceMs?: number): Promise<void>;
   close(): Promise<void>;
 }
@@ -117,9 +117,16 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ku
       log.info('TLS certificate, key and CA reloaded');
     },
     async drain(graceMs = config.gracePeriodMs) {
+      // Not ready at once, but still serving for the shutdown delay: a load
+      // balancer takes a while to notice, and sends new clients meanwhile.
       draining = true;
-      log.info({ graceMs }, 'draining: GOAWAY to agents, no new connections');
+      const delayMs = config.shutdownDelayMs ?? 0;
+      if (delayMs > 0) {
+        log.info({ delayMs }, 'shutting down: not ready; serving on for the shutdown delay');
+        await new Promise((resolve) => setTimeout(resolve, delayMs));
+      }
       frontend.server.close();
+      log.info({ graceMs }, 'draining: GOAWAY to agents, no new connections');
       await gateway.drain(graceMs);
       await close();
     },

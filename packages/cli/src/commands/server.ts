@@ -30,6 +30,7 @@ export function serverConfig(s: Settings): ServerConfig {
     serverId: s.string('server-id') || os.hostname(),
     serverCount,
     gracePeriodMs: s.duration('grace-period'),
+    shutdownDelayMs: s.duration('shutdown-delay'),
     dialTimeoutMs: s.duration('dial-timeout'),
     maxHeaderSize: Defaults.maxHeaderSize,
     maxStreamsPerClient: s.int('max-streams-per-client', 1, 1_000_000),
