@@ -25,6 +25,8 @@ const zeroMask = (mask: Buffer) => mask.fill(0);
 
 /** How long a tunnel must stay up before the backoff starts again from the beginning. */
 const STABLE_MS = 10_000;
+/** Longest wait before dialing again through a balancer that led to a replica already held. */
+const REBALANCE_MAX_MS = 2_000;
 
 /**
  * Keeps one tunnel to every server replica. It dials each --server URL (a
@@ -45,6 +47,8 @@ export class Connector extends EventEmitter {
   private readonly timers = new Set<NodeJS.Timeout>();
   private readonly sockets = new Set<WebSocket>();
   private readonly backoff: Backoff;
+  /** Waits after landing on a replica already held (balancer mode): short, jittered, capped. */
+  private readonly rebalance: Backoff;
   private readonly sources: ServerSource[];
   private readonly lookup: Lookup;
   /** Where to dial now: the URLs, and the addresses dns:/// names resolved to at the last look. */
@@ -67,6 +71,7 @@ export class Connector extends EventEmitter {
   ) {
     super();
     this.backoff = new Backoff(config.backoff.initialMs, config.backoff.maxMs, random);
+    this.rebalance = new Backoff(config.backoff.initialMs, Math.min(config.backoff.maxMs, REBALANCE_MAX_MS), random);
     this.sources = config.servers.map((text) => {
       const source = parseServerSource(text);
       if (typeof source === 'string') throw new Error(`--server: ${source}`);
@@ -228,7 +233,8 @@ export class Connector extends EventEmitter {
       if (endpoint.source.kind === 'url') this.reportedCount = count;
       if (!serverId || this.live.has(serverId)) {
         ws.close(1000, 'already connected to this server');
-        const delay = this.backoff.next();
+        // Expected behind a balancer: try again soon, without the long waits of a failure.
+        const delay = this.rebalance.next();
         this.log.debug({ server: url, serverId, retryInMs: delay }, 'landed on a server already held');
         return done(delay);
       }
@@ -242,6 +248,7 @@ export class Connector extends EventEmitter {
     const log = this.log.child({ serverId, server: url });
     const live: LiveSession = { serverId, url, session };
     this.live.set(serverId, live);
+    this.rebalance.reset();
     session.on('open', (incoming: IncomingOpen) => this.onOpen(incoming, log));
     const stable = setTimeout(() => this.backoff.reset(), STABLE_MS);
     log.info('tunnel up');

@@ -60,6 +60,7 @@ export async function handleApiRequest(
   }
 
   if (p[0] === 'standin' && p[1] === 'namespaces' && p.length === 3) return testHook(res, ctx, method, p[2]!);
+  if (get && p[0] === 'standin' && p[1] === 'bytes' && p.length === 3) return sendBytes(res, p[2]!);
   return pageNotFound(res);
 }
 
@@ -183,6 +184,24 @@ async function createNamespace(req: IncomingMessage, res: ServerResponse, ctx: A
 }
 
 /** POST/DELETE /standin/namespaces/<name>: lets another process cause watch events. */
+/** Test hook: GET /standin/bytes/N answers N bytes, byte i being i mod 251, so a client can check every byte. */
+function sendBytes(res: ServerResponse, count: string): void {
+  const n = Number(count);
+  if (!/^\d{1,9}$/.test(count) || n > 256 * 1024 * 1024) return sendStatus(res, 400, 'want /standin/bytes/N with N at most 256 MiB');
+  res.writeHead(200, { 'Content-Type': 'application/octet-stream', 'Content-Length': n });
+  const chunk = Buffer.alloc(251 * 256, 0).map((_, i) => i % 251);
+  let sent = 0;
+  const more = (): void => {
+    while (sent < n) {
+      const piece = chunk.subarray(0, Math.min(chunk.length, n - sent));
+      sent += piece.length;
+      if (!res.write(piece)) return void res.once('drain', more);
+    }
+    res.end();
+  };
+  more();
+}
+
 function testHook(res: ServerResponse, ctx: ApiContext, method: string, name: string): void {
   if (method === 'POST') {
     if (!DNS_LABEL.test(name)) return sendStatus(res, 422, `invalid namespace name "${name}"`);
