@@ -30,6 +30,7 @@ let certDir: string;
 let server: ServerProc;
 const members = new Map<string, Member>();
 let hubCA: string;
+let clientCA: string;
 
 const startMember = async (name: string) =>
   members.set(
@@ -40,8 +41,8 @@ const startMember = async (name: string) =>
       server,
       name,
       tokens: { [MEMBER_TOKEN]: { user: 'alice', groups: ['developers'] } },
-      // Client certificates from the hub CA are trusted end to end (kubectl presents the same one to both).
-      ca: hubCA,
+      // Client certificates from the kubetunnel client CA are trusted end to end (kubectl presents the same one to both).
+      ca: clientCA,
     }),
   );
 
@@ -51,6 +52,7 @@ beforeAll(async () => {
   await cli('certs', 'init', '--dir', certDir);
   await cli('certs', 'client', '--dir', certDir, '--user', 'alice', '--group', 'developers');
   hubCA = fs.readFileSync(path.join(certDir, 'ca.crt'), 'utf8');
+  clientCA = fs.readFileSync(path.join(certDir, 'client-ca.crt'), 'utf8');
   fs.writeFileSync(path.join(dir, 'tokens.csv'), TOKENS);
   server = await startServerProc(certDir, ['--token-file', path.join(dir, 'tokens.csv')]);
   await startMember('member-1');

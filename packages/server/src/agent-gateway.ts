@@ -15,6 +15,7 @@ import {
   isValidAgentId,
   isValidClusterName,
   isValidHostPort,
+  SERVER_TLS_POLICY,
   type Logger,
 } from '@kubetunnel/shared';
 import type { ServerConfig } from './config.js';
@@ -76,6 +77,7 @@ export class AgentGateway {
     private readonly log: Logger,
   ) {
     this.server = https.createServer({
+      ...SERVER_TLS_POLICY,
       cert: config.cert,
       key: config.key,
       ca: config.ca,
