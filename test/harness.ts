@@ -104,7 +104,8 @@ export interface ServerProc {
 /**
  * Starts `kubetunnel server` on free ports and waits until all four listeners
  * are up. Certificates as `certs init` lays them out: server.crt from the hub
- * CA, client-ca.crt verifying agents and clients.
+ * CA, client-ca.crt verifying agents and clients. A directory of the older
+ * one-CA layout (no client-ca.crt) runs with `--ca ca.crt`, the flag's older name.
  */
 export async function startServerProc(certDir: string, extra: string[] = [], ports: Partial<Record<'proxy' | 'agent' | 'health' | 'admin', number>> = {}): Promise<ServerProc> {
   const tokenFile = extra[extra.indexOf('--token-file') + 1];
@@ -116,7 +117,9 @@ export async function startServerProc(certDir: string, extra: string[] = [], por
     'server',
     '--cert', path.join(certDir, 'server.crt'),
     '--key', path.join(certDir, 'server.key'),
-    '--client-ca', path.join(certDir, 'client-ca.crt'),
+    ...(fs.existsSync(path.join(certDir, 'client-ca.crt'))
+      ? ['--client-ca', path.join(certDir, 'client-ca.crt')]
+      : ['--ca', path.join(certDir, 'ca.crt')]),
     '--bind-address', '127.0.0.1',
     '--proxy-port', String(ports.proxy ?? 0),
     '--agent-port', String(ports.agent ?? 0),

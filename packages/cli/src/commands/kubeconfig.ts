@@ -38,7 +38,7 @@ const b64 = (s: string) => Buffer.from(s, 'utf8').toString('base64');
 /** The comment a CONNECT-mode kubeconfig carries when the user has no member credential. */
 export const NO_MEMBER_CREDENTIAL =
   ' kubetunnel: the CONNECT contexts carry no member credential: the member apiservers see no token or certificate\n' +
-  ' from this user (kubectl may ask for one). The hub token is never sent to a member. Give one with\n' +
+  ' from this user (kubectl asks for one, or takes --token). The hub token is never sent to a member. Give one with\n' +
   ' `kubetunnel kubeconfig --member-token T`, --member-client-cert/--member-client-key, or --member-exec.';
 
 /**
