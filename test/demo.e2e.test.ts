@@ -8,6 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { PassThrough } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parse as parseYaml } from 'yaml';
 import { silentLogger } from '@kubetunnel/shared';
 import { runDemo, type Demo } from '../packages/cli/src/commands/demo.js';
 import { ROOT, run, tmpDir } from './harness.js';
@@ -37,6 +38,19 @@ describe('demo', () => {
     expect(await run('kubectl', [...kc, '--context', 'member-2', 'get', 'namespaces', '-o', 'name'])).toContain('namespace/member-2-apps');
     const who = JSON.parse(await run('kubectl', [...kc, '--context', 'member-1-l7', 'auth', 'whoami', '-o', 'json']));
     expect(who.status.userInfo.username).toBe('admin');
+  });
+
+  it('uses the two-CA layout, and its CONNECT contexts keep the hub token for the hub', () => {
+    const certs = path.join(dir, 'demo', 'certs');
+    expect(fs.readdirSync(certs)).toEqual(expect.arrayContaining(['ca.crt', 'client-ca.crt', 'server.crt']));
+    const kc = parseYaml(fs.readFileSync(demo.kubeconfig, 'utf8'));
+    const m1 = kc.clusters.find((c: { name: string }) => c.name === 'member-1').cluster;
+    expect(m1.server).toBe('https://kubernetes.default.svc');
+    expect(m1['tls-server-name']).toBeUndefined();
+    expect(m1['proxy-url']).toMatch(/^https:\/\/member-1:demo-admin-token@127\.0\.0\.1:\d+$/);
+    expect(kc.users.find((u: { name: string }) => u.name === 'kubetunnel-connect').user).toEqual({ token: 'demo-member-admin-token' });
+    expect(fs.statSync(demo.kubeconfig).mode & 0o777).toBe(0o600);
+    expect(printed).toMatch(/member-1 +apiserver CA SHA256 [0-9A-F:]{95}/);
   });
 
   it('the federation-controller example lists and watches namespaces in both clusters', async () => {

@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { Command, Option } from 'commander';
-import { certsAgent, certsClient, certsInit, replaceFile } from '@kubetunnel/shared';
+import { certsAgent, certsApiserver, certsClient, certsInit, replaceFile } from '@kubetunnel/shared';
 import { parseTokenFile } from '@kubetunnel/server';
 import { startStandinApiserver } from '@kubetunnel/standin-apiserver';
 import { runAgent } from './commands/agent.js';
@@ -70,6 +70,13 @@ certs
   .requiredOption('--user <name>', 'user name')
   .option('--group <group>', 'group (repeatable)', collect, [])
   .action((o: { dir: string; user: string; group: string[] }) => report(certsClient(o.dir, { user: o.user, groups: o.group })));
+
+certs
+  .command('apiserver')
+  .description('create a member apiserver CA and serving certificate, for the stand-in apiserver (a real cluster has its own)')
+  .requiredOption('--dir <dir>', 'where to write apiserver-ca.crt/apiserver-ca.key and apiserver.crt/apiserver.key')
+  .option('--san <name-or-ip>', 'a name besides kubernetes, kubernetes.default and kubernetes.default.svc (repeatable)', collect, [])
+  .action((o: { dir: string; san: string[] }) => report(certsApiserver(o.dir, { sans: o.san })));
 
 function report(r: { files: string[]; warnings: string[] }): void {
   for (const f of r.files) process.stdout.write(`wrote ${f}\n`);

@@ -6,10 +6,9 @@ import {
   Defaults,
   certsAgent,
   certsClient,
+  certsApiserver,
   certsInit,
-  createCA,
   createLogger,
-  issueServerCert,
   replaceFile,
   type Logger,
 } from '@kubetunnel/shared';
@@ -41,12 +40,12 @@ const MEMBER_TOKENS = {
   'demo-member-dev-token': { user: 'dev', groups: ['developers'] },
 };
 /**
- * Names on the stand-in apiservers' certificates: the in-cluster names, and
- * localhost for the agent (which dials https://localhost:PORT). Never
+ * Names on the stand-in apiservers' certificates besides the in-cluster
+ * names: localhost, for the agent (which dials https://localhost:PORT). Never
  * 127.0.0.1, the hub's address in the kubeconfig: no member certificate may
  * pass for the hub.
  */
-const MEMBER_NAMES = ['kubernetes.default.svc', 'kubernetes.default', 'kubernetes', 'localhost'];
+const MEMBER_NAMES = ['localhost'];
 /** What the agents use toward their stand-in apiserver in L7 mode (a service-account token in a real cluster). */
 const AGENT_TOKEN = 'demo-agent-sa-token';
 
@@ -115,13 +114,7 @@ export async function runDemo(opts: DemoOptions): Promise<Demo> {
       const memberDir = path.join(dir, name);
       fs.mkdirSync(memberDir, { recursive: true, mode: 0o700 });
       const caFile = path.join(memberDir, 'apiserver-ca.crt');
-      if (!fs.existsSync(caFile)) {
-        const ca = createCA({ commonName: `${name} stand-in apiserver CA` });
-        const cert = issueServerCert(ca, { sans: MEMBER_NAMES });
-        fs.writeFileSync(path.join(memberDir, 'apiserver.crt'), cert.cert);
-        fs.writeFileSync(path.join(memberDir, 'apiserver.key'), cert.key, { mode: 0o600 });
-        fs.writeFileSync(caFile, ca.cert);
-      }
+      if (!fs.existsSync(path.join(memberDir, 'apiserver.crt'))) certsApiserver(memberDir, { sans: MEMBER_NAMES, commonName: `${name} stand-in apiserver CA` });
       if (!fs.existsSync(path.join(certDir, `agent-${name}.crt`))) certsAgent(certDir, { cluster: name });
       const apiserver = await startStandinApiserver({
         cluster: name,

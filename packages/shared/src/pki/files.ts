@@ -159,3 +159,26 @@ export function certsClient(dir: string, opts: { user: string; groups?: string[]
   const { ca, warnings } = loadClientCA(dir);
   return { files: writePem(dir, `client-${opts.user}`, issueClientCert(ca, { user: opts.user, groups: opts.groups ?? [] })), warnings };
 }
+
+/** The names every apiserver certificate carries (the in-cluster service names). */
+export const APISERVER_NAMES = ['kubernetes.default.svc', 'kubernetes.default', 'kubernetes'];
+
+/**
+ * `kubetunnel certs apiserver`: a member apiserver's own CA and serving
+ * certificate, for the stand-in apiserver of the demo and docker-compose (a
+ * real cluster has its own). D/apiserver-ca.crt, D/apiserver-ca.key,
+ * D/apiserver.crt, D/apiserver.key; names: the in-cluster service names and
+ * `sans`. The CA is kept if there is one.
+ */
+export function certsApiserver(dir: string, opts: { sans?: string[]; commonName?: string }): CertsResult {
+  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const files: string[] = [];
+  let ca = readPem(dir, 'apiserver-ca');
+  if (!ca) {
+    ca = createCA({ commonName: opts.commonName ?? 'member apiserver CA' });
+    files.push(...writePem(dir, 'apiserver-ca', ca));
+  }
+  const sans = [...new Set([...APISERVER_NAMES, ...(opts.sans ?? [])])];
+  files.push(...writePem(dir, 'apiserver', issueServerCert(ca, { sans, commonName: 'kube-apiserver' })));
+  return { files, warnings: [] };
+}
