@@ -11,21 +11,32 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse as parseYaml } from 'yaml';
 import { silentLogger } from '@kubetunnel/shared';
 import { runDemo, type Demo } from '../packages/cli/src/commands/demo.js';
-import { ROOT, run, tmpDir } from './harness.js';
+import { ROOT, hubTokensIn, run, tmpDir } from './harness.js';
 
 let dir: string;
 let demo: Demo;
 let printed = '';
+/** Every Authorization value the demo's member apiservers received. */
+const memberCredentials: string[] = [];
 
 beforeAll(async () => {
   dir = tmpDir();
   const out = new PassThrough();
   out.on('data', (d: Buffer) => (printed += d.toString()));
-  demo = await runDemo({ dir: path.join(dir, 'demo'), ports: { proxy: 0, agent: 0, admin: 0, health: 0 }, out, log: silentLogger() });
+  demo = await runDemo({
+    dir: path.join(dir, 'demo'),
+    ports: { proxy: 0, agent: 0, admin: 0, health: 0 },
+    out,
+    log: silentLogger(),
+    onMemberCredential: (_cluster, value) => memberCredentials.push(value),
+  });
 });
 
 afterAll(async () => {
   await demo.close();
+  // The hub tokens (demo/tokens.csv) never reached a member apiserver, in CONNECT or L7 mode.
+  expect(memberCredentials.length).toBeGreaterThan(0);
+  expect(hubTokensIn(memberCredentials, ['demo-admin-token', 'demo-dev-token'])).toEqual([]);
   fs.rmSync(dir, { recursive: true, force: true });
 });
 

@@ -119,7 +119,7 @@ program
   .option('--cluster <name>', 'the cluster this agent serves (must match its certificate)')
   .option('--cert <file>', 'agent certificate (PEM)')
   .option('--key <file>', 'agent key (PEM)')
-  .option('--ca <file>', 'CA of the server\'s certificate')
+  .option('--ca <file>', 'the hub CA, which signed the server\'s certificate (certs init: ca.crt)')
   .option('--apiserver <url>', 'member apiserver (default: in-cluster https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT)')
   .option('--apiserver-ca <file>', 'member apiserver CA (default: the service-account CA)')
   .option('--apiserver-token-file <file>', 'token for L7 requests (default: the service-account token)')

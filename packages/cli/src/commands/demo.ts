@@ -22,6 +22,8 @@ export interface DemoOptions {
   out: NodeJS.WritableStream;
   /** Where logs go (default: DIR/kubetunnel.log). */
   log?: Logger;
+  /** Sees every Authorization header value a stand-in member apiserver receives (tests check no hub token gets there). */
+  onMemberCredential?: (cluster: string, value: string) => void;
 }
 
 export interface Demo {
@@ -127,6 +129,7 @@ export async function runDemo(opts: DemoOptions): Promise<Demo> {
           [AGENT_TOKEN]: { user: `system:serviceaccount:kubetunnel:agent-${name}`, groups: ['system:serviceaccounts'] },
         },
         impersonators: [`system:serviceaccount:kubetunnel:agent-${name}`],
+        ...(opts.onMemberCredential ? { onCredential: (_h: string, value: string) => opts.onMemberCredential!(name, value) } : {}),
       });
       const registered = once(server.registry, 'change');
       const agent = await startAgent(

@@ -247,6 +247,8 @@ export async function prepareKubeconfig(
   for (const name of [...pinned.keys(), ...servers.keys()])
     if (!names.includes(name)) throw new SettingError(pinned.has(name) ? 'member-ca' : 'member-server', `${name} is not among the clusters (${names.join(', ') || 'none'})`);
 
+  if (o.mode === 'l7' && (member || pinned.size > 0 || servers.size > 0))
+    notes.push('note: --member-* flags apply to CONNECT mode only; L7 contexts use the hub credential, and the agent impersonates it');
   const permitted = permittedNamesOf(hubCA);
   const clusters: KubeconfigInput['clusters'] = [];
   for (const name of names) {
