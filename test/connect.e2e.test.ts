@@ -3,17 +3,22 @@
  * separate processes, stand-in member apiservers, and real kubectl and curl.
  */
 import { spawn } from 'node:child_process';
+import { X509Certificate } from 'node:crypto';
 import { once } from 'node:events';
 import tls from 'node:tls';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { parse as parseYaml } from 'yaml';
 import {
   type Member,
   type ServerProc,
+  CLI,
   cli,
+  execFileP,
   clustersJson,
   expectIdle,
+  hubTokensIn,
   rawConnect,
   run,
   startMember as startMemberProc,
@@ -30,6 +35,7 @@ let certDir: string;
 let server: ServerProc;
 const members = new Map<string, Member>();
 let hubCA: string;
+let clientCA: string;
 
 const startMember = async (name: string) =>
   members.set(
@@ -40,8 +46,8 @@ const startMember = async (name: string) =>
       server,
       name,
       tokens: { [MEMBER_TOKEN]: { user: 'alice', groups: ['developers'] } },
-      // Client certificates from the hub CA are trusted end to end (kubectl presents the same one to both).
-      ca: hubCA,
+      // Client certificates from the kubetunnel client CA are trusted end to end (kubectl presents the same one to both).
+      ca: clientCA,
     }),
   );
 
@@ -51,6 +57,7 @@ beforeAll(async () => {
   await cli('certs', 'init', '--dir', certDir);
   await cli('certs', 'client', '--dir', certDir, '--user', 'alice', '--group', 'developers');
   hubCA = fs.readFileSync(path.join(certDir, 'ca.crt'), 'utf8');
+  clientCA = fs.readFileSync(path.join(certDir, 'client-ca.crt'), 'utf8');
   fs.writeFileSync(path.join(dir, 'tokens.csv'), TOKENS);
   server = await startServerProc(certDir, ['--token-file', path.join(dir, 'tokens.csv')]);
   await startMember('member-1');
@@ -73,22 +80,28 @@ function tlsIdentity(name: string): { ca: string; cert: string; key: string } {
   };
 }
 
+/** `kubetunnel kubeconfig` with the given credentials; its file, and what it said on stderr. */
+async function kubeconfigWith(name: string, args: string[]): Promise<{ file: string; stderr: string }> {
+  const file = path.join(dir, `kubeconfig-${name}`);
+  const { stderr } = await execFileP(process.execPath, [
+    CLI,
+    'kubeconfig',
+    '--server', `https://127.0.0.1:${server.proxy}`,
+    '--ca', path.join(certDir, 'ca.crt'),
+    ...args,
+    '--mode', 'connect',
+    '--admin', server.adminUrl,
+    '--out', file,
+  ]);
+  return { file, stderr };
+}
+
 async function kubeconfig(mode: 'connect', creds: 'token' | 'cert'): Promise<string> {
-  const file = path.join(dir, `kubeconfig-${mode}-${creds}`);
   const credArgs =
     creds === 'token'
       ? ['--token', 'good-token', '--member-token', MEMBER_TOKEN]
       : ['--client-cert', path.join(certDir, 'client-alice.crt'), '--client-key', path.join(certDir, 'client-alice.key')];
-  await cli(
-    'kubeconfig',
-    '--server', `https://127.0.0.1:${server.proxy}`,
-    '--ca', path.join(certDir, 'ca.crt'),
-    ...credArgs,
-    '--mode', mode,
-    '--admin', server.adminUrl,
-    '--out', file,
-  );
-  return file;
+  return (await kubeconfigWith(`${mode}-${creds}`, credArgs)).file;
 }
 
 const kubectl = (kc: string, ...args: string[]) => run('kubectl', ['--kubeconfig', kc, ...args]);
@@ -102,6 +115,78 @@ describe('CONNECT mode with real clients', () => {
     }
     const ns = await kubectl(kc, '--context', 'member-2', 'get', 'namespaces', '-o', 'name');
     expect(ns).toContain('namespace/member-2-apps');
+  });
+
+  it('the kubeconfig: cluster and hub token in the proxy URL, kubernetes.default.svc, no tls-server-name, hub CA + member CA', async () => {
+    const { file, stderr } = await kubeconfigWith('connect-token-shape', ['--token', 'good-token', '--member-token', MEMBER_TOKEN]);
+    const kc = parseYaml(fs.readFileSync(file, 'utf8'));
+    for (const name of ['member-1', 'member-2']) {
+      const c = kc.clusters.find((x: { name: string }) => x.name === name).cluster;
+      expect(c.server).toBe('https://kubernetes.default.svc');
+      expect(c['proxy-url']).toBe(`https://${name}:good-token@127.0.0.1:${server.proxy}`);
+      expect(c['tls-server-name']).toBeUndefined();
+      const bundle = Buffer.from(c['certificate-authority-data'], 'base64').toString();
+      expect(bundle).toBe(hubCA.trimEnd() + '\n' + fs.readFileSync(members.get(name)!.caFile, 'utf8'));
+      // Each member CA's fingerprint is printed, with where it came from.
+      const fp = new X509Certificate(fs.readFileSync(members.get(name)!.caFile)).fingerprint256;
+      expect(stderr).toContain(`${name}: apiserver CA SHA256 ${fp} (as its agent reported it; check it, or pin it with --member-ca ${name}=FILE)`);
+    }
+    expect(kc.users).toEqual([{ name: 'kubetunnel-connect', user: { token: MEMBER_TOKEN } }]);
+  });
+
+  it('the member apiservers get the member token, never the hub token (the teardown checks every request)', async () => {
+    const kc = await kubeconfig('connect', 'token');
+    const m1 = members.get('member-1')!;
+    const before = m1.credentials.length;
+    await kubectl(kc, '--context', 'member-1', 'get', 'namespaces', '-o', 'name');
+    const got = m1.credentials.slice(before);
+    expect(got.length).toBeGreaterThan(0);
+    expect(new Set(got)).toEqual(new Set([`Bearer ${MEMBER_TOKEN}`]));
+    expect(hubTokensIn(got, ['good-token'])).toEqual([]);
+  });
+
+  it('without a member credential the kubeconfig is still written, says so, and the member sees no hub token', async () => {
+    const { file, stderr } = await kubeconfigWith('connect-no-member', ['--token', 'good-token']);
+    expect(stderr).toMatch(/note: no member credential .* the kubeconfig is written without one/);
+    const text = fs.readFileSync(file, 'utf8');
+    expect(text).toMatch(/^# kubetunnel: the CONNECT contexts carry no member credential/);
+    expect(parseYaml(text).users).toEqual([{ name: 'kubetunnel-connect', user: {} }]);
+    // kubectl, finding no credential for the user, asks for one (stdin is empty here) ...
+    const child = spawn('kubectl', ['--kubeconfig', file, '--context', 'member-2', 'get', 'namespaces'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (c: Buffer) => (out += c.toString()));
+    child.stderr.on('data', (c: Buffer) => (out += c.toString()));
+    const [code] = (await once(child, 'exit')) as [number];
+    expect(code).not.toBe(0);
+    expect(out).toMatch(/Please enter Username/);
+    // ... and one given on the command line goes to the member, through the hub, with the hub token only in the proxy URL.
+    const m2 = members.get('member-2')!;
+    const before = m2.credentials.length;
+    expect(JSON.parse(await kubectl(file, '--context', 'member-2', '--token', MEMBER_TOKEN, 'get', '--raw', '/version')).cluster).toBe('member-2');
+    expect(new Set(m2.credentials.slice(before))).toEqual(new Set([`Bearer ${MEMBER_TOKEN}`]));
+    expect(hubTokensIn(m2.credentials, ['good-token'])).toEqual([]);
+  });
+
+  it('--member-ca pins a member CA: the agent-reported one is not used, and a wrong pin fails verification', async () => {
+    const m1 = members.get('member-1')!;
+    const m2 = members.get('member-2')!;
+    const good = await kubeconfigWith('connect-pinned', ['--token', 'good-token', '--member-token', MEMBER_TOKEN, '--member-ca', `member-1=${m1.caFile}`]);
+    expect(good.stderr).toContain(`member-1: apiserver CA SHA256 ${new X509Certificate(fs.readFileSync(m1.caFile)).fingerprint256} (pinned from ${m1.caFile})`);
+    expect(JSON.parse(await kubectl(good.file, '--context', 'member-1', 'get', '--raw', '/version')).cluster).toBe('member-1');
+    const wrong = await kubeconfigWith('connect-wrong-pin', ['--token', 'good-token', '--member-token', MEMBER_TOKEN, '--member-ca', `member-1=${m2.caFile}`]);
+    await expect(kubectl(wrong.file, '--context', 'member-1', 'get', '--raw', '/version')).rejects.toThrow(/x509: certificate signed by unknown authority/);
+  });
+
+  it('--member-token is never the hub token; --out onto an existing 0644 file leaves it 0600', async () => {
+    await expect(kubeconfigWith('connect-same', ['--token', 'good-token', '--member-token', 'good-token'])).rejects.toThrow(
+      /--member-token: is the hub token/,
+    );
+    const file = path.join(dir, 'kubeconfig-connect-mode');
+    fs.writeFileSync(file, 'previous contents\n', { mode: 0o644 });
+    fs.chmodSync(file, 0o644);
+    await kubeconfigWith('connect-mode', ['--client-cert', path.join(certDir, 'client-alice.crt'), '--client-key', path.join(certDir, 'client-alice.key')]);
+    expect(fs.statSync(file).mode & 0o777).toBe(0o600);
+    expect(fs.readFileSync(file, 'utf8')).toContain('client-key-data');
   });
 
   it('kubectl with a client certificate: the hub and the member both authenticate it', async () => {
@@ -126,6 +211,20 @@ describe('CONNECT mode with real clients', () => {
       'https://kubernetes.default.svc/version',
     ]);
     expect(JSON.parse(out).cluster).toBe('member-2');
+  });
+
+  it('curl names the cluster the way kubectl does: the Basic user name of the proxy credentials', async () => {
+    const m1 = members.get('member-1')!;
+    const out = await run('curl', [
+      '-sS', '--fail',
+      '--proxy', `https://127.0.0.1:${server.proxy}`,
+      '--proxy-cacert', path.join(certDir, 'ca.crt'),
+      '--proxy-user', 'member-1:good-token',
+      '--cacert', m1.caFile,
+      '-H', `Authorization: Bearer ${MEMBER_TOKEN}`,
+      'https://kubernetes.default.svc/version',
+    ]);
+    expect(JSON.parse(out).cluster).toBe('member-1');
   });
 
   it('a chunked watch streams each event as it happens', async () => {

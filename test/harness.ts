@@ -92,6 +92,8 @@ export async function cli(...args: string[]): Promise<string> {
 
 export interface ServerProc {
   proc: Proc;
+  /** The tokens of its --token-file: hub credentials, which no member may ever receive. */
+  hubTokens: string[];
   proxy: number;
   agent: number;
   health: number;
@@ -99,13 +101,25 @@ export interface ServerProc {
   adminUrl: string;
 }
 
-/** Starts `kubetunnel server` on free ports and waits until all four listeners are up. */
+/**
+ * Starts `kubetunnel server` on free ports and waits until all four listeners
+ * are up. Certificates as `certs init` lays them out: server.crt from the hub
+ * CA, client-ca.crt verifying agents and clients. A directory of the older
+ * one-CA layout (no client-ca.crt) runs with `--ca ca.crt`, the flag's older name.
+ */
 export async function startServerProc(certDir: string, extra: string[] = [], ports: Partial<Record<'proxy' | 'agent' | 'health' | 'admin', number>> = {}): Promise<ServerProc> {
+  const tokenFile = extra[extra.indexOf('--token-file') + 1];
+  const hubTokens =
+    extra.includes('--token-file') && tokenFile
+      ? fs.readFileSync(tokenFile, 'utf8').split('\n').map((l) => l.split(',')[0]!.trim()).filter((t) => t !== '' && !t.startsWith('#'))
+      : [];
   const proc = new Proc([
     'server',
     '--cert', path.join(certDir, 'server.crt'),
     '--key', path.join(certDir, 'server.key'),
-    '--ca', path.join(certDir, 'ca.crt'),
+    ...(fs.existsSync(path.join(certDir, 'client-ca.crt'))
+      ? ['--client-ca', path.join(certDir, 'client-ca.crt')]
+      : ['--ca', path.join(certDir, 'ca.crt')]),
     '--bind-address', '127.0.0.1',
     '--proxy-port', String(ports.proxy ?? 0),
     '--agent-port', String(ports.agent ?? 0),
@@ -120,7 +134,7 @@ export async function startServerProc(certDir: string, extra: string[] = [], por
     return Number(String(l.address).split(':').pop());
   };
   const [proxy, agent, health, admin] = await Promise.all(['proxy', 'agent', 'health', 'admin'].map(port));
-  return { proc, proxy: proxy!, agent: agent!, health: health!, admin: admin!, adminUrl: `http://127.0.0.1:${admin}` };
+  return { proc, hubTokens, proxy: proxy!, agent: agent!, health: health!, admin: admin!, adminUrl: `http://127.0.0.1:${admin}` };
 }
 
 /** Starts `kubetunnel agent` for a cluster and waits until the server has registered it. */
@@ -211,21 +225,53 @@ export interface Member {
   apiserver: StandinApiserver;
   /** The member apiserver's CA, as a file for --apiserver-ca and curl. */
   caFile: string;
+  /** What its agent dials: https://localhost:PORT (a name on the member's certificate; 127.0.0.1, the hub's, is not). */
+  url: string;
+  /** Every Authorization / Proxy-Authorization value the member apiserver received. */
+  credentials: string[];
   agent: Proc;
 }
 
-/** Stops the agents, then the server, then the member apiservers (agents first: no reconnect storms). */
+/** The hub tokens that `credentials` (header values a member received) contain, in any encoding kubectl or curl use. */
+export function hubTokensIn(credentials: string[], hubTokens: string[]): string[] {
+  const seen = new Set<string>();
+  for (const value of credentials) {
+    const basic = /^\s*Basic\s+(\S+)/i.exec(value);
+    const texts = [value, basic ? Buffer.from(basic[1]!, 'base64').toString('utf8') : ''];
+    for (const t of hubTokens) if (texts.some((x) => x.includes(t))) seen.add(t);
+  }
+  return [...seen];
+}
+
+/**
+ * Stops the agents, then the server, then the member apiservers (agents
+ * first: no reconnect storms). Then checks that no member apiserver ever
+ * received a hub token: credentials never cross the hub.
+ */
 export async function stopMembers(server: ServerProc | undefined, members: Iterable<Member>): Promise<void> {
   const all = [...members];
   for (const m of all) await m.agent.stop();
   await server?.proc.stop();
   for (const m of all) await m.apiserver.close();
+  const leaked = hubTokensIn(all.flatMap((m) => m.credentials), server?.hubTokens ?? []);
+  if (leaked.length > 0) throw new Error(`a member apiserver received ${leaked.length} hub token(s)`);
+}
+
+/**
+ * Names on a member apiserver's certificate: the in-cluster names (as real
+ * ones carry), its cluster name, and localhost for its agent. Never
+ * 127.0.0.1: that is the hub's address in every test kubeconfig, and no
+ * member certificate may pass for the hub.
+ */
+export function memberCertNames(name: string): string[] {
+  return ['kubernetes.default.svc', 'kubernetes.default', 'kubernetes', name, 'localhost'];
 }
 
 /**
  * A member cluster: a stand-in apiserver with its own CA (its certificate
  * carries kubernetes.default.svc, as real ones do), an agent certificate,
- * and a `kubetunnel agent` process registered with `server`.
+ * and a `kubetunnel agent` process registered with `server`. The stand-in
+ * records every credential it receives (see stopMembers).
  */
 export async function startMember(o: {
   dir: string;
@@ -238,20 +284,23 @@ export async function startMember(o: {
   agentArgs?: string[];
 }): Promise<Member> {
   const ca = createCA({ commonName: `${o.name} CA` });
-  const cert = issueServerCert(ca, { sans: ['localhost', '127.0.0.1', 'kubernetes.default.svc'] });
+  const cert = issueServerCert(ca, { sans: memberCertNames(o.name) });
   const caFile = path.join(o.dir, `${o.name}-ca.crt`);
   fs.writeFileSync(caFile, ca.cert);
+  const credentials: string[] = [];
   const apiserver = await startStandinApiserver({
     cluster: o.name,
     cert: cert.cert,
     key: cert.key,
     tokens: o.tokens,
+    onCredential: (_header, value) => credentials.push(value),
     ...(o.ca ? { ca: o.ca } : {}),
     ...(o.impersonators ? { impersonators: o.impersonators } : {}),
   });
   await cli('certs', 'agent', '--dir', o.certDir, '--cluster', o.name);
-  const agent = await startAgentProc(o.certDir, o.server, o.name, apiserver.url, caFile, o.agentArgs);
-  return { apiserver, caFile, agent };
+  const url = `https://localhost:${apiserver.port}`;
+  const agent = await startAgentProc(o.certDir, o.server, o.name, url, caFile, o.agentArgs);
+  return { apiserver, caFile, url, credentials, agent };
 }
 
 /**

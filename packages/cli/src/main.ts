@@ -1,12 +1,12 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { Command, Option } from 'commander';
-import { Defaults, certsAgent, certsClient, certsInit } from '@kubetunnel/shared';
+import { certsAgent, certsApiserver, certsClient, certsInit, replaceFile } from '@kubetunnel/shared';
 import { parseTokenFile } from '@kubetunnel/server';
 import { startStandinApiserver } from '@kubetunnel/standin-apiserver';
 import { runAgent } from './commands/agent.js';
 import { runDemo } from './commands/demo.js';
-import { buildKubeconfig } from './commands/kubeconfig.js';
+import { prepareKubeconfig, type KubeconfigFlags } from './commands/kubeconfig.js';
 import { runServer } from './commands/server.js';
 import { fetchClusterCA, fetchClusters, formatStatus } from './commands/status.js';
 import { Settings, SettingError } from './options.js';
@@ -53,26 +53,34 @@ const program = new Command('kubetunnel')
 const certs = program.command('certs').description('create development certificates (CA, server, agents, clients)');
 certs
   .command('init')
-  .description('create a CA (if DIR has none) and a server certificate')
-  .requiredOption('--dir <dir>', 'where to write ca.crt, ca.key, server.crt, server.key')
-  .option('--san <name-or-ip>', 'extra subject alternative name of the server certificate (repeatable)', collect, [])
+  .description('create a hub CA and a client CA (those in DIR are kept) and a server certificate')
+  .requiredOption('--dir <dir>', 'where to write ca.crt/ca.key (hub CA), client-ca.crt/client-ca.key (client CA), server.crt/server.key')
+  .option('--san <name-or-ip>', 'extra name of the server certificate (repeatable; never a Kubernetes service name)', collect, [])
   .action((o: { dir: string; san: string[] }) => report(certsInit(o.dir, { sans: o.san })));
 certs
   .command('agent')
   .description('issue an agent certificate bound to a cluster name')
-  .requiredOption('--dir <dir>', 'directory holding the CA')
+  .requiredOption('--dir <dir>', 'directory holding the client CA')
   .requiredOption('--cluster <name>', 'the cluster the agent serves')
   .action((o: { dir: string; cluster: string }) => report(certsAgent(o.dir, { cluster: o.cluster })));
 certs
   .command('client')
   .description('issue a client certificate (user = CN, groups = O)')
-  .requiredOption('--dir <dir>', 'directory holding the CA')
+  .requiredOption('--dir <dir>', 'directory holding the client CA')
   .requiredOption('--user <name>', 'user name')
   .option('--group <group>', 'group (repeatable)', collect, [])
   .action((o: { dir: string; user: string; group: string[] }) => report(certsClient(o.dir, { user: o.user, groups: o.group })));
 
-function report(r: { files: string[] }): void {
+certs
+  .command('apiserver')
+  .description('create a member apiserver CA and serving certificate, for the stand-in apiserver (a real cluster has its own)')
+  .requiredOption('--dir <dir>', 'where to write apiserver-ca.crt/apiserver-ca.key and apiserver.crt/apiserver.key')
+  .option('--san <name-or-ip>', 'a name besides kubernetes, kubernetes.default and kubernetes.default.svc (repeatable)', collect, [])
+  .action((o: { dir: string; san: string[] }) => report(certsApiserver(o.dir, { sans: o.san })));
+
+function report(r: { files: string[]; warnings: string[] }): void {
   for (const f of r.files) process.stdout.write(`wrote ${f}\n`);
+  for (const w of r.warnings) process.stderr.write(`warning: ${w}\n`);
 }
 
 program
@@ -80,7 +88,8 @@ program
   .description('run the server: agent gateway, client frontend, health and admin endpoints')
   .option('--cert <file>', 'server certificate (PEM)')
   .option('--key <file>', 'server key (PEM)')
-  .option('--ca <file>', 'CA that signs agent and client certificates')
+  .option('--client-ca <file>', 'the client CA: verifies agent and client certificates (certs init writes client-ca.crt)')
+  .option('--ca <file>', 'older name of --client-ca')
   .option('--bind-address <addr>', 'address the proxy, agent and health ports bind', '0.0.0.0')
   .option('--proxy-port <port>', 'client frontend (CONNECT and L7)', '8090')
   .option('--agent-port <port>', 'agent gateway (wss, mTLS)', '8091')
@@ -113,7 +122,7 @@ program
   .option('--cluster <name>', 'the cluster this agent serves (must match its certificate)')
   .option('--cert <file>', 'agent certificate (PEM)')
   .option('--key <file>', 'agent key (PEM)')
-  .option('--ca <file>', 'CA of the server\'s certificate')
+  .option('--ca <file>', 'the hub CA, which signed the server\'s certificate (certs init: ca.crt)')
   .option('--apiserver <url>', 'member apiserver (default: in-cluster https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT)')
   .option('--apiserver-ca <file>', 'member apiserver CA (default: the service-account CA)')
   .option('--apiserver-token-file <file>', 'token for L7 requests (default: the service-account token)')
@@ -134,52 +143,28 @@ program
   .command('kubeconfig')
   .description('write a kubeconfig with a context per cluster')
   .requiredOption('--server <url>', 'the hub frontend, https://HOST:8090')
-  .requiredOption('--ca <file>', 'the hub CA')
-  .option('--client-cert <file>', 'client certificate (with --client-key)')
+  .requiredOption('--ca <file>', 'the hub CA (certs init: ca.crt)')
+  .option('--client-cert <file>', 'client certificate for the hub (with --client-key)')
   .option('--client-key <file>', 'client key')
-  .option('--token <token>', 'token from the server\'s token file')
-  .option('--member-token <token>', 'CONNECT mode: bearer token for the member apiservers (default: --token)')
+  .option('--token <token>', 'token from the hub\'s token file (never sent to a member)')
+  .option('--member-token <token>', 'CONNECT mode: bearer token for the member apiservers')
+  .option('--member-client-cert <file>', 'CONNECT mode: client certificate for the member apiservers (with --member-client-key)')
+  .option('--member-client-key <file>', 'CONNECT mode: key of --member-client-cert')
+  .option('--member-exec <command>', 'CONNECT mode: exec credential plugin for the member apiservers ("command arg...")')
+  .option('--member-ca <name=file>', 'CONNECT mode: pin the apiserver CA of a cluster instead of the one its agent reported (repeatable)', collect, [])
+  .option('--member-server <name=url>', 'CONNECT mode: the apiserver URL of a cluster (a name on its certificate; default https://kubernetes.default.svc) (repeatable)', collect, [])
   .option('--clusters <list>', 'comma-separated cluster names, or "all" for every known cluster', 'all')
   .addOption(new Option('--mode <mode>', 'connect (end-to-end TLS) or l7 (hub identity, impersonation)').choices(['connect', 'l7']).default('connect'))
-  .option('--admin <url>', 'admin endpoint, for the cluster list and member CAs', 'http://127.0.0.1:8095')
-  .option('--tls-server-name <name>', 'server name checked on the hub and members', 'kubernetes.default.svc')
-  .option('--out <file>', 'write here instead of standard output')
-  .action(async (o: Record<string, string | undefined>) => {
-    const hubCA = fs.readFileSync(o.ca!, 'utf8');
-    let credentials: { clientCert: string; clientKey: string } | { token: string };
-    if (o.clientCert || o.clientKey) {
-      if (!o.clientCert || !o.clientKey) throw new SettingError('client-cert', 'give both --client-cert and --client-key');
-      credentials = { clientCert: fs.readFileSync(o.clientCert, 'utf8'), clientKey: fs.readFileSync(o.clientKey, 'utf8') };
-    } else if (o.token) credentials = { token: o.token };
-    else throw new SettingError('token', 'give --token or --client-cert and --client-key');
-    const names =
-      o.clusters === 'all'
-        ? (await fetchClusters(o.admin!)).clusters.map((c) => c.name)
-        : o.clusters!.split(',').map((s) => s.trim()).filter(Boolean);
-    const mode = o.mode as 'connect' | 'l7';
-    const clusters = await Promise.all(
-      names.map(async (name) => {
-        const memberCA = mode === 'connect' ? await fetchClusterCA(o.admin!, name) : undefined;
-        if (mode === 'connect' && !memberCA)
-          process.stderr.write(`warning: no apiserver CA known for cluster ${name}; kubectl will not trust its apiserver\n`);
-        return memberCA ? { name, memberCA } : { name };
-      }),
-    );
-    const text = buildKubeconfig({
-      server: o.server!,
-      hubCA,
-      modes: [mode],
-      clusters,
-      credentials,
-      tlsServerName: o.tlsServerName!,
-      l7ServerNameSuffix: Defaults.l7ServerNameSuffix,
-      ...(o.memberToken ? { memberToken: o.memberToken } : {}),
-    });
+  .option('--admin <url>', 'admin endpoint, for the cluster list and agent-reported member CAs', 'http://127.0.0.1:8095')
+  .option('--out <file>', 'write here (mode 0600) instead of standard output')
+  .action(async (o: KubeconfigFlags) => {
+    const r = await prepareKubeconfig(o, { fetchClusters, fetchClusterCA });
+    for (const line of r.notes) process.stderr.write(line + '\n');
     if (o.out) {
       fs.mkdirSync(path.dirname(path.resolve(o.out)), { recursive: true });
-      fs.writeFileSync(o.out, text, { mode: 0o600 });
-      process.stdout.write(`wrote ${o.out} with contexts: ${clusters.map((c) => c.name + (mode === 'l7' ? '-l7' : '')).join(', ')}\n`);
-    } else process.stdout.write(text);
+      replaceFile(o.out, r.text, 0o600);
+      process.stdout.write(`wrote ${o.out} with contexts: ${r.contexts.join(', ')}\n`);
+    } else process.stdout.write(r.text);
   });
 
 program

@@ -64,39 +64,62 @@ describe('kubeconfig', () => {
     server: 'https://hub.example:8090',
     hubCA: 'HUB-CA',
     clusters: [{ name: 'member-1', memberCA: 'M1-CA' }, { name: 'member-2' }],
-    tlsServerName: 'kubernetes.default.svc',
     l7ServerNameSuffix: 'clusters.kubetunnel',
   };
   const b64 = (s: string) => Buffer.from(s).toString('base64');
+  const cluster = (kc: { clusters: Array<{ name: string; cluster: Record<string, string> }> }, name: string) =>
+    kc.clusters.find((c) => c.name === name)!.cluster;
 
-  it('CONNECT mode: proxy-url with the token as userinfo, hub+member CA, the shared server name', () => {
-    const kc = parseYaml(buildKubeconfig({ ...input, modes: ['connect'], credentials: { token: 'tok' }, memberToken: 'mtok' }));
-    const c1 = kc.clusters.find((c: { name: string }) => c.name === 'member-1').cluster;
-    expect(c1).toEqual({
-      server: 'https://member-1:443',
-      'proxy-url': 'https://kubetunnel:tok@hub.example:8090',
+  it('CONNECT mode: the cluster and hub token in the proxy URL, no tls-server-name, the member token for the member only', () => {
+    const kc = parseYaml(buildKubeconfig({ ...input, modes: ['connect'], credentials: { token: 'tok' }, member: { token: 'mtok' } }));
+    expect(cluster(kc, 'member-1')).toEqual({
+      server: 'https://kubernetes.default.svc',
+      'proxy-url': 'https://member-1:tok@hub.example:8090',
       'certificate-authority-data': b64('HUB-CA\nM1-CA'),
-      'tls-server-name': 'kubernetes.default.svc',
     });
+    expect(cluster(kc, 'member-2')['proxy-url']).toBe('https://member-2:tok@hub.example:8090');
     expect(kc.users).toEqual([{ name: 'kubetunnel-connect', user: { token: 'mtok' } }]);
     expect(kc.contexts.map((c: { name: string }) => c.name)).toEqual(['member-1', 'member-2']);
   });
 
+  it('CONNECT mode never gives the hub token to the member: without a member credential the user is empty and the file says so', () => {
+    const text = buildKubeconfig({ ...input, modes: ['connect'], credentials: { token: 'tok' } });
+    const kc = parseYaml(text);
+    expect(kc.users).toEqual([{ name: 'kubetunnel-connect', user: {} }]);
+    expect(text.startsWith('#')).toBe(true);
+    expect(text).toContain('carry no member credential');
+    expect(text.match(/\btok\b/g)).toEqual(['tok', 'tok']); // in the two proxy URLs, nowhere else
+  });
+
+  it('CONNECT mode: a member client certificate, an exec plugin, or a member server URL', () => {
+    const cert = parseYaml(buildKubeconfig({ ...input, modes: ['connect'], credentials: { token: 'tok' }, member: { clientCert: 'MC', clientKey: 'MK' } }));
+    expect(cert.users[0].user).toEqual({ 'client-certificate-data': b64('MC'), 'client-key-data': b64('MK') });
+    const exec = parseYaml(buildKubeconfig({ ...input, modes: ['connect'], credentials: { token: 'tok' }, member: { exec: { command: 'get-token', args: ['--cluster', 'x'] } } }));
+    expect(exec.users[0].user.exec).toEqual({ apiVersion: 'client.authentication.k8s.io/v1', command: 'get-token', args: ['--cluster', 'x'], interactiveMode: 'IfAvailable' });
+    const own = parseYaml(buildKubeconfig({ ...input, clusters: [{ name: 'member-1', memberServer: 'https://api.member-1.example:6443' }], modes: ['connect'], credentials: { token: 'tok' } }));
+    expect(cluster(own, 'member-1').server).toBe('https://api.member-1.example:6443');
+    expect(() => buildKubeconfig({ ...input, modes: ['connect'], credentials: { clientCert: 'C', clientKey: 'K' }, member: { clientCert: 'MC', clientKey: 'MK' } })).toThrow(
+      /one client certificate/,
+    );
+  });
+
   it('L7 mode: /clusters/<name> with the cluster in the server name; both modes side by side', () => {
-    const kc = parseYaml(buildKubeconfig({ ...input, modes: ['connect', 'l7'], credentials: { clientCert: 'C', clientKey: 'K' } }));
-    const l7 = kc.clusters.find((c: { name: string }) => c.name === 'member-2-l7').cluster;
-    expect(l7).toEqual({
+    const text = buildKubeconfig({ ...input, modes: ['connect', 'l7'], credentials: { clientCert: 'C', clientKey: 'K' } });
+    const kc = parseYaml(text);
+    expect(cluster(kc, 'member-2-l7')).toEqual({
       server: 'https://hub.example:8090/clusters/member-2',
       'certificate-authority-data': b64('HUB-CA'),
       'tls-server-name': 'member-2.clusters.kubetunnel',
     });
-    const connect = kc.clusters.find((c: { name: string }) => c.name === 'member-2').cluster;
-    expect(connect['proxy-url']).toBe('https://hub.example:8090');
+    // A certificate user: the proxy URL carries only the cluster, with an empty password.
+    expect(cluster(kc, 'member-2')['proxy-url']).toBe('https://member-2@hub.example:8090');
+    expect(cluster(kc, 'member-2')['tls-server-name']).toBeUndefined();
     expect(kc.users.map((u: { user: object }) => u.user)).toEqual([
       { 'client-certificate-data': b64('C'), 'client-key-data': b64('K') },
       { 'client-certificate-data': b64('C'), 'client-key-data': b64('K') },
     ]);
     expect(kc.contexts).toHaveLength(4);
+    expect(text).not.toContain('carry no member credential');
   });
 });
 

@@ -16,6 +16,7 @@ import {
   isValidClusterName,
   isValidHostPort,
   parseOriginForm,
+  SERVER_TLS_POLICY,
   type Logger,
 } from '@kubetunnel/shared';
 import type { ServerConfig } from './config.js';
@@ -77,6 +78,7 @@ export class AgentGateway {
     private readonly log: Logger,
   ) {
     this.server = https.createServer({
+      ...SERVER_TLS_POLICY,
       cert: config.cert,
       key: config.key,
       ca: config.ca,

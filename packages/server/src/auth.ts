@@ -66,15 +66,34 @@ export function lookupToken(index: TokenIndex, token: string): Identity | undefi
   return id && { user: id.user, uid: id.uid, groups: id.groups };
 }
 
-/** The token in `Bearer T` or `Basic base64(user:T)`; undefined when absent or malformed. */
-export function tokenFromAuthorization(header: string | undefined): string | undefined {
+/**
+ * What an Authorization or Proxy-Authorization header carries: the token of
+ * `Bearer T`, or of `Basic base64(user:T)` with the Basic user name as well
+ * (kubectl builds Basic from a proxy URL's userinfo; CONNECT-mode kubeconfigs
+ * put the cluster name there). An empty password is no token. Undefined when
+ * the header is absent or malformed.
+ */
+export function credentialsFromAuthorization(header: string | undefined): { token?: string; basicUser?: string } | undefined {
   if (!header) return undefined;
   const m = /^\s*(Bearer|Basic)\s+(\S+)\s*$/i.exec(header);
   if (!m) return undefined;
-  if (m[1]!.toLowerCase() === 'bearer') return m[2];
+  if (m[1]!.toLowerCase() === 'bearer') return { token: m[2]! };
   const decoded = Buffer.from(m[2]!, 'base64').toString('utf8');
   const colon = decoded.indexOf(':');
-  return colon >= 0 ? decoded.slice(colon + 1) : undefined;
+  if (colon < 0) return undefined;
+  const user = decoded.slice(0, colon);
+  const token = decoded.slice(colon + 1);
+  return { ...(token !== '' ? { token } : {}), ...(user !== '' ? { basicUser: user } : {}) };
+}
+
+/** The token in `Bearer T` or `Basic base64(user:T)`; undefined when absent, empty or malformed. */
+export function tokenFromAuthorization(header: string | undefined): string | undefined {
+  return credentialsFromAuthorization(header)?.token;
+}
+
+/** The user name of `Basic base64(user:password)`, or undefined. */
+export function basicUserFromAuthorization(header: string | undefined): string | undefined {
+  return credentialsFromAuthorization(header)?.basicUser;
 }
 
 export type AuthResult = { ok: true; identity: Identity; via: 'certificate' | 'token' } | { ok: false; reason: string };
@@ -87,11 +106,14 @@ export function authenticate(socket: TLSSocket, authorization: string | undefine
   const cert = socket.authorized ? socket.getPeerCertificate() : undefined;
   if (cert && Object.keys(cert).length > 0) {
     const id = clientIdentityOf(cert);
-    if (!id) return { ok: false, reason: 'this certificate is not a client certificate (agent certificates are refused here)' };
+    if (!id)
+      return { ok: false, reason: 'this certificate is not a client certificate (agent certificates are refused here, and so are serving certificates)' };
     return { ok: true, identity: { user: id.user, groups: id.groups }, via: 'certificate' };
   }
-  const token = tokenFromAuthorization(authorization);
-  if (token === undefined) return { ok: false, reason: authorization ? 'malformed credentials' : 'no client certificate or token' };
+  const creds = credentialsFromAuthorization(authorization);
+  if (creds === undefined && authorization) return { ok: false, reason: 'malformed credentials' };
+  const token = creds?.token;
+  if (token === undefined) return { ok: false, reason: 'no client certificate or token' };
   const id = lookupToken(tokens, token);
   if (!id) return { ok: false, reason: 'invalid token' };
   return { ok: true, identity: id, via: 'token' };

@@ -3,9 +3,13 @@ import type { PolicyRule } from './policy.js';
 
 /** The server's validated configuration (the CLI builds it from flags, file and env). */
 export interface ServerConfig {
-  /** PEM contents. */
+  /** PEM contents: the server's certificate (signed by the hub CA) and key. */
   cert: string;
   key: string;
+  /**
+   * PEM of the client CA (`--client-ca`, older name `--ca`): it verifies
+   * agent and client certificates, and nothing else.
+   */
   ca: string;
   bindAddress: string;
   proxyPort: number;

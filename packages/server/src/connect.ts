@@ -2,7 +2,7 @@ import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
 import { splice, type Logger } from '@kubetunnel/shared';
-import { authenticate, type TokenIndex } from './auth.js';
+import { authenticate, basicUserFromAuthorization, type TokenIndex } from './auth.js';
 import { dialCluster, type DialDeps } from './dial.js';
 import type { ClusterRegistry } from './registry.js';
 import { resolveCluster } from './resolve.js';
@@ -29,7 +29,13 @@ export async function handleConnect(deps: ConnectDeps, req: IncomingMessage, soc
     deps.metrics.failures.inc({ frontend: 'connect', reason: 'UNAUTHENTICATED' });
     return respondRaw(socket, 407, auth.reason, { 'Proxy-Authenticate': PROXY_AUTHENTICATE });
   }
-  const r = resolveCluster(req.url, req.headers['x-cluster-name'], (n) => deps.registry.get(n) !== undefined, deps.clusterDomain);
+  const r = resolveCluster(
+    req.url,
+    req.headers['x-cluster-name'],
+    (n) => deps.registry.get(n) !== undefined,
+    deps.clusterDomain,
+    basicUserFromAuthorization(req.headers['proxy-authorization']),
+  );
   if (!r.ok) {
     deps.metrics.failures.inc({ frontend: 'connect', reason: 'BAD_REQUEST' });
     return respondRaw(socket, r.status, r.reason);

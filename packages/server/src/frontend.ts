@@ -1,7 +1,7 @@
 import https from 'node:https';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
-import type { Logger } from '@kubetunnel/shared';
+import { SERVER_TLS_POLICY, type Logger } from '@kubetunnel/shared';
 import type { ServerConfig } from './config.js';
 import { handleConnect, type ConnectDeps } from './connect.js';
 import { SocketSet, respondRaw } from './respond.js';
@@ -33,6 +33,7 @@ export class Frontend {
 
   constructor(config: ServerConfig, deps: ConnectDeps, http: HttpHandlers, log: Logger) {
     this.server = https.createServer({
+      ...SERVER_TLS_POLICY,
       cert: config.cert,
       key: config.key,
       ca: config.ca,

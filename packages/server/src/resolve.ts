@@ -15,15 +15,24 @@ export function parseAuthority(authority: string): { host: string; port: number 
 
 /**
  * Which cluster a CONNECT is for, in order: the X-Cluster-Name header; the
- * CONNECT host when it equals a cluster name; the first DNS label of the
- * host when the rest equals the cluster domain. `known(name)` says whether
- * a name is a registered cluster.
+ * user name of a `Proxy-Authorization: Basic` header when it names a known
+ * cluster (kubectl cannot send a header to a proxy, but it sends the proxy
+ * URL's userinfo: CONNECT-mode kubeconfigs use `https://<cluster>:TOKEN@hub`);
+ * the CONNECT host when it equals a cluster name; the first DNS label of the
+ * host when the rest equals the cluster domain. `known(name)` says whether a
+ * name is a registered cluster.
+ *
+ * A Basic user name that names no known cluster yields to the CONNECT host
+ * (older kubeconfigs and curl's --proxy-user put a person there); when the
+ * host names no cluster either, the user name is reported as the unknown
+ * cluster if it could be one.
  */
 export function resolveCluster(
   authority: string | undefined,
   clusterHeader: string | string[] | undefined,
   known: (name: string) => boolean,
   clusterDomain?: string,
+  basicUser?: string,
 ): Resolution {
   const target = parseAuthority(authority ?? '');
   if (!target) return { ok: false, status: 400, reason: `malformed CONNECT target ${JSON.stringify(authority ?? '')}` };
@@ -33,6 +42,8 @@ export function resolveCluster(
       return { ok: false, status: 400, reason: 'invalid X-Cluster-Name: want a DNS label (a-z, 0-9, -; at most 63)' };
     return { ok: true, cluster: clusterHeader, ...target };
   }
+  const fromUser = basicUser !== undefined && isValidClusterName(basicUser) ? basicUser : undefined;
+  if (fromUser !== undefined && known(fromUser)) return { ok: true, cluster: fromUser, ...target };
   const { host } = target;
   if (isValidClusterName(host) && known(host)) return { ok: true, cluster: host, ...target };
   if (clusterDomain) {
@@ -42,6 +53,6 @@ export function resolveCluster(
       if (isValidClusterName(label)) return { ok: true, cluster: label, ...target };
     }
   }
-  // Not a cluster we can name: report it as unknown under the host itself.
-  return { ok: true, cluster: host, ...target };
+  // Not a cluster we can name: report it as unknown under the name the caller gave.
+  return { ok: true, cluster: fromUser ?? host, ...target };
 }

@@ -1,7 +1,7 @@
 import { once } from 'node:events';
 import type { Server } from 'node:net';
 import type { AddressInfo } from 'node:net';
-import { Defaults, createHealthServer, type Logger } from '@kubetunnel/shared';
+import { Defaults, SERVER_TLS_POLICY, createHealthServer, type Logger } from '@kubetunnel/shared';
 import { createAdminServer } from './admin.js';
 import { AgentGateway } from './agent-gateway.js';
 import { indexTokens } from './auth.js';
@@ -113,7 +113,8 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ku
     addresses,
     frontendSockets: () => frontend.openSockets,
     updateTls(tls) {
-      for (const s of [frontend.server, gateway.server]) s.setSecureContext(tls);
+      // A new secure context starts from Node's defaults: the TLS policy goes with it.
+      for (const s of [frontend.server, gateway.server]) s.setSecureContext({ ...SERVER_TLS_POLICY, ...tls });
       log.info('TLS certificate, key and CA reloaded');
     },
     async drain(graceMs = config.gracePeriodMs) {

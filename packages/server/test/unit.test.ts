@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { indexTokens, lookupToken, parseTokenFile, tokenFromAuthorization } from '../src/auth.js';
+import { credentialsFromAuthorization, indexTokens, lookupToken, parseTokenFile, tokenFromAuthorization } from '../src/auth.js';
 import { pickTunnel, type AgentTunnel, type ClusterEntry } from '../src/registry.js';
 import { parseAuthority, resolveCluster } from '../src/resolve.js';
 import { routeL7 } from '../src/l7.js';
@@ -20,6 +20,27 @@ describe('resolveCluster', () => {
       port: 6443,
     });
     expect(resolveCluster('a.b.clusters.example:443', undefined, known, 'clusters.example')).toMatchObject({ cluster: 'a.b.clusters.example' });
+  });
+  it('takes the Basic user name of Proxy-Authorization when it names a known cluster (what kubectl sends for https://member-1:TOKEN@hub)', () => {
+    expect(resolveCluster('kubernetes.default.svc:443', undefined, known, undefined, 'member-2')).toMatchObject({
+      ok: true,
+      cluster: 'member-2',
+      host: 'kubernetes.default.svc',
+      port: 443,
+    });
+    // Before the CONNECT host, after X-Cluster-Name.
+    expect(resolveCluster('member-1:443', undefined, known, undefined, 'member-2')).toMatchObject({ cluster: 'member-2' });
+    expect(resolveCluster('member-1:443', 'member-1', known, undefined, 'member-2')).toMatchObject({ cluster: 'member-1' });
+  });
+  it('a Basic user name that names no cluster yields to the host; with no host match it is the unknown cluster', () => {
+    expect(resolveCluster('member-1:443', undefined, known, undefined, 'alice')).toMatchObject({ cluster: 'member-1' });
+    expect(resolveCluster('member-1:443', undefined, known, undefined, 'alice@example.com')).toMatchObject({ cluster: 'member-1' });
+    expect(resolveCluster('member-2.clusters.example:443', undefined, known, 'clusters.example', 'kubetunnel')).toMatchObject({ cluster: 'member-2' });
+    expect(resolveCluster('kubernetes.default.svc:443', undefined, known, undefined, 'member-3')).toMatchObject({ ok: true, cluster: 'member-3' });
+    expect(resolveCluster('kubernetes.default.svc:443', undefined, known, undefined, 'Not A Cluster')).toMatchObject({
+      ok: true,
+      cluster: 'kubernetes.default.svc',
+    });
   });
   it('names an unknown host as itself (the caller answers 404)', () => {
     expect(resolveCluster('10.0.0.1:443', undefined, known)).toMatchObject({ ok: true, cluster: '10.0.0.1' });
@@ -72,6 +93,16 @@ describe('static token file', () => {
     expect(tokenFromAuthorization('Basic ' + Buffer.from('nocolon').toString('base64'))).toBeUndefined();
     expect(tokenFromAuthorization('Digest x')).toBeUndefined();
     expect(tokenFromAuthorization(undefined)).toBeUndefined();
+    expect(tokenFromAuthorization('Basic ' + Buffer.from('member-1:').toString('base64'))).toBeUndefined();
+  });
+  it('gives the Basic user name too; an empty password is no token', () => {
+    const basic = (s: string) => 'Basic ' + Buffer.from(s).toString('base64');
+    expect(credentialsFromAuthorization(basic('member-1:tok'))).toEqual({ basicUser: 'member-1', token: 'tok' });
+    expect(credentialsFromAuthorization(basic('member-1:a:b'))).toEqual({ basicUser: 'member-1', token: 'a:b' });
+    expect(credentialsFromAuthorization(basic('member-1:'))).toEqual({ basicUser: 'member-1' });
+    expect(credentialsFromAuthorization(basic(':tok'))).toEqual({ token: 'tok' });
+    expect(credentialsFromAuthorization('Bearer tok')).toEqual({ token: 'tok' });
+    expect(credentialsFromAuthorization(basic('nocolon'))).toBeUndefined();
   });
 });
 

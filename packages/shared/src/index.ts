@@ -11,3 +11,4 @@ export * from './names.js';
 export * from './l7/status.js';
 export * from './http/target.js';
 export * from './http/health.js';
+export * from './tls.js';

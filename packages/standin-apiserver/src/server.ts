@@ -57,6 +57,12 @@ export async function startStandinApiserver(opts: StandinApiserverOptions): Prom
   });
 
   const record = (req: IncomingMessage, result: AuthResult | undefined, upgrade: boolean): void => {
+    if (opts.onCredential) {
+      for (let i = 0; i + 1 < req.rawHeaders.length; i += 2) {
+        const name = req.rawHeaders[i]!.toLowerCase();
+        if (name === 'authorization' || name === 'proxy-authorization') opts.onCredential(name, req.rawHeaders[i + 1]!);
+      }
+    }
     requests.push({
       method: req.method ?? '',
       path: req.url ?? '',

@@ -20,6 +20,12 @@ export interface StandinApiserverOptions {
   port?: number;
   /** Users allowed to send Impersonate-* headers. Default: every token user. */
   impersonators?: string[];
+  /**
+   * Called with every Authorization and Proxy-Authorization header value the
+   * stand-in receives, unredacted (tests check which credentials reached a
+   * member). The recorded requests keep them redacted.
+   */
+  onCredential?: (header: 'authorization' | 'proxy-authorization', value: string) => void;
 }
 
 /** The identity a request acts as (after impersonation). */

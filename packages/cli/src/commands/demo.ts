@@ -6,15 +6,15 @@ import {
   Defaults,
   certsAgent,
   certsClient,
+  certsApiserver,
   certsInit,
-  createCA,
   createLogger,
-  issueServerCert,
+  replaceFile,
   type Logger,
 } from '@kubetunnel/shared';
 import { parseTokenFile, startServer, type KubetunnelServer } from '@kubetunnel/server';
 import { startStandinApiserver, type StandinApiserver } from '@kubetunnel/standin-apiserver';
-import { buildKubeconfig } from './kubeconfig.js';
+import { buildKubeconfig, fingerprints } from './kubeconfig.js';
 
 export interface DemoOptions {
   dir: string;
@@ -22,6 +22,8 @@ export interface DemoOptions {
   out: NodeJS.WritableStream;
   /** Where logs go (default: DIR/kubetunnel.log). */
   log?: Logger;
+  /** Sees every Authorization header value a stand-in member apiserver receives (tests check no hub token gets there). */
+  onMemberCredential?: (cluster: string, value: string) => void;
 }
 
 export interface Demo {
@@ -32,8 +34,20 @@ export interface Demo {
 }
 
 const MEMBERS = ['member-1', 'member-2'];
-/** Demo identities at the hub: admin (all clusters) and dev. */
+/** Demo identities at the hub: admin (all clusters) and dev. The members never see these tokens. */
 const TOKENS = 'demo-admin-token,admin,1,"system:masters"\ndemo-dev-token,dev,2,"developers"\n';
+/** The same people's own tokens at the member apiservers (CONNECT mode): credentials never cross the hub. */
+const MEMBER_TOKENS = {
+  'demo-member-admin-token': { user: 'admin', groups: ['system:masters'] },
+  'demo-member-dev-token': { user: 'dev', groups: ['developers'] },
+};
+/**
+ * Names on the stand-in apiservers' certificates besides the in-cluster
+ * names: localhost, for the agent (which dials https://localhost:PORT). Never
+ * 127.0.0.1, the hub's address in the kubeconfig: no member certificate may
+ * pass for the hub.
+ */
+const MEMBER_NAMES = ['localhost'];
 /** What the agents use toward their stand-in apiserver in L7 mode (a service-account token in a real cluster). */
 const AGENT_TOKEN = 'demo-agent-sa-token';
 
@@ -49,8 +63,12 @@ function writeOnce(file: string, content: string, mode = 0o600): void {
 export async function runDemo(opts: DemoOptions): Promise<Demo> {
   const dir = path.resolve(opts.dir);
   const certDir = path.join(dir, 'certs');
+  // A demo directory from before the hub CA / client CA split: its
+  // certificates are replaced (the member ones too, which carried 127.0.0.1).
+  if (fs.existsSync(path.join(certDir, 'ca.crt')) && !fs.existsSync(path.join(certDir, 'client-ca.crt')))
+    for (const d of [certDir, ...MEMBERS.map((m) => path.join(dir, m))]) fs.rmSync(d, { recursive: true, force: true });
   fs.mkdirSync(certDir, { recursive: true, mode: 0o700 });
-  // The CA is kept across runs; the server certificate is issued anew so it
+  // The CAs are kept across runs; the server certificate is issued anew so it
   // always carries the names this version needs.
   certsInit(certDir, {});
   const read = (f: string) => fs.readFileSync(path.join(certDir, f), 'utf8');
@@ -62,12 +80,13 @@ export async function runDemo(opts: DemoOptions): Promise<Demo> {
   const logFile = path.join(dir, 'kubetunnel.log');
   const log = opts.log ?? createLogger('info', fs.createWriteStream(logFile, { flags: 'a' }));
   const hubCA = read('ca.crt');
+  const clientCA = read('client-ca.crt');
 
   const server = await startServer(
     {
       cert: read('server.crt'),
       key: read('server.key'),
-      ca: hubCA,
+      ca: clientCA,
       bindAddress: '127.0.0.1',
       proxyPort: opts.ports.proxy,
       agentPort: opts.ports.agent,
@@ -97,26 +116,20 @@ export async function runDemo(opts: DemoOptions): Promise<Demo> {
       const memberDir = path.join(dir, name);
       fs.mkdirSync(memberDir, { recursive: true, mode: 0o700 });
       const caFile = path.join(memberDir, 'apiserver-ca.crt');
-      if (!fs.existsSync(caFile)) {
-        const ca = createCA({ commonName: `${name} stand-in apiserver CA` });
-        const cert = issueServerCert(ca, { sans: ['localhost', '127.0.0.1', 'kubernetes.default.svc', 'kubernetes.default', 'kubernetes'] });
-        fs.writeFileSync(path.join(memberDir, 'apiserver.crt'), cert.cert);
-        fs.writeFileSync(path.join(memberDir, 'apiserver.key'), cert.key, { mode: 0o600 });
-        fs.writeFileSync(caFile, ca.cert);
-      }
+      if (!fs.existsSync(path.join(memberDir, 'apiserver.crt'))) certsApiserver(memberDir, { sans: MEMBER_NAMES, commonName: `${name} stand-in apiserver CA` });
       if (!fs.existsSync(path.join(certDir, `agent-${name}.crt`))) certsAgent(certDir, { cluster: name });
       const apiserver = await startStandinApiserver({
         cluster: name,
         cert: fs.readFileSync(path.join(memberDir, 'apiserver.crt'), 'utf8'),
         key: fs.readFileSync(path.join(memberDir, 'apiserver.key'), 'utf8'),
-        // CONNECT mode with client certificates: the member trusts the hub CA's users.
-        ca: hubCA,
+        // CONNECT mode with client certificates: the member trusts the kubetunnel client CA's users.
+        ca: clientCA,
         tokens: {
-          'demo-admin-token': { user: 'admin', groups: ['system:masters'] },
-          'demo-dev-token': { user: 'dev', groups: ['developers'] },
+          ...MEMBER_TOKENS,
           [AGENT_TOKEN]: { user: `system:serviceaccount:kubetunnel:agent-${name}`, groups: ['system:serviceaccounts'] },
         },
         impersonators: [`system:serviceaccount:kubetunnel:agent-${name}`],
+        ...(opts.onMemberCredential ? { onCredential: (_h: string, value: string) => opts.onMemberCredential!(name, value) } : {}),
       });
       const registered = once(server.registry, 'change');
       const agent = await startAgent(
@@ -127,7 +140,7 @@ export async function runDemo(opts: DemoOptions): Promise<Demo> {
           cert: read(`agent-${name}.crt`),
           key: read(`agent-${name}.key`),
           ca: hubCA,
-          apiserver: new URL(apiserver.url),
+          apiserver: new URL(`https://localhost:${apiserver.port}`),
           apiserverCA: fs.readFileSync(caFile, 'utf8'),
           allowDest: [],
           healthPort: 0,
@@ -150,18 +163,19 @@ export async function runDemo(opts: DemoOptions): Promise<Demo> {
   if (!fs.existsSync(path.join(certDir, 'client-admin.crt'))) certsClient(certDir, { user: 'admin', groups: ['system:masters'] });
   const hub = `https://127.0.0.1:${server.addresses.proxy.port}`;
   const kubeconfig = path.join(dir, 'kubeconfig');
-  fs.writeFileSync(
+  const memberCAs = MEMBERS.map((name) => ({ name, memberCA: fs.readFileSync(path.join(dir, name, 'apiserver-ca.crt'), 'utf8') }));
+  replaceFile(
     kubeconfig,
     buildKubeconfig({
       server: hub,
       hubCA,
       modes: ['connect', 'l7'],
-      clusters: MEMBERS.map((name) => ({ name, memberCA: fs.readFileSync(path.join(dir, name, 'apiserver-ca.crt'), 'utf8') })),
+      clusters: memberCAs,
       credentials: { token: 'demo-admin-token' },
-      tlsServerName: 'kubernetes.default.svc',
+      member: { token: 'demo-member-admin-token' },
       l7ServerNameSuffix: Defaults.l7ServerNameSuffix,
     }),
-    { mode: 0o600 },
+    0o600,
   );
 
   const rel = path.relative(process.cwd(), dir) || '.';
@@ -175,6 +189,11 @@ export async function runDemo(opts: DemoOptions): Promise<Demo> {
       `  admin          ${admin}/clusters`,
       ...members.map((m) => `  ${m.name.padEnd(13)}  stand-in apiserver ${m.apiserver.url}, agent ${m.name}-agent connected`),
       `  logs           ${path.relative(process.cwd(), logFile)}`,
+      ...memberCAs.map((m) => `  ${m.name.padEnd(13)}  apiserver CA ${fingerprints(m.memberCA).join(', ')}`),
+      '',
+      'Who sees what: CONNECT contexts (member-1, member-2) carry the hub token to the hub only, in the proxy URL,',
+      'and the member token to the member only, inside TLS the hub cannot open. L7 contexts (*-l7) trust the hub:',
+      'it authenticates you and the agent impersonates you in the member cluster.',
       '',
       'Try, in another terminal:',
       `  export KUBECONFIG=$PWD/${rel}/kubeconfig`,
@@ -183,8 +202,8 @@ export async function runDemo(opts: DemoOptions): Promise<Demo> {
       '  kubectl --context member-1 get namespaces --watch    # a watch through the tunnel',
       '  kubectl --context member-1-l7 auth whoami            # L7 mode: the hub identity, impersonated',
       `  curl --cacert ${rel}/member-2/apiserver-ca.crt --proxy ${hub} --proxy-cacert ${rel}/certs/ca.crt \\`,
-      '       --proxy-header "X-Cluster-Name: member-2" --proxy-user admin:demo-admin-token \\',
-      '       -H "Authorization: Bearer demo-admin-token" https://kubernetes.default.svc/version',
+      '       --proxy-user member-2:demo-admin-token \\',
+      '       -H "Authorization: Bearer demo-member-admin-token" https://kubernetes.default.svc/version',
       `  npx kubetunnel status --admin ${admin}`,
       '',
       'Ctrl-C stops the demo.',

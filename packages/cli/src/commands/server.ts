@@ -1,8 +1,49 @@
+import { X509Certificate } from 'node:crypto';
 import os from 'node:os';
 import { Defaults, createLogger } from '@kubetunnel/shared';
 import { parsePolicy, parseTokenFile, startServer, type ServerConfig, type KubetunnelServer } from '@kubetunnel/server';
 import { SettingError, type Settings } from '../options.js';
 import { watchTlsFiles } from '../reload.js';
+
+/** The setting that names the client CA: --client-ca, or its older name --ca. */
+export function clientCAFlag(s: Settings): 'client-ca' | 'ca' {
+  const current = s.string('client-ca');
+  const older = s.string('ca');
+  if (current && older && current !== older) throw new SettingError('client-ca', 'give --client-ca or its older name --ca, not both');
+  if (current) return 'client-ca';
+  if (older) return 'ca';
+  throw new SettingError('client-ca', 'is required (the CA that signs agent and client certificates)');
+}
+
+/** The certificates of a PEM bundle. */
+function pemCertificates(pem: string): X509Certificate[] {
+  const out: X509Certificate[] = [];
+  for (const m of pem.matchAll(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g)) {
+    try {
+      out.push(new X509Certificate(m[0]));
+    } catch {
+      // not a certificate: TLS reports it when it loads the bundle
+    }
+  }
+  return out;
+}
+
+/**
+ * Why this setup reuses one CA for the hub and its clients, or undefined:
+ * the client CA (which makes users and agents) also signed the server
+ * certificate (which kubeconfigs and agents trust for the hub).
+ */
+export function oneCAWarning(config: Pick<ServerConfig, 'cert' | 'ca'>): string | undefined {
+  const [leaf] = pemCertificates(config.cert);
+  if (!leaf) return undefined;
+  const signer = pemCertificates(config.ca).find((ca) => leaf.checkIssued(ca) && leaf.verify(ca.publicKey));
+  if (!signer) return undefined;
+  return (
+    'the client CA also signed the server certificate: one CA for the hub and its clients. It works, but the CA that ' +
+    'kubeconfigs and agents trust for the hub then also makes users and agents; `kubetunnel certs init` lays out a hub CA ' +
+    'and a separate client CA (--client-ca DIR/client-ca.crt)'
+  );
+}
 
 /** Builds and checks the server's config; errors name the flag. */
 export function serverConfig(s: Settings): ServerConfig {
@@ -19,7 +60,7 @@ export function serverConfig(s: Settings): ServerConfig {
   const config: ServerConfig = {
     cert: s.requireFile('cert'),
     key: s.requireFile('key'),
-    ca: s.requireFile('ca'),
+    ca: s.requireFile(clientCAFlag(s)),
     bindAddress: s.require('bind-address'),
     proxyPort: s.port('proxy-port'),
     agentPort: s.port('agent-port'),
@@ -58,7 +99,9 @@ export async function runServer(s: Settings): Promise<KubetunnelServer> {
   const log = createLogger((s.string('log-level') ?? 'info') as 'info');
   const config = serverConfig(s);
   log.info({ config: printable(config) }, 'starting kubetunnel server');
+  const warning = oneCAWarning(config);
+  if (warning) log.warn(warning);
   const server = await startServer(config, log);
-  watchTlsFiles({ cert: s.require('cert'), key: s.require('key'), ca: s.require('ca') }, (pem) => server.updateTls(pem), log);
+  watchTlsFiles({ cert: s.require('cert'), key: s.require('key'), ca: s.require(clientCAFlag(s)) }, (pem) => server.updateTls(pem), log);
   return server;
 }

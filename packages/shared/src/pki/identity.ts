@@ -50,9 +50,24 @@ function agentUris(cert: PeerCertificate): string[] {
     .map(([, value]) => value);
 }
 
+const CLIENT_AUTH = '1.3.6.1.5.5.7.3.2';
+const SERVER_AUTH = '1.3.6.1.5.5.7.3.1';
+
+/**
+ * A certificate for the client role only: its extended key usage names
+ * clientAuth and not serverAuth. A serving certificate (the hub's own, or any
+ * other) never authenticates as a user or an agent, even when a trusted CA
+ * signed it; nor does a certificate that names no usage.
+ */
+export function isClientRoleCert(cert: PeerCertificate): boolean {
+  const eku = cert.ext_key_usage ?? [];
+  return eku.includes(CLIENT_AUTH) && !eku.includes(SERVER_AUTH);
+}
+
 /** The cluster an agent certificate binds, or undefined if it is not (exactly) an agent certificate. */
 export function agentClusterOf(cert: PeerCertificate | undefined): string | undefined {
   if (!cert || !cert.subject) return undefined;
+  if (!isClientRoleCert(cert)) return undefined;
   const uris = agentUris(cert);
   if (uris.length !== 1) return undefined;
   const cluster = uris[0]!.slice(AGENT_URI_PREFIX.length);
@@ -62,10 +77,12 @@ export function agentClusterOf(cert: PeerCertificate | undefined): string | unde
 /**
  * The user (CN) and groups (O) of a client certificate; undefined for an
  * agent certificate (any agent URI SAN, or O = kubetunnel:agents), which the
- * client frontend refuses, and for no (or more than one) CN.
+ * client frontend refuses, for a certificate not in the client role (no
+ * clientAuth usage, or serverAuth), and for no (or more than one) CN.
  */
 export function clientIdentityOf(cert: PeerCertificate | undefined): { user: string; groups: string[] } | undefined {
   if (!cert || !cert.subject) return undefined;
+  if (!isClientRoleCert(cert)) return undefined;
   const groups = fieldValues(cert.subject.O as string | string[] | undefined);
   if (agentUris(cert).length > 0 || groups.includes(AGENT_ORGANIZATION)) return undefined;
   const cn = fieldValues(cert.subject.CN as string | string[] | undefined);

@@ -64,8 +64,14 @@ function checkText(s: string, what: string): void {
   if (s === '' || /[\u0000-\u001f\u007f]/.test(s)) throw new Error(`${what} must be non-empty and without control characters: ${JSON.stringify(s)}`);
 }
 
-/** A new certificate authority. */
-export function createCA(opts: { commonName?: string; validDays?: number } = {}): Pem {
+/**
+ * A new certificate authority. With `permittedNames`, the CA carries a
+ * critical name-constraints extension: every certificate under it is valid
+ * only for those names (a DNS name and its subdomains; an IP address exactly),
+ * whoever holds its key. Verifiers that matter here enforce it: Go (kubectl),
+ * OpenSSL (curl, Node).
+ */
+export function createCA(opts: { commonName?: string; validDays?: number; permittedNames?: string[] } = {}): Pem {
   const commonName = opts.commonName ?? 'kubetunnel CA';
   checkText(commonName, 'CA common name');
   const keys = newKeyPair();
@@ -77,8 +83,60 @@ export function createCA(opts: { commonName?: string; validDays?: number } = {})
     { name: 'basicConstraints', cA: true, critical: true },
     { name: 'keyUsage', keyCertSign: true, cRLSign: true, digitalSignature: true, critical: true },
     { name: 'subjectKeyIdentifier' },
+    ...(opts.permittedNames ? [nameConstraints(opts.permittedNames)] : []),
   ]);
   return { cert: sign(cert, keys.privateKey), key: keys.pem };
+}
+
+/**
+ * The DNS subtree a name permits: `*.a.b` and `a.b` both become `a.b`
+ * (which covers a.b and every name under it).
+ */
+function dnsBase(name: string): string {
+  return name.replace(/^\*\./, '').toLowerCase();
+}
+
+/** RFC 5280 NameConstraints with permitted subtrees only (DNS names and single IP addresses). */
+function nameConstraints(names: string[]): { id: string; critical: boolean; value: forge.asn1.Asn1 } {
+  const { asn1 } = forge;
+  if (names.length === 0) throw new Error('a name-constrained CA needs at least one permitted name');
+  const subtrees = [...new Set(names.map((n) => (net.isIP(n) ? n : dnsBase(n))))].map((n) => {
+    const base = net.isIP(n)
+      ? asn1.create(asn1.Class.CONTEXT_SPECIFIC, 7, false, ipBytes(n) + '\xff'.repeat(net.isIPv4(n) ? 4 : 16))
+      : asn1.create(asn1.Class.CONTEXT_SPECIFIC, 2, false, altName(n).value);
+    return asn1.create(asn1.Class.UNIVERSAL, asn1.Type.SEQUENCE, true, [base]);
+  });
+  return {
+    id: '2.5.29.30',
+    critical: true,
+    value: asn1.create(asn1.Class.UNIVERSAL, asn1.Type.SEQUENCE, true, [asn1.create(asn1.Class.CONTEXT_SPECIFIC, 0, true, subtrees)]),
+  };
+}
+
+/**
+ * The names a CA permits (its name constraints), or undefined when it has
+ * none (it may sign any name). IP addresses come back in Node's notation.
+ */
+export function permittedNamesOf(caPem: string): string[] | undefined {
+  const cert = forge.pki.certificateFromPem(caPem);
+  const ext = cert.getExtension('nameConstraints') as { permittedSubtrees?: Array<{ type: number; value: string }> } | null;
+  if (!ext?.permittedSubtrees || ext.permittedSubtrees.length === 0) return undefined;
+  return ext.permittedSubtrees.map((t) => {
+    if (t.type !== 7) return t.value;
+    const half = t.value.slice(0, t.value.length / 2);
+    const bytes = [...half].map((c) => c.charCodeAt(0));
+    if (bytes.length === 4) return bytes.join('.');
+    const groups: string[] = [];
+    for (let i = 0; i < 16; i += 2) groups.push(((bytes[i]! << 8) | bytes[i + 1]!).toString(16));
+    return groups.join(':');
+  });
+}
+
+/** Whether `name` (a DNS name, possibly *.wildcard, or an IP address) falls under one of `permitted`. */
+export function namePermitted(name: string, permitted: string[]): boolean {
+  if (net.isIP(name)) return permitted.some((p) => net.isIP(p) && ipBytes(p) === ipBytes(name));
+  const n = dnsBase(name);
+  return permitted.some((p) => !net.isIP(p) && (n === p.toLowerCase() || n.endsWith('.' + p.toLowerCase())));
 }
 
 /** The CA as forge needs it to sign; checked with Node first (a CA, and the key belongs to it). */
@@ -156,7 +214,8 @@ export function issueServerCert(ca: Pem, opts: { sans: string[]; commonName?: st
     ca,
     utf8Name([['commonName', commonName]]),
     [
-      { name: 'extKeyUsage', serverAuth: true, clientAuth: true },
+      // Serving only: a server certificate never authenticates as a client.
+      { name: 'extKeyUsage', serverAuth: true },
       { name: 'subjectAltName', altNames },
     ],
     opts.validDays ?? 825,
