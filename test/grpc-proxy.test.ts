@@ -266,6 +266,63 @@ describe('ProxyService, packet by packet', () => {
     expect((await denied.status).code).toBe(grpc.status.PERMISSION_DENIED);
   });
 
+  it('flow control: a client that stops reading stalls its own connection within a bound; another connection is not held up', async () => {
+    const CHUNK = 64 * 1024;
+    const TOTAL = 48 * 1024 * 1024;
+    const slow = open(tlsClient());
+    slow.send(packets.dialReq('member-1:443', RANDOM));
+    const id = (await slow.packet(0))!.dialResponse!.connectID;
+    // The client stops reading the echoes and keeps writing, as fast as its own call lets it.
+    slow.stream.pause();
+    let accepted = 0;
+    let writerDone = false;
+    const payload = Buffer.alloc(CHUNK, 7);
+    const writer = (async () => {
+      while (accepted < TOTAL) {
+        accepted += CHUNK;
+        if (!slow.stream.write(packets.data(id, payload))) await once(slow.stream, 'drain');
+      }
+      writerDone = true;
+    })();
+    // Stalled: nothing more accepted for a while (a server that buffered
+    // without bound would take all 48 MiB instead).
+    let last = -1;
+    while (accepted !== last && !writerDone) {
+      last = accepted;
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    expect(writerDone).toBe(false);
+    expect(accepted).toBeLessThan(TOTAL);
+    const stalledAt = accepted;
+
+    // Another connection through the same server, agent and tunnel still answers at once.
+    const quick = open(tlsClient());
+    quick.send(packets.dialReq('member-1:443', '99'));
+    const qid = (await quick.packet(0))!.dialResponse!.connectID;
+    for (let i = 1; i <= 20; i++) {
+      quick.send(packets.data(qid, Buffer.from(`ping ${i}`)));
+      expect((await quick.packet(i))!.data!.data.toString()).toBe(`ping ${i}`);
+    }
+    quick.send(packets.closeReq(qid));
+    expect((await quick.status).code).toBe(grpc.status.OK);
+    expect(accepted).toBe(stalledAt);
+
+    // Reading again: every byte comes back, and the writer finishes.
+    let echoed = 0;
+    const allBack = new Promise<void>((resolve) =>
+      slow.stream.on('data', (p: Packet) => {
+        if (p.type === 'DATA') echoed += p.data!.data.length;
+        if (echoed === TOTAL) resolve();
+      }),
+    );
+    echoed = slow.received.slice(1).reduce((n, p) => n + (p.data?.data.length ?? 0), 0);
+    slow.stream.resume();
+    await writer;
+    await allBack;
+    slow.send(packets.closeReq(id));
+    expect((await slow.status).code).toBe(grpc.status.OK);
+  }, 60_000);
+
   it('the far end hanging up sends CLOSE_RSP and ends the call; a client cancel resets the tunnel stream', async () => {
     const call = open(tlsClient());
     call.send(packets.dialReq('member-1:443', RANDOM));
