@@ -8,6 +8,7 @@ import { indexTokens } from './auth.js';
 import type { ServerConfig } from './config.js';
 import type { ConnectDeps } from './connect.js';
 import { Frontend } from './frontend.js';
+import { AnpAgentService } from './grpc/agent-service.js';
 import { GrpcFrontend } from './grpc/frontend.js';
 import { TlsMaterial } from './grpc/listeners.js';
 import { l7Handlers } from './l7.js';
@@ -24,6 +25,8 @@ export interface ServerAddresses {
   grpc?: AddressInfo;
   /** The Konnectivity ProxyService Unix socket, when on. */
   grpcUds?: string;
+  /** The Konnectivity AgentService listener (ANP proxy-agents), when on. */
+  anpAgent?: AddressInfo;
 }
 
 export interface KubetunnelServer {
@@ -92,6 +95,23 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ku
           log.child({ component: 'grpc' }),
         )
       : undefined;
+  const anpAgents =
+    config.anpAgentPort !== undefined
+      ? new AnpAgentService(
+          {
+            bindAddress: config.bindAddress,
+            port: config.anpAgentPort,
+            serverId: config.serverId,
+            serverCount: config.serverCount,
+            gracePeriodMs: config.gracePeriodMs,
+            ...(config.clusterDomain ? { clusterDomain: config.clusterDomain } : {}),
+          },
+          registry,
+          metrics,
+          grpcTls,
+          log.child({ component: 'anp-agent' }),
+        )
+      : undefined;
 
   const servers: Server[] = [];
   const bind = async (name: string, server: Server, port: number, host: string) => {
@@ -113,9 +133,14 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ku
       if (g.port !== undefined) addresses.grpc = { address: config.bindAddress, family: config.bindAddress.includes(':') ? 'IPv6' : 'IPv4', port: g.port };
       if (g.uds !== undefined) addresses.grpcUds = g.uds;
     }
+    if (anpAgents) {
+      const port = await anpAgents.listen();
+      addresses.anpAgent = { address: config.bindAddress, family: config.bindAddress.includes(':') ? 'IPv6' : 'IPv4', port };
+    }
   } catch (err) {
     for (const s of servers) s.close();
     grpcFrontend?.close();
+    anpAgents?.close();
     throw err;
   }
 
@@ -125,6 +150,7 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ku
       frontend.close();
       grpcFrontend?.close();
       gateway.close();
+      anpAgents?.close();
       for (const s of [health, admin]) {
         s.close();
         s.closeAllConnections();
