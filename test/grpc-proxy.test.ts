@@ -323,6 +323,32 @@ describe('ProxyService, packet by packet', () => {
     expect((await slow.status).code).toBe(grpc.status.OK);
   }, 60_000);
 
+  it('metrics: the grpc frontend\'s streams and failures, and Konnectivity\'s metric names for what means the same', async () => {
+    const metrics = async () => (await fetch(`http://127.0.0.1:${server.addresses.admin.port}/metrics`)).text();
+    const call = open(tlsClient());
+    call.send(packets.dialReq('member-1:443', RANDOM));
+    const id = (await call.packet(0))!.dialResponse!.connectID;
+    for (const address of ['member-2:443', 'nowhere:443']) {
+      const refused = open(tlsClient());
+      refused.send(packets.dialReq(address, RANDOM));
+      await refused.status;
+    }
+    const open1 = await metrics();
+    expect(open1).toMatch(/^kubetunnel_streams_total\{frontend="grpc"\} 1$/m);
+    expect(open1).toMatch(/^kubetunnel_stream_failures_total\{frontend="grpc",reason="NO_AGENT"\} 1$/m);
+    expect(open1).toMatch(/^kubetunnel_stream_failures_total\{frontend="grpc",reason="UNKNOWN_CLUSTER"\} 1$/m);
+    expect(open1).toMatch(/^konnectivity_network_proxy_server_dial_duration_seconds_count 1$/m);
+    expect(open1).toMatch(/^konnectivity_network_proxy_server_dial_failure_count\{reason="no_agent"\} 1$/m);
+    expect(open1).not.toMatch(/^konnectivity_network_proxy_server_dial_failure_count\{reason="UNKNOWN_CLUSTER"/m);
+    expect(open1).toMatch(/^konnectivity_network_proxy_server_established_connections 1$/m);
+    expect(open1).toMatch(/^konnectivity_network_proxy_server_pending_backend_dials 0$/m);
+    expect(open1).toMatch(/^konnectivity_network_proxy_server_ready_backend_connections 2$/m);
+    call.send(packets.closeReq(id));
+    await call.status;
+    while (server.registry.totals().openStreams > 0) await new Promise((r) => setTimeout(r, 5));
+    expect(await metrics()).toMatch(/^konnectivity_network_proxy_server_established_connections 0$/m);
+  });
+
   it('the far end hanging up sends CLOSE_RSP and ends the call; a client cancel resets the tunnel stream', async () => {
     const call = open(tlsClient());
     call.send(packets.dialReq('member-1:443', RANDOM));

@@ -66,7 +66,9 @@ export async function dialCluster(
       timeoutMs: deps.dialTimeoutMs,
       ...(args.signal ? { signal: args.signal } : {}),
     });
-    metrics.dialSeconds.observe({ frontend: args.frontend }, (performance.now() - started) / 1000);
+    const seconds = (performance.now() - started) / 1000;
+    metrics.dialSeconds.observe({ frontend: args.frontend }, seconds);
+    metrics.anpDialSeconds.observe(seconds);
     metrics.streams.inc({ frontend: args.frontend });
     entry.openStreams++;
     stream.once('close', () => {
