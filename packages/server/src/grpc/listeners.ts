@@ -60,6 +60,8 @@ export const grpcServerOptions: grpc.ServerOptions = {
   // A DATA packet larger than this ends the call (RESOURCE_EXHAUSTED); with
   // at most 16 such messages queued per call, this bounds what a call buffers.
   'grpc.max_receive_message_length': 1024 * 1024,
+  // Calls one HTTP/2 connection may hold at once (ANP clients open one per connection).
+  'grpc.max_concurrent_streams': 1000,
   'grpc.keepalive_time_ms': 30_000,
   'grpc.keepalive_timeout_ms': 10_000,
   'grpc.keepalive_permit_without_calls': 1,

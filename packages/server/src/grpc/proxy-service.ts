@@ -85,11 +85,18 @@ export function proxyHandler(deps: ProxyServiceDeps, source: CallerSource): grpc
     let stream: MuxStream | undefined;
     const dialAbort = new AbortController();
     let dialClosed = false;
+    // A call that names nothing to dial holds a stream for nothing: it gets as long as a dial may take.
+    const idle = setTimeout(() => {
+      if (phase !== 'idle') return;
+      deps.metrics.failures.inc({ frontend: 'grpc', reason: 'BAD_REQUEST' });
+      finish(grpc.status.DEADLINE_EXCEEDED, `no DIAL_REQ within ${deps.dialTimeoutMs} ms`);
+    }, deps.dialTimeoutMs);
 
     const send = (p: Packet): boolean => (call.writableEnded || call.destroyed ? true : call.write(p));
     /** Ends the call; with a status other than OK the client reads `details` as the reason. */
     const finish = (code: grpc.status = grpc.status.OK, details = 'OK') => {
       phase = 'done';
+      clearTimeout(idle);
       if (call.writableEnded || call.destroyed) return;
       if (code === grpc.status.OK) call.end();
       else call.emit('error', { code, details });
@@ -181,6 +188,7 @@ export function proxyHandler(deps: ProxyServiceDeps, source: CallerSource): grpc
       if (phase === 'done') return;
       switch (p.type) {
         case 'DIAL_REQ':
+          clearTimeout(idle);
           if (phase !== 'idle' || !p.dialRequest) {
             // One connection per Proxy call, as konnectivity-client opens them.
             call.write(packets.dialRsp(p.dialRequest?.random ?? '0', '0', 'this stream already carries a connection; open one Proxy call per connection'));
@@ -235,6 +243,7 @@ export function proxyHandler(deps: ProxyServiceDeps, source: CallerSource): grpc
     // The call ended before the connection did (the client cancelled, or the
     // transport failed): abandon the dial, reset the tunnel stream.
     const gone = () => {
+      clearTimeout(idle);
       if (phase === 'dialing') dialAbort.abort();
       if (phase === 'open') stream!.destroy(new TunnelError('CANCELLED', 'gRPC call cancelled'));
       phase = 'done';
