@@ -349,6 +349,40 @@ describe('ProxyService, packet by packet', () => {
     expect(await metrics()).toMatch(/^konnectivity_network_proxy_server_established_connections 0$/m);
   });
 
+  it('a call that sends no DIAL_REQ is ended DEADLINE_EXCEEDED after the dial timeout', async () => {
+    const quick = await startServer({ ...testServerConfig(ca, serverPem, tokens), dialTimeoutMs: 300, grpcPort: 0 }, silentLogger());
+    try {
+      const c = new ProxyServiceClient(`127.0.0.1:${quick.addresses.grpc!.port}`, grpc.credentials.createSsl(Buffer.from(ca.cert)), {
+        'grpc.ssl_target_name_override': 'localhost',
+      });
+      clients.push(c);
+      const call = open(c);
+      const status = await call.status;
+      expect(status.code).toBe(grpc.status.DEADLINE_EXCEEDED);
+      expect(status.details).toBe('no DIAL_REQ within 300 ms');
+      expect(call.received).toEqual([]);
+    } finally {
+      await quick.close();
+    }
+  });
+
+  it('new TLS material applies to new gRPC connections', async () => {
+    const renamed = issueServerCert(ca, { sans: ['reloaded.example'] });
+    server.updateTls({ cert: renamed.cert, key: renamed.key, ca: ca.cert });
+    const c = new ProxyServiceClient(
+      `127.0.0.1:${server.addresses.grpc!.port}`,
+      grpc.credentials.createSsl(Buffer.from(ca.cert), Buffer.from(alice.key), Buffer.from(alice.cert)),
+      { 'grpc.ssl_target_name_override': 'reloaded.example' },
+    );
+    clients.push(c);
+    const call = open(c);
+    call.send(packets.dialReq('member-1:443', RANDOM));
+    const rsp = await call.packet(0);
+    expect(rsp!.dialResponse!.error).toBe('');
+    call.send(packets.closeReq(rsp!.dialResponse!.connectID));
+    expect((await call.status).code).toBe(grpc.status.OK);
+  });
+
   it('the far end hanging up sends CLOSE_RSP and ends the call; a client cancel resets the tunnel stream', async () => {
     const call = open(tlsClient());
     call.send(packets.dialReq('member-1:443', RANDOM));
