@@ -43,7 +43,9 @@ export type Route =
   | { kind: 'direct'; port: number }
   /** Through an HTTPS proxy: TLS to it, CONNECT, then TLS to the upstream inside (kubetunnel, the node relay). */
   | { kind: 'proxy'; proxyPort: number; cluster: string; token: string; hubCA: string }
-  | { kind: 'ssh'; port: number };
+  | { kind: 'ssh'; port: number }
+  /** Through kubetunnel's Konnectivity ProxyService (gRPC), TLS to the upstream inside the Proxy call. */
+  | { kind: 'grpc'; grpcPort: number; cluster: string; token: string; hubCA: string };
 
 /** Where a new connection's time went (proxy routes): TLS with the proxy, then its answer to CONNECT, ms. */
 export interface Phases {
@@ -59,6 +61,18 @@ export const contextFor = (ca: string) => contexts.get(ca) ?? contexts.set(ca, t
 /** A TLS connection to the upstream over `route` (proxy routes: CONNECT, then TLS inside). */
 export async function connectUpstream(route: Route, upstreamCA: string, phases?: Phases): Promise<tls.TLSSocket> {
   const upstreamContext = contextFor(upstreamCA);
+  if (route.kind === 'grpc') {
+    const { dialGrpc } = await import('./grpc-route.js');
+    const t0 = performance.now();
+    const conn = await dialGrpc(route);
+    if (phases) {
+      phases.proxyTls = NaN;
+      phases.connect = performance.now() - t0;
+    }
+    const inner = tls.connect({ socket: conn, servername: 'localhost', secureContext: upstreamContext });
+    await once(inner, 'secureConnect');
+    return inner;
+  }
   if (route.kind !== 'proxy') {
     const s = tls.connect({ host: '127.0.0.1', port: route.port, servername: 'localhost', secureContext: upstreamContext });
     await once(s, 'secureConnect');

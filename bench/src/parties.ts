@@ -71,9 +71,11 @@ export async function startRelay(pki: Pki, upstreamPort: number): Promise<Route>
 
 export interface Server {
   proc: ChildProcess;
-  ports: { proxy: number; agent: number; health: number; admin: number };
+  ports: { proxy: number; agent: number; health: number; admin: number; grpc: number };
   /** The route of a CONNECT to `cluster` through this server. */
   route(cluster: string): Route;
+  /** The route to `cluster` through this server's Konnectivity ProxyService. */
+  grpcRoute(cluster: string): Route;
   /** Polls GET /clusters until `want` accepts the agent count of each cluster. */
   waitAgents(want: (agents: Map<string, number>) => boolean): Promise<void>;
 }
@@ -84,14 +86,14 @@ export async function startServer(pki: Pki, tmp: string): Promise<Server> {
   const proc = start(CLI, [
     'server', '--cert', pki.file('server.crt'), '--key', pki.file('server.key'), '--client-ca', pki.file('client-ca.crt'),
     '--bind-address', '127.0.0.1', '--proxy-port', '0', '--agent-port', '0', '--health-port', '0', '--admin-port', '0',
-    '--token-file', tokens, '--max-streams-per-client', '100000', '--log-level', 'info', '--shutdown-delay', '0s', ...GRACE,
+    '--grpc-port', '0', '--token-file', tokens, '--max-streams-per-client', '100000', '--log-level', 'info', '--shutdown-delay', '0s', ...GRACE,
   ]);
   const ports: Record<string, number> = {};
   await line(
     proc,
     (l) => {
       if (typeof l.listener === 'string' && typeof l.address === 'string') ports[l.listener] = Number(l.address.slice(l.address.lastIndexOf(':') + 1));
-      return ['proxy', 'agent', 'health', 'admin'].every((n) => ports[n] !== undefined);
+      return ['proxy', 'agent', 'health', 'admin', 'grpc'].every((n) => ports[n] !== undefined);
     },
     'server listeners',
   );
@@ -100,6 +102,7 @@ export async function startServer(pki: Pki, tmp: string): Promise<Server> {
     proc,
     ports: ports as Server['ports'],
     route: (cluster) => ({ kind: 'proxy', proxyPort: ports.proxy!, cluster, token: TOKEN, hubCA: pki.ca }),
+    grpcRoute: (cluster) => ({ kind: 'grpc', grpcPort: ports.grpc!, cluster, token: TOKEN, hubCA: pki.ca }),
     async waitAgents(want) {
       for (;;) {
         const body = (await (await fetch(admin)).json()) as { clusters: Array<{ name: string; agents: unknown[] }> };

@@ -58,6 +58,7 @@ function paths(b: Bench, withRelay = false): Array<[string, Route]> {
   const out: Array<[string, Route]> = [
     ['direct', { kind: 'direct', port: b.upstreamPort }],
     ['kubetunnel', b.server.route('c1')],
+    ['kubetunnel gRPC', b.server.grpcRoute('c1')],
   ];
   if (b.ssh) out.push(['ssh -R', { kind: 'ssh', port: b.ssh.ports[0]! }]);
   if (withRelay) out.push(['node relay', b.relay]);

@@ -105,6 +105,11 @@ program
   .option('--shutdown-delay <duration>', 'on SIGTERM, how long /readyz answers 503 before new connections are refused', '5s')
   .option('--dial-timeout <duration>', 'how long a CONNECT waits for the agent to reach its target', '10s')
   .option('--max-streams-per-client <n>', 'streams one user may hold open at once', '10000')
+  .option('--grpc-port <port>', 'Konnectivity ProxyService (gRPC, TLS) for konnectivity clients (default: off)')
+  .option('--grpc-uds <path>', 'Konnectivity ProxyService on a Unix socket, mode 0600, as kube-apiserver\'s egress selector uses (default: off)')
+  .option('--grpc-uds-user <user>', 'identity of a caller on --grpc-uds, for the policy and the audit', 'kube-apiserver')
+  .option('--grpc-uds-group <group>', 'group of a caller on --grpc-uds (repeatable)', collect, [])
+  .option('--anp-agent-port <port>', 'Konnectivity AgentService (gRPC, mTLS) for ANP proxy-agents (default: off)')
   .option('--config <file>', 'YAML file with any of these settings')
   .addOption(new Option('--log-level <level>', 'log level').choices(['trace', 'debug', 'info', 'warn', 'error', 'silent']).default('info'))
   .action(async (_o, cmd: Command) => {

@@ -58,6 +58,12 @@ export class Settings {
     return n;
   }
 
+  /** A port that is off unless set. */
+  optionalPort(name: string): number | undefined {
+    const v = this.string(name);
+    return v === undefined || v === '' ? undefined : this.port(name);
+  }
+
   int(name: string, min: number, max: number): number {
     const s = this.require(name);
     const n = Number(s);

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import type { TLSSocket } from 'node:tls';
+import type { PeerCertificate, TLSSocket } from 'node:tls';
 import { clientIdentityOf, type Identity } from '@kubetunnel/shared';
 
 /** Static tokens as configured: token -> identity. */
@@ -103,7 +103,11 @@ export type AuthResult = { ok: true; identity: Identity; via: 'certificate' | 't
  * groups = O; agent certificates are refused), else a token.
  */
 export function authenticate(socket: TLSSocket, authorization: string | undefined, tokens: TokenIndex): AuthResult {
-  const cert = socket.authorized ? socket.getPeerCertificate() : undefined;
+  return authenticatePeer(socket.authorized ? socket.getPeerCertificate() : undefined, authorization, tokens);
+}
+
+/** The same, from a certificate already verified against the CA (undefined: none) and the credentials header. */
+export function authenticatePeer(cert: PeerCertificate | undefined, authorization: string | undefined, tokens: TokenIndex): AuthResult {
   if (cert && Object.keys(cert).length > 0) {
     const id = clientIdentityOf(cert);
     if (!id)

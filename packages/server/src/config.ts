@@ -1,4 +1,4 @@
-import type { SessionOptions } from '@kubetunnel/shared';
+import type { Identity, SessionOptions } from '@kubetunnel/shared';
 import type { PolicyRule } from './policy.js';
 
 /** The server's validated configuration (the CLI builds it from flags, file and env). */
@@ -35,4 +35,12 @@ export interface ServerConfig {
   session?: Omit<SessionOptions, 'role'>;
   /** Who may reach which clusters; undefined: every authenticated identity, every cluster. */
   policy?: PolicyRule[];
+  /** Konnectivity ProxyService on this TLS port (0: any free port); undefined: off. */
+  grpcPort?: number;
+  /** Konnectivity ProxyService on this Unix socket (mode 0600); undefined: off. */
+  grpcUds?: string;
+  /** Who a caller on the Unix socket is (default user "kube-apiserver", no groups). */
+  grpcUdsIdentity?: Identity;
+  /** Konnectivity AgentService (ANP proxy-agents) on this TLS port; undefined: off. */
+  anpAgentPort?: number;
 }

@@ -1,4 +1,4 @@
-import { TunnelError, type Identity, type MuxStream, type OpenRequest } from '@kubetunnel/shared';
+import { TunnelError, type Identity, type MuxStream, type OpenRequest, type Reason } from '@kubetunnel/shared';
 import type { ServerMetrics } from './metrics.js';
 import { pickTunnel, type AgentTunnel, type ClusterRegistry } from './registry.js';
 
@@ -16,7 +16,7 @@ export interface DialDeps {
 
 export type DialResult =
   | { ok: true; stream: MuxStream; tunnel: AgentTunnel }
-  | { ok: false; status: number; reason: string; retryAfter?: number };
+  | { ok: false; status: number; reason: string; retryAfter?: number; cause?: Reason };
 
 /**
  * Opens a stream to a cluster for a frontend: the steps and statuses every
@@ -29,9 +29,12 @@ export async function dialCluster(
   args: { cluster: string; identity: Identity; request: OpenRequest; frontend: string; signal?: AbortSignal },
 ): Promise<DialResult> {
   const { registry, metrics } = deps;
-  const fail = (status: number, reason: string, metricReason: string, retryAfter?: number): DialResult => {
+  const fail = (status: number, reason: string, metricReason: string, retryAfter?: number, cause?: Reason): DialResult => {
     metrics.failures.inc({ frontend: args.frontend, reason: metricReason });
-    return retryAfter === undefined ? { ok: false, status, reason } : { ok: false, status, reason, retryAfter };
+    const result: DialResult = retryAfter === undefined ? { ok: false, status, reason } : { ok: false, status, reason, retryAfter };
+    // The reason from the error table, where one applies (the gRPC frontend maps it to a status).
+    if (cause) result.cause = cause;
+    return result;
   };
   // Authorization comes first: a caller not allowed a name learns nothing
   // about it, not even whether such a cluster exists.
@@ -47,7 +50,7 @@ export async function dialCluster(
   const user = args.identity.user;
   const held = deps.clientStreams.get(user) ?? 0;
   if (held >= deps.maxStreamsPerClient)
-    return fail(503, `user "${user}" already holds ${held} streams (the limit)`, 'TOO_MANY_STREAMS', 1);
+    return fail(503, `user "${user}" already holds ${held} streams (the limit)`, 'TOO_MANY_STREAMS', 1, 'TOO_MANY_STREAMS');
   deps.clientStreams.set(user, held + 1);
   let counted = true;
   const uncount = () => {
@@ -65,7 +68,9 @@ export async function dialCluster(
       timeoutMs: deps.dialTimeoutMs,
       ...(args.signal ? { signal: args.signal } : {}),
     });
-    metrics.dialSeconds.observe({ frontend: args.frontend }, (performance.now() - started) / 1000);
+    const seconds = (performance.now() - started) / 1000;
+    metrics.dialSeconds.observe({ frontend: args.frontend }, seconds);
+    metrics.anpDialSeconds.observe(seconds);
     metrics.streams.inc({ frontend: args.frontend });
     entry.openStreams++;
     stream.once('close', () => {
@@ -79,7 +84,7 @@ export async function dialCluster(
     uncount();
     const e = err instanceof TunnelError ? err : new TunnelError('INTERNAL', String(err));
     const status = e.httpStatus === 499 ? 503 : e.httpStatus;
-    return fail(status, `cluster "${args.cluster}": ${e.message}`, e.reason, status === 503 ? 1 : undefined);
+    return fail(status, `cluster "${args.cluster}": ${e.message}`, e.reason, status === 503 ? 1 : undefined, e.reason);
   } finally {
     entry.pendingDials--;
   }

@@ -9,6 +9,8 @@ export class ServerMetrics {
   readonly dialSeconds: client.Histogram<'frontend'>;
   readonly bytes: client.Counter<'direction'>;
   readonly registrations: client.Counter<'result'>;
+  /** Konnectivity's name for the dial duration (no labels), so ANP dashboards keep working. */
+  readonly anpDialSeconds: client.Histogram;
 
   constructor(clusters: ClusterRegistry) {
     const registers = [this.registry];
@@ -43,6 +45,52 @@ export class ServerMetrics {
       labelNames: ['result'],
       registers,
     });
+    // Konnectivity's names, where the meaning is the same (all frontends and clusters together).
+    const anp = 'konnectivity_network_proxy_server_';
+    this.anpDialSeconds = new client.Histogram({
+      name: `${anp}dial_duration_seconds`,
+      help: 'Latency of dial to the remote endpoint in seconds (kubetunnel_dial_duration_seconds without labels).',
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5],
+      registers,
+    });
+    const failures = this.failures;
+    new client.Counter({
+      name: `${anp}dial_failure_count`,
+      help: 'Number of dial failures observed, by Konnectivity reason (from kubetunnel_stream_failures_total).',
+      labelNames: ['reason'],
+      registers,
+      async collect() {
+        this.reset();
+        for (const v of (await failures.get()).values) {
+          const reason = anpDialFailureReason(String(v.labels.reason));
+          if (reason) this.inc({ reason }, v.value);
+        }
+      },
+    });
+    new client.Gauge({
+      name: `${anp}ready_backend_connections`,
+      help: 'Number of agents connected to the proxy server (every cluster).',
+      registers,
+      collect() {
+        this.set(clusters.totals().agents);
+      },
+    });
+    new client.Gauge({
+      name: `${anp}pending_backend_dials`,
+      help: 'Current number of pending backend dial requests.',
+      registers,
+      collect() {
+        this.set(clusters.totals().pendingDials);
+      },
+    });
+    new client.Gauge({
+      name: `${anp}established_connections`,
+      help: 'Current number of established end-to-end connections (post-dial).',
+      registers,
+      collect() {
+        this.set(clusters.totals().openStreams);
+      },
+    });
     new client.Gauge({
       name: 'kubetunnel_agents',
       help: 'Live agent tunnels, by cluster.',
@@ -63,5 +111,35 @@ export class ServerMetrics {
         for (const c of clusters.entries()) this.set({ cluster: c.name }, c.openStreams);
       },
     });
+  }
+}
+
+/**
+ * Konnectivity's dial failure reason for one of ours; undefined for refusals
+ * ANP has no counterpart for (unknown cluster, policy, authentication, limits).
+ */
+export function anpDialFailureReason(reason: string): string | undefined {
+  switch (reason) {
+    case 'NO_AGENT':
+      return 'no_agent';
+    case 'OPEN_TIMEOUT':
+      return 'backend_dial_timeout';
+    case 'CANCELLED':
+      return 'frontend_close';
+    case 'SESSION_CLOSED':
+    case 'GOING_AWAY':
+    case 'PING_TIMEOUT':
+      return 'backend_close';
+    case 'DIAL_REFUSED':
+    case 'DIAL_UNREACHABLE':
+    case 'DIAL_DNS':
+    case 'DIAL_TIMEOUT':
+    case 'DIAL_FAILED':
+    case 'TARGET_NOT_ALLOWED':
+    case 'UPSTREAM_RESET':
+    case 'BAD_OPEN':
+      return 'error_response';
+    default:
+      return undefined;
   }
 }

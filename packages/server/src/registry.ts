@@ -1,12 +1,34 @@
 import { EventEmitter } from 'node:events';
-import type { Logger, Session } from '@kubetunnel/shared';
+import type { Logger, MuxStream, OpenOptions, OpenRequest } from '@kubetunnel/shared';
+
+/**
+ * What the server needs of an agent's tunnel, whatever protocol carries it:
+ * our mux `Session` (kubetunnel agents) and `AnpSession` (ANP proxy-agents
+ * over gRPC) both are one. Events: 'close' (Error | undefined), 'goaway'.
+ */
+export interface TunnelSession extends EventEmitter {
+  /** New streams may be opened. */
+  readonly usable: boolean;
+  readonly openStreams: number;
+  readonly pendingOpens: number;
+  /** We are draining it / the agent is. */
+  readonly draining: boolean;
+  readonly peerDraining: boolean;
+  readonly rttMs: number | undefined;
+  readonly bytesIn: number;
+  readonly bytesOut: number;
+  open(request: OpenRequest, options?: OpenOptions): Promise<MuxStream>;
+  /** No new streams; close once the open ones end or `graceMs` passes. */
+  drain(graceMs: number): Promise<void>;
+  close(err?: Error): void;
+}
 
 /** One agent's tunnel to this server. */
 export interface AgentTunnel {
   cluster: string;
   agentId: string;
   sessionId: string;
-  session: Session;
+  session: TunnelSession;
   allowDest: ReadonlySet<string>;
   apiserverCA?: string;
   l7: boolean;

@@ -8,6 +8,9 @@ import { indexTokens } from './auth.js';
 import type { ServerConfig } from './config.js';
 import type { ConnectDeps } from './connect.js';
 import { Frontend } from './frontend.js';
+import { AnpAgentService } from './grpc/agent-service.js';
+import { GrpcFrontend } from './grpc/frontend.js';
+import { TlsMaterial } from './grpc/listeners.js';
 import { l7Handlers } from './l7.js';
 import { allowAll, policyAuthorizer } from './policy.js';
 import { ServerMetrics } from './metrics.js';
@@ -18,6 +21,12 @@ export interface ServerAddresses {
   agent: AddressInfo;
   health: AddressInfo;
   admin: AddressInfo;
+  /** The Konnectivity ProxyService TLS listener, when on. */
+  grpc?: AddressInfo;
+  /** The Konnectivity ProxyService Unix socket, when on. */
+  grpcUds?: string;
+  /** The Konnectivity AgentService listener (ANP proxy-agents), when on. */
+  anpAgent?: AddressInfo;
 }
 
 export interface KubetunnelServer {
@@ -71,6 +80,38 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ku
   let draining = false;
   const health = createHealthServer(() => (draining ? 'draining' : true));
   const admin = createAdminServer(config.serverId, registry, metrics);
+  const grpcTls = new TlsMaterial({ cert: config.cert, key: config.key, ca: config.ca });
+  const grpcFrontend =
+    config.grpcPort !== undefined || config.grpcUds !== undefined
+      ? new GrpcFrontend(
+          {
+            bindAddress: config.bindAddress,
+            udsIdentity: config.grpcUdsIdentity ?? { user: 'kube-apiserver', groups: [] },
+            ...(config.grpcPort !== undefined ? { port: config.grpcPort } : {}),
+            ...(config.grpcUds !== undefined ? { uds: config.grpcUds } : {}),
+          },
+          deps,
+          grpcTls,
+          log.child({ component: 'grpc' }),
+        )
+      : undefined;
+  const anpAgents =
+    config.anpAgentPort !== undefined
+      ? new AnpAgentService(
+          {
+            bindAddress: config.bindAddress,
+            port: config.anpAgentPort,
+            serverId: config.serverId,
+            serverCount: config.serverCount,
+            gracePeriodMs: config.gracePeriodMs,
+            ...(config.clusterDomain ? { clusterDomain: config.clusterDomain } : {}),
+          },
+          registry,
+          metrics,
+          grpcTls,
+          log.child({ component: 'anp-agent' }),
+        )
+      : undefined;
 
   const servers: Server[] = [];
   const bind = async (name: string, server: Server, port: number, host: string) => {
@@ -87,8 +128,19 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ku
       health: await bind('health', health, config.healthPort, config.bindAddress),
       admin: await bind('admin', admin, config.adminPort, config.adminBindAddress),
     };
+    if (grpcFrontend) {
+      const g = await grpcFrontend.listen();
+      if (g.port !== undefined) addresses.grpc = { address: config.bindAddress, family: config.bindAddress.includes(':') ? 'IPv6' : 'IPv4', port: g.port };
+      if (g.uds !== undefined) addresses.grpcUds = g.uds;
+    }
+    if (anpAgents) {
+      const port = await anpAgents.listen();
+      addresses.anpAgent = { address: config.bindAddress, family: config.bindAddress.includes(':') ? 'IPv6' : 'IPv4', port };
+    }
   } catch (err) {
     for (const s of servers) s.close();
+    grpcFrontend?.close();
+    anpAgents?.close();
     throw err;
   }
 
@@ -96,7 +148,9 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ku
   const close = () => {
     closed ??= (async () => {
       frontend.close();
+      grpcFrontend?.close();
       gateway.close();
+      anpAgents?.close();
       for (const s of [health, admin]) {
         s.close();
         s.closeAllConnections();
@@ -115,6 +169,7 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ku
     updateTls(tls) {
       // A new secure context starts from Node's defaults: the TLS policy goes with it.
       for (const s of [frontend.server, gateway.server]) s.setSecureContext({ ...SERVER_TLS_POLICY, ...tls });
+      grpcTls.set(tls);
       log.info('TLS certificate, key and CA reloaded');
     },
     async drain(graceMs = config.gracePeriodMs) {
@@ -128,7 +183,7 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ku
       }
       frontend.server.close();
       log.info({ graceMs }, 'draining: GOAWAY to agents, no new connections');
-      await gateway.drain(graceMs);
+      await Promise.all([gateway.drain(graceMs), grpcFrontend?.drain(graceMs)]);
       await close();
     },
     close,

@@ -86,6 +86,16 @@ export function serverConfig(s: Settings): ServerConfig {
   }
   const domain = s.string('cluster-domain');
   if (domain) config.clusterDomain = domain;
+  const grpcPort = s.optionalPort('grpc-port');
+  if (grpcPort !== undefined) config.grpcPort = grpcPort;
+  const grpcUds = s.string('grpc-uds');
+  if (grpcUds) {
+    if (!grpcUds.startsWith('/')) throw new SettingError('grpc-uds', `want an absolute path, got ${JSON.stringify(grpcUds)}`);
+    config.grpcUds = grpcUds;
+  }
+  config.grpcUdsIdentity = { user: s.require('grpc-uds-user'), groups: s.list('grpc-uds-group') };
+  const anpAgentPort = s.optionalPort('anp-agent-port');
+  if (anpAgentPort !== undefined) config.anpAgentPort = anpAgentPort;
   return config;
 }
 

@@ -1,0 +1,115 @@
+import { randomBytes } from 'node:crypto';
+import * as grpc from '@grpc/grpc-js';
+import { agentClusterOf, isValidAgentId, type Logger } from '@kubetunnel/shared';
+import type { ServerMetrics } from '../metrics.js';
+import type { AgentTunnel, ClusterRegistry } from '../registry.js';
+import { AnpSession } from './anp-session.js';
+import { bindTcp, grpcServerOptions, shutdownNow, type TlsMaterial } from './listeners.js';
+import { AgentServiceDef, type Packet } from './packets.js';
+
+export interface AnpAgentServiceOptions {
+  bindAddress: string;
+  port: number;
+  serverId: string;
+  serverCount: number;
+  clusterDomain?: string;
+  gracePeriodMs: number;
+}
+
+type Claim = { ok: true; cluster: string; agentId: string } | { ok: false; code: grpc.status; reason: string };
+
+function single(md: grpc.Metadata, key: string): string | string[] | undefined {
+  const v = md.get(key).map((x) => (Buffer.isBuffer(x) ? x.toString('utf8') : x));
+  return v.length === 0 ? undefined : v.length === 1 ? v[0] : v;
+}
+
+/**
+ * Checks an ANP agent's claim against its certificate: the cluster is the
+ * one the certificate binds (as for kubetunnel agents); `agentID` is one
+ * valid id; every `host=` in `agentIdentifiers` names that cluster (or
+ * `<cluster>.<cluster-domain>`): ANP trusts the claim, we do not.
+ */
+export function checkAnpAgent(call: grpc.ServerDuplexStream<Packet, Packet>, clusterDomain?: string): Claim {
+  const cluster = agentClusterOf(call.getAuthContext().sslPeerCertificate);
+  if (!cluster) return { ok: false, code: grpc.status.PERMISSION_DENIED, reason: 'not an agent certificate' };
+  const id = single(call.metadata, 'agentid');
+  if (typeof id !== 'string' || !isValidAgentId(id))
+    return { ok: false, code: grpc.status.INVALID_ARGUMENT, reason: 'want exactly one valid agentID metadata value' };
+  const ids = single(call.metadata, 'agentidentifiers');
+  if (Array.isArray(ids)) return { ok: false, code: grpc.status.INVALID_ARGUMENT, reason: 'more than one agentIdentifiers metadata value' };
+  const own = new Set([cluster, ...(clusterDomain ? [`${cluster}.${clusterDomain.replace(/^\.+|\.+$/g, '')}`] : [])]);
+  const foreign = new URLSearchParams(ids ?? '').getAll('host').find((h) => !own.has(h.toLowerCase()));
+  if (foreign !== undefined)
+    return { ok: false, code: grpc.status.PERMISSION_DENIED, reason: `certificate is for cluster ${cluster}; agentIdentifiers claim host=${foreign}` };
+  return { ok: true, cluster, agentId: id };
+}
+
+/**
+ * AgentService for unmodified ANP proxy-agents: TLS with a required client
+ * certificate from the CA; each agent's Connect call becomes one more tunnel
+ * of its cluster, picked like any other and drained when the agent sends DRAIN.
+ */
+export class AnpAgentService {
+  readonly server = new grpc.Server(grpcServerOptions);
+
+  constructor(
+    private readonly options: AnpAgentServiceOptions,
+    private readonly registry: ClusterRegistry,
+    private readonly metrics: ServerMetrics,
+    private readonly tls: TlsMaterial,
+    private readonly log: Logger,
+  ) {
+    this.server.addService(AgentServiceDef, { Connect: (call: grpc.ServerDuplexStream<Packet, Packet>) => this.connect(call) });
+  }
+
+  async listen(): Promise<number> {
+    const port = await bindTcp(this.server, this.options.bindAddress, this.options.port, this.tls.credentials(true));
+    this.log.info({ listener: 'anp-agent', address: `${this.options.bindAddress}:${port}` }, 'anp-agent listening');
+    return port;
+  }
+
+  private connect(call: grpc.ServerDuplexStream<Packet, Packet>): void {
+    const claim = checkAnpAgent(call, this.options.clusterDomain);
+    if (!claim.ok) {
+      this.metrics.registrations.inc({ result: claim.code === grpc.status.PERMISSION_DENIED ? 'forbidden' : 'invalid' });
+      this.log.warn({ reason: claim.reason, peer: call.getPeer() }, 'ANP agent refused');
+      call.on('error', () => {});
+      call.emit('error', { code: claim.code, details: claim.reason });
+      return;
+    }
+    const md = new grpc.Metadata();
+    md.set('serverid', this.options.serverId);
+    md.set('servercount', String(this.options.serverCount));
+    call.sendMetadata(md);
+    const sessionId = randomBytes(6).toString('hex');
+    const agentId = `anp:${claim.agentId}`;
+    const log = this.log.child({ cluster: claim.cluster, agentId, sessionId });
+    const session = new AnpSession(call, log);
+    const tunnel: AgentTunnel = {
+      cluster: claim.cluster,
+      agentId,
+      sessionId,
+      session,
+      allowDest: new Set(),
+      l7: false,
+      connectedAt: new Date(),
+      log,
+    };
+    const replaced = this.registry.register(tunnel);
+    this.metrics.registrations.inc({ result: 'ok' });
+    log.info({ peer: call.getPeer() }, 'agent registered');
+    if (replaced) {
+      replaced.log.info('agent reconnected with the same id; closing the older tunnel');
+      void replaced.session.drain(this.options.gracePeriodMs);
+    }
+    session.on('goaway', () => log.info('agent is draining'));
+    session.on('close', (err?: Error) => {
+      this.registry.unregister(tunnel);
+      log.info({ reason: err?.message ?? 'closed' }, 'agent disconnected');
+    });
+  }
+
+  close(): void {
+    shutdownNow(this.server);
+  }
+}
