@@ -6,6 +6,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import httpProxy from 'http-proxy';
 import {
+  identityProblem,
   onProxyResponse,
   impersonationHeaders,
   relayUpgrade,
@@ -107,6 +108,8 @@ export class ApiserverHttp {
       res.writeHead(400, { 'Content-Type': 'text/plain' }).end('L7 stream without an identity\n');
       return;
     }
+    const refused = identityProblem(identity); // the hub refuses these first; never throw setting headers
+    if (refused) return void res.writeHead(refused.status, { 'Content-Type': 'text/plain' }).end(refused.reason + '\n');
     req.headers = this.upstreamHeaders(req.headers, identity) as http.IncomingHttpHeaders;
     this.proxy.web(req, res, { target: this.config.apiserver.origin, agent: this.agent, secure: true, changeOrigin: false });
   }
@@ -114,6 +117,8 @@ export class ApiserverHttp {
   private onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     const identity = this.identityOf(req);
     if (!identity) return void socket.destroy();
+    const refused = identityProblem(identity);
+    if (refused) return void socket.end(`HTTP/1.1 ${refused.status} Refused\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: ${Buffer.byteLength(refused.reason) + 1}\r\n\r\n${refused.reason}\n`);
     const headers = this.upstreamHeaders(req.headers, identity);
     headers.connection = 'Upgrade';
     headers.upgrade = req.headers.upgrade;

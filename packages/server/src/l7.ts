@@ -3,7 +3,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
 import httpProxy from 'http-proxy';
-import { onProxyResponse, isValidClusterName, relayUpgrade, stripCallerHeaders, type Identity, type Logger, type MuxStream } from '@kubetunnel/shared';
+import { identityProblem, onProxyResponse, isValidClusterName, relayUpgrade, stripCallerHeaders, type Identity, type Logger, type MuxStream } from '@kubetunnel/shared';
 import { authenticate, type TokenIndex } from './auth.js';
 import { dialCluster, type DialDeps } from './dial.js';
 import { connectOnly, type HttpHandlers } from './frontend.js';
@@ -103,6 +103,8 @@ export function l7Handlers(deps: L7Deps): HttpHandlers {
     if ('error' in route) return void fail(400, route.error);
     const auth = authenticate(req.socket as TLSSocket, req.headers.authorization, deps.tokens);
     if (!auth.ok) return void fail(401, `Unauthorized: ${auth.reason}`);
+    const refused = identityProblem(auth.identity); // before any OPEN: see identity.ts
+    if (refused) return void fail(refused.status, refused.reason);
     const headers = stripCallerHeaders(req.headers);
     delete headers['x-cluster-name'];
     // Only the keep-alive intent of the caller's Connection header survives
