@@ -133,11 +133,11 @@ afterEach(async () => {
   expect(dropped, 'tunnels dropped during the test').toEqual([]);
 });
 
-async function kubeconfig(mode: 'l7' | 'connect'): Promise<string> {
-  const file = path.join(dir, `kubeconfig-${mode}`);
+async function kubeconfig(mode: 'l7' | 'connect', token = 'admin-token'): Promise<string> {
+  const file = path.join(dir, `kubeconfig-${mode}-${token}`);
   if (!fs.existsSync(file))
     await cli('kubeconfig', '--server', `https://127.0.0.1:${server.proxy}`, '--ca', path.join(certDir, 'ca.crt'),
-      '--token', 'admin-token', ...(mode === 'connect' ? ['--member-token', MEMBER_TOKEN] : []),
+      '--token', token, ...(mode === 'connect' ? ['--member-token', MEMBER_TOKEN] : []),
       '--mode', mode, '--admin', server.adminUrl, '--out', file);
   return file;
 }
@@ -336,6 +336,29 @@ describe.each(RECORDING)('what $cluster received', (peer) => {
     expect((await l7(peer.cluster, '/api/v1/namespaces?watch=1')).body.toString()).toContain('"kube-system"');
   });
 
+  it('curl POSTs 3 MiB (Expect: 100-continue) over L7 and gets it back byte-exact', async () => {
+    const file = path.join(dir, `post-${peer.cluster}.bin`);
+    const data = randomBytes(3 * 1024 * 1024);
+    fs.writeFileSync(file, data);
+    const out = path.join(dir, `post-${peer.cluster}.out`);
+    await run('curl', ['-sS', '--fail', '--cacert', path.join(certDir, 'ca.crt'), '-H', 'Authorization: Bearer admin-token',
+      '-H', 'Content-Type: application/octet-stream', '--data-binary', `@${file}`, '-o', out,
+      `https://localhost:${server.proxy}/clusters/${peer.cluster}/echo`]);
+    expect(fs.readFileSync(out).equals(data)).toBe(true);
+  });
+
+  it('HEAD, 204 and a body ended by closing the connection, over L7', async () => {
+    const head = await l7(peer.cluster, '/version', { method: 'HEAD' });
+    expect(head.status).toBe(200);
+    expect(head.body.length).toBe(0);
+    expect((await l7(peer.cluster, '/no-content')).status).toBe(204);
+    const closed = await l7(peer.cluster, '/close-delimited');
+    expect(closed.status).toBe(200);
+    expect(closed.body.equals(largePattern(300_000))).toBe(true);
+    // The same connection-less answers again, then a normal request: nothing left behind.
+    expect((await l7(peer.cluster, '/version')).status).toBe(200);
+  });
+
   it('zero-length writes on an L7 upgrade, both directions', async () => {
     const socket = tls.connect({ host: '127.0.0.1', port: server.proxy, ca: hubCA, servername: 'localhost' });
     await once(socket, 'secureConnect');
@@ -371,6 +394,16 @@ describe.each(RECORDING)('what $cluster received', (peer) => {
   it('zero-length writes on a CONNECT stream: empty client writes, empty upstream writes, byte-exact', async () => {
     const body = await rawConnectGet(peer.cluster, '/large?size=300000', [0, 1, 2]);
     expect(body.equals(largePattern(300_000))).toBe(true);
+  });
+});
+
+describe('the stand-in reads impersonation headers as UTF-8, as a Go apiserver does', () => {
+  it('kubectl auth whoami over L7 shows the user and groups outside Latin-1', async () => {
+    const who = JSON.parse(
+      await run('kubectl', ['--kubeconfig', await kubeconfig('l7', 'utf8-token'), '--context', 'member-standin-l7', 'auth', 'whoami', '-o', 'json']),
+    ) as { status: { userInfo: { username: string; groups: string[] } } };
+    expect(who.status.userInfo.username).toBe('开发者');
+    expect(who.status.userInfo.groups).toEqual(['开发', 'développeurs', 'a b', 'system:authenticated']);
   });
 });
 

@@ -13,6 +13,9 @@ method, path and headers (as the exact bytes received) are appended to the
     /large?size=N                 N deterministic bytes in 64 KiB writes
     /echo (POST, PUT)             the request body back (chunked or sized)
     /upgrade-echo                 101 (Upgrade: x-echo), then echoes bytes
+    /close-delimited              300,000 bytes of /large, ended by closing
+    /no-content                   204
+    HEAD anything                 200 with a Content-Length and no body
 
 Prints "listening PORT" once it accepts connections. Exits on SIGTERM.
 """
@@ -121,9 +124,32 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self.wfile.write(body[i:i + 65536])
                 self.wfile.write(b"")
             return
+        if path == "/close-delimited":
+            # No Content-Length, not chunked: the body ends when the connection closes.
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.flush()
+            for i in range(0, 300_000, 65536):
+                self.wfile.write(pattern(300_000)[i:i + 65536])
+            self.close_connection = True
+            return
+        if path == "/no-content":
+            self.send_response(204)
+            self.end_headers()
+            return
         if path == "/upgrade-echo" and self.headers.get("Upgrade", "").lower() == "x-echo":
             return self.upgrade_echo()
         self.send_json(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404})
+
+    def do_HEAD(self):
+        self.record()
+        body = json.dumps({"major": "1"}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
 
     def watch(self):
         self.send_response(200)

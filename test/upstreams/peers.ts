@@ -185,6 +185,7 @@ http {
   # lines (long Impersonate-Group lists); nginx's defaults are 32 KiB and 1,000.
   large_client_header_buffers 16 64k;
   max_headers 20000;
+  client_max_body_size 16m;
   map $http_upgrade $connection_upgrade { default upgrade; '' close; }
   server {
     listen 127.0.0.1:${port} ssl;
