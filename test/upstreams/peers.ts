@@ -65,6 +65,7 @@ function readRecord(file: string): RecordedRequest[] {
 
 /** Starts kube_like.py (TLS with `cert`/`key`, or plain HTTP) on a free port of 127.0.0.1. */
 export async function startPython(o: { dir: string; name: string; cert?: string; key?: string }): Promise<Upstream> {
+  if (!fs.existsSync(PYTHON)) throw new Error(`${PYTHON} is missing: the peers suite needs Debian's python3`);
   const record = path.join(o.dir, `${o.name}-requests.jsonl`);
   const args = [SCRIPT, '--record', record];
   if (o.cert && o.key) {
@@ -147,6 +148,7 @@ export const NGINX_LARGE = 3 * 1024 * 1024 + 17;
  * upgrades included, is proxied to a plain-HTTP kube_like.py.
  */
 export async function startNginx(o: { dir: string; cert: string; key: string; ca: string }): Promise<Upstream & { backend: Upstream }> {
+  if (!fs.existsSync(NGINX)) throw new Error(`${NGINX} is missing: the peers suite needs Debian's nginx (apt-get install nginx-light)`);
   const prefix = fs.mkdtempSync(path.join(o.dir, 'nginx-'));
   // Workers run as an unprivileged user when nginx starts as root: they read
   // the files here (the test's directory: traversal only, no listing).
