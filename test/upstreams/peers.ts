@@ -136,13 +136,13 @@ const DISCOVERY: Record<string, object> = {
     resources: [{ name: 'namespaces', singularName: 'namespace', namespaced: false, kind: 'Namespace', verbs: ['get', 'list', 'watch'], shortNames: ['ns'] }],
   },
 };
-/** Size of nginx's static /large.bin (largePattern bytes). */
-export const NGINX_LARGE = 3 * 1024 * 1024 + 17;
+/** Size of nginx's static /large.bin (largePattern bytes): more than a stream's window. */
+export const NGINX_LARGE = 1024 * 1024 + 17;
 
 /**
  * Runs nginx in the foreground (daemon off, its own prefix, pid and error log
  * in a fresh directory) as an HTTPS server on 127.0.0.1: /version and
- * /api/v1/namespaces are static files, /large.bin a static 3 MiB file,
+ * /api/v1/namespaces are static files, /large.bin a static 1 MiB file,
  * /whoami echoes the impersonation headers it got (the first of each name, as
  * nginx 1.22 does) and the Authorization header; everything else, watches and
  * upgrades included, is proxied to a plain-HTTP kube_like.py.
