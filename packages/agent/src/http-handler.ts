@@ -7,6 +7,7 @@ import type { Duplex } from 'node:stream';
 import httpProxy from 'http-proxy';
 import {
   failureStatus,
+  identityProblem,
   onProxyResponse,
   impersonationHeaders,
   relayUpgrade,
@@ -125,6 +126,8 @@ export class ApiserverHttp {
       res.writeHead(400, { 'Content-Type': 'text/plain' }).end('L7 stream without an identity\n');
       return;
     }
+    const refused = identityProblem(identity); // the hub refuses these first; never throw setting headers
+    if (refused) return void res.writeHead(refused.status, { 'Content-Type': 'text/plain' }).end(refused.reason + '\n');
     req.headers = this.upstreamHeaders(req.headers, identity) as http.IncomingHttpHeaders;
     this.proxy.web(req, res, { target: this.config.apiserver.origin, agent: this.agent, secure: true, changeOrigin: false });
   }
@@ -132,6 +135,8 @@ export class ApiserverHttp {
   private onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     const identity = this.identityOf(req);
     if (!identity) return void socket.destroy();
+    const refused = identityProblem(identity);
+    if (refused) return void socket.end(`HTTP/1.1 ${refused.status} Refused\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: ${Buffer.byteLength(refused.reason) + 1}\r\n\r\n${refused.reason}\n`);
     const headers = upgradeRequestHeaders(this.upstreamHeaders(req.headers, identity), req.headers.upgrade);
     const out = https.request({
       host: this.config.apiserver.hostname,

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { PeerCertificate, TLSSocket } from 'node:tls';
-import { clientIdentityOf, type Identity } from '@kubetunnel/shared';
+import { clientIdentityOf, nameProblem, type Identity } from '@kubetunnel/shared';
 
 /** Static tokens as configured: token -> identity. */
 export type TokenTable = Map<string, { user: string; uid: string; groups: string[] }>;
@@ -28,6 +28,11 @@ export function parseTokenFile(text: string): TokenTable {
       throw new Error(`token file line ${i + 1}: want token,user,uid[,"group1,group2"]`);
     const groups = (fields[3] ?? '').split(',').map((g) => g.trim()).filter(Boolean);
     if (table.has(fields[0]!)) throw new Error(`token file line ${i + 1}: duplicate token`);
+    // Names become impersonation headers: refuse what no header can carry (identity.ts).
+    for (const [what, v] of [['user', fields[1]!], ['uid', fields[2]!], ...groups.map((g) => ['group', g])] as Array<[string, string]>) {
+      const p = v === '' ? undefined : nameProblem(v);
+      if (p) throw new Error(`token file line ${i + 1}: ${what} ${p}`);
+    }
     table.set(fields[0]!, { user: fields[1]!, uid: fields[2]!, groups });
   });
   return table;

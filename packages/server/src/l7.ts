@@ -5,6 +5,7 @@ import type { TLSSocket } from 'node:tls';
 import httpProxy from 'http-proxy';
 import {
   decodeSegment,
+  identityProblem,
   isValidClusterName,
   onProxyResponse,
   parseOriginForm,
@@ -113,7 +114,7 @@ export function l7Handlers(deps: L7Deps): HttpHandlers {
     const servername = (req.socket as TLSSocket).servername;
     const route = routeL7(req.url ?? '/', req.headers['x-cluster-name'], typeof servername === 'string' ? servername : undefined, deps.serverNameSuffix);
     if (!route) return undefined;
-    const refuse = (code: 400 | 401, reason: 'BAD_REQUEST' | 'UNAUTHENTICATED', message: string) => {
+    const refuse = (code: number, reason: 'BAD_REQUEST' | 'UNAUTHENTICATED' | 'BAD_IDENTITY', message: string) => {
       deps.metrics.failures.inc({ frontend: 'l7', reason });
       deps.log.info({ status: code, reason: message, remote: req.socket.remoteAddress }, 'L7 request refused');
       fail(code, message);
@@ -121,6 +122,9 @@ export function l7Handlers(deps: L7Deps): HttpHandlers {
     if ('error' in route) return void refuse(400, 'BAD_REQUEST', route.error);
     const auth = authenticate(req.socket as TLSSocket, req.headers.authorization, deps.tokens);
     if (!auth.ok) return void refuse(401, 'UNAUTHENTICATED', `Unauthorized: ${auth.reason}`);
+    // Before any OPEN: an identity no header or OPEN frame can carry is refused here (see identity.ts).
+    const refused = identityProblem(auth.identity);
+    if (refused) return void refuse(refused.status, 'BAD_IDENTITY', refused.reason);
     const headers = stripCallerHeaders(req.headers);
     delete headers['x-cluster-name'];
     // Only the keep-alive intent of the caller's Connection header survives

@@ -9,6 +9,8 @@ import type { Logger, MuxStream, OpenOptions, OpenRequest } from '@kubetunnel/sh
 export interface TunnelSession extends EventEmitter {
   /** New streams may be opened. */
   readonly usable: boolean;
+  /** Ended: no stream is open or will be. */
+  readonly closed: boolean;
   readonly openStreams: number;
   readonly pendingOpens: number;
   /** We are draining it / the agent is. */

@@ -12,3 +12,4 @@ export * from './l7/status.js';
 export * from './http/target.js';
 export * from './http/health.js';
 export * from './tls.js';
+export * from './l7/identity.js';

@@ -43,7 +43,10 @@ function fromToken(req: IncomingMessage, config: AuthConfig): Identity | undefin
 }
 
 function impersonate(req: IncomingMessage, user: Identity, config: AuthConfig): AuthResult {
-  const headers = req.headersDistinct;
+  // Header values as the real apiserver reads them: the bytes as UTF-8 (Node hands them over as Latin-1).
+  const headers = Object.fromEntries(
+    Object.entries(req.headersDistinct).map(([k, v]) => [k, v?.map((s) => Buffer.from(s, 'latin1').toString('utf8'))]),
+  ) as NodeJS.Dict<string[]>;
   const names = Object.keys(headers).filter((h) => h.startsWith('impersonate-'));
   if (names.length === 0) return { ok: true, user, effective: user };
 

@@ -36,14 +36,49 @@ export function stripCallerHeaders(headers: IncomingHttpHeaders | OutgoingHttpHe
   return out;
 }
 
-/** Impersonation headers for an identity, as the kube-apiserver reads them. */
+/**
+ * A header value that carries `text` as its UTF-8 bytes. Node writes a string
+ * header value one byte per character (Latin-1) and throws ERR_INVALID_CHAR
+ * for anything above U+00FF; a Go apiserver reads the bytes as UTF-8. So the
+ * UTF-8 bytes go out as a Latin-1 string: `开发` travels as E5 BC 80 E5 8F 91
+ * and `é` as C3 A9 (sent as is, `é` would be the byte E9, not UTF-8, and the
+ * member would see U+FFFD). ASCII is unchanged.
+ */
+export function utf8HeaderValue(text: string): string {
+  return Buffer.from(text, 'utf8').toString('latin1');
+}
+
+/** Characters allowed in a header name (RFC 9110 tchar), except '%', which escapes. */
+const TCHAR = /^[!#$&'*+\-.^_`|~0-9A-Za-z]$/;
+
+/**
+ * An Impersonate-Extra-* key as a header name suffix: the key's UTF-8 bytes,
+ * every byte that is not a header name character (and '%') percent-encoded,
+ * as client-go escapes it and the apiserver unescapes it.
+ */
+export function extraKeyHeaderName(key: string): string {
+  let out = '';
+  for (const byte of Buffer.from(key, 'utf8')) {
+    const ch = String.fromCharCode(byte);
+    out += byte < 0x80 && TCHAR.test(ch) ? ch : '%' + byte.toString(16).toUpperCase().padStart(2, '0');
+  }
+  return out;
+}
+
+/**
+ * Impersonation headers for an identity, as the kube-apiserver reads them:
+ * one Impersonate-Group line per group (never joined: a group may contain a
+ * comma), every value as its UTF-8 bytes (utf8HeaderValue). The identity must
+ * have passed `identityProblem` (identity.ts): a control character would make
+ * Node throw here.
+ */
 export function impersonationHeaders(id: Identity): OutgoingHttpHeaders {
-  const h: OutgoingHttpHeaders = { 'impersonate-user': id.user };
-  if (id.groups.length > 0) h['impersonate-group'] = [...id.groups];
-  if (id.uid) h['impersonate-uid'] = id.uid;
+  const h: OutgoingHttpHeaders = { 'impersonate-user': utf8HeaderValue(id.user) };
+  if (id.groups.length > 0) h['impersonate-group'] = id.groups.map(utf8HeaderValue);
+  if (id.uid) h['impersonate-uid'] = utf8HeaderValue(id.uid);
   for (const [key, values] of Object.entries(id.extra ?? {})) {
-    // Extra keys travel percent-encoded in the header name (Kubernetes convention).
-    h[`impersonate-extra-${encodeURIComponent(key.toLowerCase())}`] = [...values];
+    // Extra keys are lower-cased, then escaped into the header name (Kubernetes convention).
+    h[`impersonate-extra-${extraKeyHeaderName(key.toLowerCase())}`] = values.map(utf8HeaderValue);
   }
   return h;
 }

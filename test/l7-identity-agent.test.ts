@@ -1,0 +1,129 @@
+/**
+ * The agent's side of identity checks: an `http` stream whose OPEN carries
+ * an identity no header can carry (sent straight into the tunnel, past the
+ * hub's own check) is answered with a status and a reason by the agent; it
+ * never throws inside the tunnel, and the tunnel and its other streams stay.
+ */
+import { once } from 'node:events';
+import http from 'node:http';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import type { Duplex } from 'node:stream';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import type { Agent } from '@kubetunnel/agent';
+import { startServer, type KubetunnelServer } from '@kubetunnel/server';
+import { createCA, issueAgentCert, issueServerCert, silentLogger, type Identity, type MuxStream } from '@kubetunnel/shared';
+import { startStandinApiserver, type StandinApiserver } from '@kubetunnel/standin-apiserver';
+import { startRegisteredAgent, testAgentConfig, testServerConfig } from './fixtures.js';
+
+const hubCA = createCA();
+const hubCert = issueServerCert(hubCA, { sans: ['localhost', '127.0.0.1'] });
+const memberCA = createCA();
+const memberCert = issueServerCert(memberCA, { sans: ['127.0.0.1'] });
+const AGENT_USER = 'system:serviceaccount:kubetunnel:agent';
+
+let server: KubetunnelServer;
+let agent: Agent;
+let api: StandinApiserver;
+let dir: string;
+
+beforeAll(async () => {
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'l7id-'));
+  fs.writeFileSync(path.join(dir, 'token'), 'agent-token\n');
+  api = await startStandinApiserver({
+    cluster: 'member-1',
+    cert: memberCert.cert,
+    key: memberCert.key,
+    tokens: { 'agent-token': { user: AGENT_USER, groups: [] } },
+    impersonators: [AGENT_USER],
+  });
+  server = await startServer(testServerConfig(hubCA, hubCert, new Map()), silentLogger());
+  agent = await startRegisteredAgent(
+    server,
+    testAgentConfig(server, hubCA, issueAgentCert(hubCA, { cluster: 'member-1' }), 'member-1', api.url, {
+      apiserverCA: memberCA.cert,
+      apiserverTokenFile: path.join(dir, 'token'),
+    }),
+  );
+});
+
+afterEach(async () => {
+  // Streams end asynchronously on both sides once the last bytes are read.
+  const deadline = Date.now() + 3000;
+  while ((server.registry.totals().openStreams > 0 || agent.openStreams() > 0) && Date.now() < deadline)
+    await new Promise((r) => setImmediate(r));
+  expect(server.registry.totals()).toMatchObject({ openStreams: 0, pendingDials: 0 });
+  expect(agent.openStreams()).toBe(0);
+});
+
+afterAll(async () => {
+  await agent.close();
+  await server.close();
+  await api.close();
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+const tunnel = () => [...server.registry.get('member-1')!.agents.values()][0]!;
+
+/** An http.Agent that hands out one tunnel stream (as the hub's L7 frontend does). */
+class OneStream extends http.Agent {
+  constructor(private readonly stream: MuxStream) {
+    super({ keepAlive: false });
+  }
+
+  override createConnection(): Duplex {
+    return this.stream;
+  }
+}
+
+/** Opens an `http` stream for `identity` and sends GET /version on it; resolves with status and body. */
+async function get(identity: Identity): Promise<{ status: number; body: string }> {
+  const stream: MuxStream = await tunnel().session.open({ kind: 'http', target: 'apiserver', identity });
+  try {
+    const res = await new Promise<http.IncomingMessage>((resolve, reject) =>
+      http.get({ path: '/version', headers: { host: 'x' }, agent: new OneStream(stream) }, resolve).on('error', reject),
+    );
+    let body = '';
+    for await (const c of res) body += String(c);
+    return { status: res.statusCode!, body };
+  } finally {
+    stream.destroy();
+  }
+}
+
+/** Opens an `http` stream for `identity` and sends an upgrade request on it; resolves with the raw answer. */
+async function upgrade(identity: Identity): Promise<string> {
+  const stream: MuxStream = await tunnel().session.open({ kind: 'http', target: 'apiserver', identity });
+  let answer = '';
+  stream.setEncoding('latin1');
+  stream.on('data', (d: string) => (answer += d));
+  stream.on('error', () => {});
+  stream.write(UPGRADE);
+  await once(stream, 'end');
+  stream.destroy();
+  return answer;
+}
+const UPGRADE = 'GET /api/v1/namespaces/default/pods/echo/exec?command=cat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n';
+
+describe('the agent refuses identities no header can carry', () => {
+  it.each([
+    ['a control character', { user: 'al\u0001ice', groups: [] }, 'user "al\\u0001ice" contains a control character'],
+    ['CR LF in a group', { user: 'alice', groups: ['dev\r\nImpersonate-User: admin'] }, 'group "dev\\r\\nImpersonate-User: admin" contains a control character'],
+    ['a leading space', { user: ' admin', groups: [] }, 'user " admin" starts or ends with a space'],
+  ] as Array<[string, Identity, string]>)('%s: 403 with the reason, for a request and for an upgrade; the tunnel stays', async (_what, identity, problem) => {
+    const session = tunnel().session;
+    const before = api.requests.length;
+    const reason = `identity cannot be carried to the member cluster: ${problem}\n`;
+    expect(await get(identity)).toEqual({ status: 403, body: reason });
+    const raw = await upgrade(identity);
+    expect(raw).toMatch(/^HTTP\/1\.1 403 /);
+    expect(raw.endsWith(`\r\n\r\n${reason}`)).toBe(true);
+    expect(api.requests.length).toBe(before);
+    // Same tunnel, and it still carries requests.
+    expect(tunnel().session).toBe(session);
+    expect(session.closed).toBe(false);
+    expect((await get({ user: 'alice', groups: ['开发'] })).status).toBe(200);
+    expect(api.requests.at(-1)!.effectiveUser).toBe('alice');
+  });
+});
