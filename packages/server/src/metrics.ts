@@ -9,6 +9,7 @@ export class ServerMetrics {
   readonly dialSeconds: client.Histogram<'frontend'>;
   readonly bytes: client.Counter<'direction'>;
   readonly registrations: client.Counter<'result'>;
+  readonly disconnects: client.Counter<'reason'>;
 
   constructor(clusters: ClusterRegistry) {
     const registers = [this.registry];
@@ -41,6 +42,12 @@ export class ServerMetrics {
       name: 'kubetunnel_agent_registrations_total',
       help: 'Agent registrations, by result.',
       labelNames: ['result'],
+      registers,
+    });
+    this.disconnects = new client.Counter({
+      name: 'kubetunnel_agent_disconnects_total',
+      help: 'Agent tunnels that ended, by reason (closed: a clean close by either side).',
+      labelNames: ['reason'],
       registers,
     });
     new client.Gauge({
