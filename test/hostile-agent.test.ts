@@ -266,7 +266,7 @@ async function underFlood(name: string, h: Hostile, flood: () => Promise<void>, 
   const line = await Promise.race([
     h.disconnected,
     mem.over.then(() => undefined),
-    new Promise<undefined>((r) => setTimeout(r, FLOOD_BOUND_MS + 5000).unref()),
+    new Promise<undefined>((r) => setTimeout(() => r(undefined), FLOOD_BOUND_MS + 5000).unref()),
   ]);
   const elapsed = performance.now() - started;
   flooding = false;
