@@ -263,11 +263,13 @@ async function underFlood(name: string, h: Hostile, flood: () => Promise<void>, 
       await new Promise((r) => setImmediate(r));
     }
   })();
+  let timer: NodeJS.Timeout | undefined;
   const line = await Promise.race([
     h.disconnected,
     mem.over.then(() => undefined),
-    new Promise<undefined>((r) => setTimeout(() => r(undefined), FLOOD_BOUND_MS + 5000).unref()),
+    new Promise<undefined>((r) => (timer = setTimeout(() => r(undefined), FLOOD_BOUND_MS + 5000))),
   ]);
+  clearTimeout(timer);
   const elapsed = performance.now() - started;
   flooding = false;
   await floodDone;
@@ -389,8 +391,10 @@ describe('a malicious agent', () => {
           }
         })();
         const closed = once(h.ws, 'close').then(() => 'closed');
-        const timeout = new Promise<string>((r) => setTimeout(() => r('timeout'), FLOOD_BOUND_MS).unref());
+        let timer: NodeJS.Timeout | undefined;
+        const timeout = new Promise<string>((r) => (timer = setTimeout(() => r('timeout'), FLOOD_BOUND_MS)));
         const outcome = await Promise.race([answered.catch(() => 'closed'), closed, timeout]);
+        clearTimeout(timer);
         if (outcome === 'closed') cut++;
         h.ws.terminate();
         await h.disconnected;
