@@ -276,7 +276,7 @@ async function underFlood(name: string, h: Hostile, flood: () => Promise<void>, 
   h.ws.terminate();
   const { base, peak } = mem.stop();
   const { ok, failed } = await traffic.stop();
-  figures[name] = `disconnected in ${Math.round(elapsed)} ms (${String(line?.reason)}), RSS ${(base / 2 ** 20).toFixed(0)} -> peak ${(peak / 2 ** 20).toFixed(0)} MiB (+${((peak - base) / 2 ** 20).toFixed(1)}), other cluster ${ok} ok / ${failed.length} failed`;
+  figures[name] = `disconnected in ${Math.round(elapsed)} ms (${String(line?.reason)}: ${String(line?.err)}), RSS ${(base / 2 ** 20).toFixed(0)} -> peak ${(peak / 2 ** 20).toFixed(0)} MiB (+${((peak - base) / 2 ** 20).toFixed(1)}), other cluster ${ok} ok / ${failed.length} failed`;
   expect(peak - base).toBeLessThan(RSS_BUDGET);
   expect(line, `${name}: not disconnected`).toBeDefined();
   expect(elapsed).toBeLessThan(FLOOD_BOUND_MS);
@@ -351,12 +351,31 @@ describe('a malicious agent', () => {
     const block = Buffer.alloc(1 << 20, 0x79);
     await underFlood('socket never read, server sending', h, async () => {
       if (!client.destroyed && client.write(block)) return;
-      await new Promise((resolve) => {
-        client.once('drain', resolve);
-        client.once('close', resolve);
+      // Until the socket drains or closes, or a moment passes (the loop then checks whether to go on).
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          clearTimeout(t);
+          client.off('drain', done);
+          client.off('close', done);
+          resolve();
+        };
+        const t = setTimeout(done, 100);
+        client.once('drain', done);
+        client.once('close', done);
       });
     }, ['PEER_NOT_READING', 'CONTROL_QUEUE_FULL']);
     client.destroy();
+  });
+
+  // ws answers WebSocket pings itself and cuts off a peer with too many pongs pending (maxPendingAutoPongs).
+  it('a WebSocket-level ping flood from an agent that never reads is cut off (the pongs would pile up)', async () => {
+    const h = await hostileAgent();
+    h.stopReading();
+    const payload = Buffer.alloc(125, 0x70);
+    await underFlood('WebSocket ping flood, socket not read', h, async () => {
+      for (let i = 0; i < 2000 && h.ws.readyState === WebSocket.OPEN; i++) h.ws.ping(payload);
+      while (h.ws.readyState === WebSocket.OPEN && h.ws.bufferedAmount > 4 << 20) await new Promise((r) => setTimeout(r, 5));
+    }, ['SESSION_CLOSED', 'PEER_NOT_READING']);
   });
 
   it('random frames: the server either disconnects the agent or still answers its PING', async () => {

@@ -43,12 +43,6 @@ export const Defaults = {
    */
   sendStallTimeoutMs: 5_000,
   /**
-   * The most bytes the WebSocket under a session may hold unsent. The session
-   * itself stops at transportHighWater plus one message; the rest of this room
-   * is for the WebSocket's own frames (pongs to its pings, the close frame).
-   */
-  maxTransportBuffered: 4 * 1024 * 1024,
-  /**
    * Frames (WINDOW, FIN, RESET, OPEN_OK) a peer may still send for each
    * stream after it has ended here, for the frames in flight as it ended.
    */

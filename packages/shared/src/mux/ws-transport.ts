@@ -1,7 +1,5 @@
 import { EventEmitter } from 'node:events';
 import WebSocket from 'ws';
-import { Defaults } from '../constants.js';
-import { TunnelError } from '../errors.js';
 import { ProtocolError } from '../protocol/codec.js';
 import type { FrameTransport } from './transport.js';
 
@@ -22,8 +20,6 @@ export class WsTransport extends EventEmitter implements FrameTransport {
       }
       this.emit('message', data);
     });
-    // The WebSocket answers pings itself, into the same send buffer.
-    ws.on('ping', () => this.checkBuffered());
     ws.on('error', (err) => this.finish(err));
     ws.on('close', (code: number, reason: Buffer) =>
       this.finish(code === 1000 || code === 1001 ? undefined : new Error(`websocket closed: ${code} ${reason.toString()}`)),
@@ -38,14 +34,6 @@ export class WsTransport extends EventEmitter implements FrameTransport {
       return;
     }
     this.ws.send(message, { binary: true, compress: false }, cb);
-    this.checkBuffered();
-  }
-
-  /** A peer that does not read while we owe it more than maxTransportBuffered bytes is cut off. */
-  private checkBuffered(): void {
-    if (this.closed || this.ws.bufferedAmount <= Defaults.maxTransportBuffered) return;
-    this.finish(new TunnelError('PEER_NOT_READING', `${this.ws.bufferedAmount} bytes unsent on the WebSocket`));
-    this.ws.terminate();
   }
 
   close(code = 1000, reason = ''): void {
