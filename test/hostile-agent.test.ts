@@ -378,6 +378,17 @@ describe('a malicious agent', () => {
     }, ['SESSION_CLOSED', 'PEER_NOT_READING']);
   });
 
+  it('each disconnection is counted by reason in the server metrics', async () => {
+    // Runs after the floods above (vitest runs a file's tests in order).
+    const text = await (await fetch(`${server.adminUrl}/metrics`)).text();
+    const count = (reason: string) =>
+      Number(new RegExp(`^kubetunnel_agent_disconnects_total\\{reason="${reason}"\\} (\\d+)$`, 'm').exec(text)?.[1] ?? 0);
+    expect(count('PING_FLOOD')).toBe(1);
+    expect(count('PROTOCOL_ERROR')).toBe(2);
+    // The OPEN flood ends with either (see its test); the stalled socket with PEER_NOT_READING.
+    expect(count('CONTROL_QUEUE_FULL') + count('PEER_NOT_READING')).toBe(2);
+  });
+
   it('random frames: the server either disconnects the agent or still answers its PING', async () => {
     const arbFrame = fc.oneof(
       // Frame-shaped: any type, small stream ids, random payload.
