@@ -250,6 +250,9 @@ export class Connector extends EventEmitter {
     this.live.set(serverId, live);
     this.rebalance.reset();
     session.on('open', (incoming: IncomingOpen) => this.onOpen(incoming, log));
+    session.on('streamError', (streamId: number, err: Error) =>
+      log.warn({ streamId, err: err.message }, 'stream failed while receiving; reset that stream only'),
+    );
     const stable = setTimeout(() => this.backoff.reset(), STABLE_MS);
     log.info('tunnel up');
     session.once('goaway', () => {

@@ -17,12 +17,17 @@ import {
   isValidHostPort,
   parseOriginForm,
   SERVER_TLS_POLICY,
+  reasonOf,
   type Logger,
+  type Reason,
 } from '@kubetunnel/shared';
 import type { ServerConfig } from './config.js';
 import type { ServerMetrics } from './metrics.js';
 import type { AgentTunnel, ClusterRegistry } from './registry.js';
 import { SocketSet, respondRaw } from './respond.js';
+
+/** Reasons a tunnel ends because the agent broke a rule or a bound (logged as warnings). */
+const MISBEHAVIOUR = new Set<Reason | 'closed'>(['PROTOCOL_ERROR', 'FLOW_CONTROL', 'CONTROL_QUEUE_FULL', 'PING_FLOOD', 'PEER_NOT_READING']);
 
 interface Claim {
   cluster: string;
@@ -143,9 +148,14 @@ export class AgentGateway {
       void replaced.session.drain(this.config.gracePeriodMs);
     }
     session.on('goaway', () => log.info('agent is draining'));
+    session.on('streamError', (streamId: number, err: Error) =>
+      log.warn({ streamId, err: err.message }, 'stream failed while receiving; reset that stream only'),
+    );
     session.on('close', (err?: Error) => {
       this.registry.unregister(tunnel);
-      log.info({ reason: err?.message ?? 'closed' }, 'agent disconnected');
+      const reason = err ? reasonOf(err) : 'closed';
+      this.metrics.disconnects.inc({ reason });
+      log[MISBEHAVIOUR.has(reason) ? 'warn' : 'info']({ reason, err: err?.message ?? 'closed' }, 'agent disconnected');
     });
   }
 

@@ -11,6 +11,7 @@ export class ServerMetrics {
   readonly registrations: client.Counter<'result'>;
   /** Konnectivity's name for the dial duration (no labels), so ANP dashboards keep working. */
   readonly anpDialSeconds: client.Histogram;
+  readonly disconnects: client.Counter<'reason'>;
 
   constructor(clusters: ClusterRegistry) {
     const registers = [this.registry];
@@ -90,6 +91,12 @@ export class ServerMetrics {
       collect() {
         this.set(clusters.totals().openStreams);
       },
+    });
+    this.disconnects = new client.Counter({
+      name: 'kubetunnel_agent_disconnects_total',
+      help: 'Agent tunnels that ended, by reason (closed: a clean close by either side).',
+      labelNames: ['reason'],
+      registers,
     });
     new client.Gauge({
       name: 'kubetunnel_agents',

@@ -21,6 +21,32 @@ export const Defaults = {
   pingTimeoutMs: 20_000,
   /** Streams one session may carry at once. */
   maxStreamsPerSession: 20_000,
+  /** OPENs from the peer not yet accepted or refused (dials in progress); more are refused at once. */
+  maxPendingIncoming: 4096,
+  /**
+   * Control frames (OPEN, OPEN_ERR, WINDOW, RESET, PONG, ...) queued for the
+   * peer and not yet handed to the transport. They pile up only while the peer
+   * does not read; past either bound the session closes (CONTROL_QUEUE_FULL).
+   * Measured: a peer that floods OPENs without reading grew the server's RSS
+   * by 65-82 MiB at 41,000 queued OPEN_ERRs (decoding garbage included) and
+   * by 13-16 MiB at 10,000 (test/hostile-agent.test.ts). 10,000 is also the
+   * bound Go's HTTP/2 server puts on queued control frames.
+   */
+  maxControlFrames: 10_000,
+  maxControlBytes: 8 * 1024 * 1024,
+  /** PINGs a peer may send per second; a peer pings once per interval, so more is a flood (PING_FLOOD). */
+  maxPingsPerSecond: 100,
+  /**
+   * A send the transport has not completed for this long, with no other send
+   * completing meanwhile: the peer has stopped reading (its TCP window and
+   * ours are full), and the session closes (PEER_NOT_READING).
+   */
+  sendStallTimeoutMs: 5_000,
+  /**
+   * Frames (WINDOW, FIN, RESET, OPEN_OK) a peer may still send for each
+   * stream after it has ended here, for the frames in flight as it ended.
+   */
+  lateFramesPerClosedStream: 16,
   /** Grace period for draining on SIGTERM. */
   gracePeriodMs: 30_000,
   /** Largest HTTP header block accepted by the frontends. */

@@ -17,6 +17,10 @@ export const Reasons = {
   TOO_MANY_STREAMS: { code: 8, http: 503, grpc: 8, ws: 1013, text: 'too many streams' },
   INTERNAL: { code: 9, http: 500, grpc: 13, ws: 1011, text: 'internal error' },
   IDLE_TIMEOUT: { code: 10, http: 504, grpc: 4, ws: 1000, text: 'idle timeout' },
+  // A peer that misbehaves: it is disconnected (WebSocket 1008, policy violation)
+  CONTROL_QUEUE_FULL: { code: 11, http: 503, grpc: 8, ws: 1008, text: 'tunnel peer does not read the frames owed to it' },
+  PING_FLOOD: { code: 12, http: 503, grpc: 8, ws: 1008, text: 'tunnel peer sent PINGs faster than allowed' },
+  PEER_NOT_READING: { code: 13, http: 503, grpc: 14, ws: 1008, text: 'tunnel peer stopped reading' },
   // Dials made by the agent
   DIAL_REFUSED: { code: 20, http: 502, grpc: 14, ws: 1011, text: 'connection refused by target' },
   DIAL_UNREACHABLE: { code: 21, http: 502, grpc: 14, ws: 1011, text: 'target unreachable' },

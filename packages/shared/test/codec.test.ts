@@ -61,6 +61,24 @@ describe('frame codec fixtures', () => {
     expect(f!.type === FrameType.DATA && f!.data.buffer).toBe(msg.buffer);
   });
 
+  // Found by the property below: an extra key named "__proto__" was set with
+  // an assignment on decode, which made the array the object's prototype
+  // instead of a key, so the decoded identity lost it.
+  it('keeps an identity extra key named "__proto__"', () => {
+    const extra = JSON.parse('{"__proto__":["a"],"scopes":["b"]}') as Record<string, string[]>;
+    const frame: Frame = {
+      type: FrameType.OPEN,
+      streamId: 1,
+      window: 1,
+      request: { kind: 'http', target: 'apiserver', identity: { user: 'u', groups: [], extra } },
+    };
+    const [got] = decodeMessage(encodeFrame(frame));
+    expect(got).toEqual(frame);
+    const gotExtra = (got as Extract<Frame, { type: typeof FrameType.OPEN }>).request.identity!.extra!;
+    expect(Object.keys(gotExtra)).toEqual(['__proto__', 'scopes']);
+    expect(Object.getPrototypeOf(gotExtra)).toBe(Object.prototype);
+  });
+
   it('carries an L7 identity in OPEN', () => {
     const frame: Frame = {
       type: FrameType.OPEN,

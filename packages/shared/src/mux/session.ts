@@ -1,8 +1,9 @@
+import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { Defaults } from '../constants.js';
 import { Reasons, TunnelError, reasonFromCode, type Reason } from '../errors.js';
 import { FrameDecoder, ProtocolError, encodeFrame, writeHeader } from '../protocol/codec.js';
-import { FrameType, HEADER_SIZE, MAX_STREAM_ID, type Frame, type OpenRequest } from '../protocol/frame.js';
+import { FrameType, HEADER_SIZE, MAX_STREAM_ID, MAX_WINDOW, type Frame, type OpenRequest } from '../protocol/frame.js';
 import { poolFor, type BufferPool } from './pool.js';
 import { MuxStream, type StreamHost } from './stream.js';
 import type { FrameTransport } from './transport.js';
@@ -21,6 +22,11 @@ export interface SessionOptions {
   pingIntervalMs?: number;
   pingTimeoutMs?: number;
   maxStreams?: number;
+  maxPendingIncoming?: number;
+  maxControlFrames?: number;
+  maxControlBytes?: number;
+  maxPingsPerSecond?: number;
+  sendStallTimeoutMs?: number;
 }
 
 /** An OPEN from the peer, waiting to be accepted or rejected. */
@@ -55,7 +61,15 @@ interface Incoming {
  * credit-based flow control, round-robin scheduling of DATA across streams,
  * back pressure to the transport, liveness pings and draining.
  *
- * Events: 'open' (IncomingOpen), 'goaway' (TunnelError), 'close' (Error | undefined).
+ * Events: 'open' (IncomingOpen), 'goaway' (TunnelError), 'close' (Error | undefined),
+ * 'streamError' (streamId, Error): a stream's consumer threw while the session
+ * delivered a frame to it; that stream was reset, the session goes on.
+ *
+ * Failures are kept where they belong: a peer's protocol violation
+ * (ProtocolError) ends the session; a peer exceeding one stream's window
+ * (FLOW_CONTROL) ends that stream; an exception from a stream's consumer ends
+ * that stream. A peer that makes us hold more than a bound (control frames it
+ * does not read, a PING flood, a stalled socket) is disconnected with a reason.
  */
 export class Session extends EventEmitter implements StreamHost {
   readonly initialWindow: number;
@@ -66,6 +80,11 @@ export class Session extends EventEmitter implements StreamHost {
   private readonly openTimeoutMs: number;
   private readonly pingTimeoutMs: number;
   private readonly maxStreams: number;
+  private readonly maxPendingIncoming: number;
+  private readonly maxControlFrames: number;
+  private readonly maxControlBytes: number;
+  private readonly maxPingsPerSecond: number;
+  private readonly sendStallTimeoutMs: number;
   private readonly transport: FrameTransport;
   private readonly decoder: FrameDecoder;
   /** Buffers messages are assembled in (a message may overrun maxMessageSize by one frame). */
@@ -77,11 +96,20 @@ export class Session extends EventEmitter implements StreamHost {
   private nextId: number;
   private maxRemoteId = 0;
 
-  private control: Frame[] = [];
+  /** Encoded control frames, sent before any DATA. */
+  private control: Buffer[] = [];
+  private controlBytes = 0;
+  /** The queued PONG (only the latest PING needs an answer). */
+  private queuedPong: Buffer | undefined;
+  /** Queued WINDOW frames by stream: a new grant adds to the queued one. */
+  private readonly queuedWindows = new Map<number, Buffer>();
   private ready: MuxStream[] = [];
   private readonly inReady = new WeakSet<MuxStream>();
   /** Bytes handed to the transport whose send has not completed. */
   outstanding = 0;
+  /** When a send last completed (or the transport last went from idle to busy). */
+  private lastSendProgress = 0;
+  private stallTimer: NodeJS.Timeout | undefined;
   private flushQueued = false;
   private flushing = false;
   private immediate: NodeJS.Immediate | undefined;
@@ -90,6 +118,22 @@ export class Session extends EventEmitter implements StreamHost {
   private pingDeadline: NodeJS.Timeout | undefined;
   private pingNonce = 0n;
   private pingSentAt = 0;
+  private pingsReceived = 0;
+  private pingCountFrom = 0;
+
+  /*
+   * Frames still in flight from the peer for streams that have ended here.
+   * Each ended stream entitles the peer to the DATA credit it held at that
+   * moment and a few other frames; beyond that, frames for ended streams are
+   * a protocol violation. A PONG to a PING queued after a stream ended proves
+   * every frame the peer sent for it has arrived, so the entitlements up to
+   * that PING expire then.
+   */
+  private lateCreditGranted = 0;
+  private lateCreditUsed = 0;
+  private lateFramesGranted = 0;
+  private lateFramesUsed = 0;
+  private lateAtPing = { credit: 0, frames: 0 };
   private drainTimer: NodeJS.Timeout | undefined;
 
   closed = false;
@@ -112,6 +156,11 @@ export class Session extends EventEmitter implements StreamHost {
     this.openTimeoutMs = options.openTimeoutMs ?? Defaults.openTimeoutMs;
     this.pingTimeoutMs = options.pingTimeoutMs ?? Defaults.pingTimeoutMs;
     this.maxStreams = options.maxStreams ?? Defaults.maxStreamsPerSession;
+    this.maxPendingIncoming = options.maxPendingIncoming ?? Defaults.maxPendingIncoming;
+    this.maxControlFrames = options.maxControlFrames ?? Defaults.maxControlFrames;
+    this.maxControlBytes = options.maxControlBytes ?? Defaults.maxControlBytes;
+    this.maxPingsPerSecond = options.maxPingsPerSecond ?? Defaults.maxPingsPerSecond;
+    this.sendStallTimeoutMs = options.sendStallTimeoutMs ?? Defaults.sendStallTimeoutMs;
     this.nextId = options.role === 'server' ? 1 : 2;
     // Control frames (OPEN with identity) may exceed a DATA frame.
     this.decoder = new FrameDecoder({ maxPayload: Math.max(this.maxFrameSize, 64 * 1024) });
@@ -164,6 +213,7 @@ export class Session extends EventEmitter implements StreamHost {
     stream.recvCredit = this.initialWindow;
     this.streams.set(id, stream);
     this.sendControl({ type: FrameType.OPEN, streamId: id, window: this.initialWindow, request });
+    if (this.closed) return Promise.reject(new TunnelError('SESSION_CLOSED'));
 
     return new Promise<MuxStream>((resolve, reject) => {
       const timer = setTimeout(
@@ -202,10 +252,10 @@ export class Session extends EventEmitter implements StreamHost {
     if (id % 2 === this.nextId % 2 || id <= this.maxRemoteId)
       throw new ProtocolError('BAD_STREAM_ID', `peer opened stream ${id} out of order`);
     this.maxRemoteId = id;
-    const refuse = (reason: Reason, message: string) =>
-      this.sendControl({ type: FrameType.OPEN_ERR, streamId: id, code: Reasons[reason].code, message });
+    const refuse = (reason: Reason, message: string) => this.refuseOpen(id, Reasons[reason].code, message);
     if (this.draining) return refuse('GOING_AWAY', 'session is draining');
     if (this.streams.size + this.incoming.size >= this.maxStreams) return refuse('TOO_MANY_STREAMS', 'stream limit reached');
+    if (this.incoming.size >= this.maxPendingIncoming) return refuse('TOO_MANY_STREAMS', 'too many opens in progress');
     if (this.listenerCount('open') === 0) return refuse('INTERNAL', 'this side accepts no streams');
 
     const entry: Incoming = { controller: new AbortController(), window: frame.window, request: frame.request };
@@ -235,6 +285,12 @@ export class Session extends EventEmitter implements StreamHost {
     this.emit('open', incoming);
   }
 
+  /** Answers an OPEN with OPEN_ERR. A RESET from the opener may be in flight (it gave up meanwhile). */
+  private refuseOpen(id: number, code: number, message: string): void {
+    this.lateFramesGranted += Defaults.lateFramesPerClosedStream;
+    this.sendControl({ type: FrameType.OPEN_ERR, streamId: id, code, message });
+  }
+
   // ------------------------------------------------------------ receiving
 
   private readonly onMessage = (message: Buffer): void => {
@@ -252,26 +308,51 @@ export class Session extends EventEmitter implements StreamHost {
       try {
         this.dispatch(frame);
       } catch (err) {
-        if (err instanceof TunnelError && err.reason === 'FLOW_CONTROL' && frame.streamId !== 0) {
-          this.streams.get(frame.streamId)?.destroy(err);
-        } else {
-          this.close(err instanceof TunnelError ? err : new TunnelError('PROTOCOL_ERROR', String(err)));
+        if (err instanceof ProtocolError) {
+          // The peer broke the protocol: nothing it sends can be trusted now.
+          this.close(err);
           return;
         }
+        this.failStream(frame.streamId, err);
       }
     }
   };
 
+  /**
+   * One stream failed while a frame was delivered to it: the peer exceeded
+   * its window (FLOW_CONTROL), or the stream's consumer threw (a 'data' or
+   * 'open' listener). That stream is reset (refused, if its OPEN was not yet
+   * accepted); the session and every other stream go on.
+   */
+  private failStream(id: number, err: unknown): void {
+    const failure =
+      err instanceof TunnelError && err.reason === 'FLOW_CONTROL'
+        ? err
+        : new TunnelError('INTERNAL', `stream ${id} failed: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+    if (failure.reason !== 'FLOW_CONTROL') this.emit('streamError', id, err instanceof Error ? err : failure);
+    const entry = this.incoming.get(id);
+    if (entry) {
+      this.incoming.delete(id);
+      entry.controller.abort(failure);
+      this.refuseOpen(id, failure.code, failure.message);
+      return;
+    }
+    this.streams.get(id)?.destroy(failure);
+  }
+
   private dispatch(frame: Frame): void {
     switch (frame.type) {
       case FrameType.PING:
-        this.sendControl({ type: FrameType.PONG, streamId: 0, payload: frame.payload });
+        this.onPing(frame.payload);
         return;
       case FrameType.PONG:
         if (this.pingDeadline && frame.payload === this.pingNonce) {
           this.rttMs = performance.now() - this.pingSentAt;
           clearTimeout(this.pingDeadline);
           this.pingDeadline = undefined;
+          // Every frame sent before our PING has arrived: what was in flight for streams ended by then has too.
+          this.lateCreditUsed = Math.max(this.lateCreditUsed, this.lateAtPing.credit);
+          this.lateFramesUsed = Math.max(this.lateFramesUsed, this.lateAtPing.frames);
         }
         return;
       case FrameType.GOAWAY:
@@ -296,9 +377,9 @@ export class Session extends EventEmitter implements StreamHost {
     }
     const stream = this.streams.get(id);
     if (!stream) {
-      // Frames may still be in flight for a stream that has just ended.
-      if (this.wasUsed(id)) return;
-      throw new ProtocolError('BAD_STREAM_ID', `frame ${frame.type} for unknown stream ${id}`);
+      if (!this.wasUsed(id)) throw new ProtocolError('BAD_STREAM_ID', `frame ${frame.type} for unknown stream ${id}`);
+      this.onLateFrame(frame);
+      return;
     }
     switch (frame.type) {
       case FrameType.OPEN_OK: {
@@ -334,6 +415,38 @@ export class Session extends EventEmitter implements StreamHost {
     }
   }
 
+  /**
+   * A frame for a stream that has ended here: in flight as it ended, the peer
+   * may send what it had credit for and a few frames more; not beyond.
+   */
+  private onLateFrame(frame: Frame): void {
+    if (frame.type === FrameType.DATA) {
+      this.lateCreditUsed += frame.data.length;
+      if (this.lateCreditUsed > this.lateCreditGranted)
+        throw new ProtocolError('BAD_STATE', `DATA for ended stream ${frame.streamId} beyond the credit it had`);
+    } else if (++this.lateFramesUsed > this.lateFramesGranted) {
+      throw new ProtocolError('BAD_STATE', `too many frames for ended streams (frame ${frame.type} for ${frame.streamId})`);
+    }
+  }
+
+  private onPing(nonce: bigint): void {
+    const now = performance.now();
+    if (now - this.pingCountFrom >= 1000) {
+      this.pingCountFrom = now;
+      this.pingsReceived = 0;
+    }
+    if (++this.pingsReceived > this.maxPingsPerSecond) {
+      this.close(new TunnelError('PING_FLOOD', `more than ${this.maxPingsPerSecond} PINGs in a second`));
+      return;
+    }
+    if (this.queuedPong) {
+      // Not yet sent: answer this PING with the same frame instead.
+      this.queuedPong.writeBigUInt64BE(nonce, HEADER_SIZE);
+      return;
+    }
+    this.queuedPong = this.enqueue(encodeFrame({ type: FrameType.PONG, streamId: 0, payload: nonce }));
+  }
+
   /** True if `id` was opened on this session at some point. */
   private wasUsed(id: number): boolean {
     return id % 2 === this.nextId % 2 ? id < this.nextId : id <= this.maxRemoteId;
@@ -342,9 +455,26 @@ export class Session extends EventEmitter implements StreamHost {
   // ------------------------------------------------------------ sending
 
   private sendControl(frame: Frame): void {
-    if (this.closed) return;
+    this.enqueue(encodeFrame(frame));
+  }
+
+  /**
+   * Queues an encoded control frame. The queue only grows while the peer does
+   * not read (the transport is at its high-water mark); past its bound the
+   * session closes rather than hold more for a peer that does not take it.
+   */
+  private enqueue(frame: Buffer): Buffer {
+    if (this.closed) return frame;
+    if (this.control.length >= this.maxControlFrames || this.controlBytes + frame.length > this.maxControlBytes) {
+      this.close(
+        new TunnelError('CONTROL_QUEUE_FULL', `${this.control.length} control frames (${this.controlBytes} bytes) queued for a peer that does not read them`),
+      );
+      return frame;
+    }
     this.control.push(frame);
+    this.controlBytes += frame.length;
     this.requestFlush();
+    return frame;
   }
 
   /** StreamHost: the stream has DATA or FIN to send. */
@@ -355,15 +485,29 @@ export class Session extends EventEmitter implements StreamHost {
     this.requestFlush();
   }
 
-  /** StreamHost: grant receive window. */
+  /** StreamHost: grant receive window (added to a WINDOW for the stream still queued, if any). */
   sendWindow(stream: MuxStream, increment: number): void {
-    this.sendControl({ type: FrameType.WINDOW, streamId: stream.id, increment });
+    const queued = this.queuedWindows.get(stream.id);
+    if (queued) {
+      const total = queued.readUInt32BE(HEADER_SIZE) + increment;
+      if (total <= MAX_WINDOW) {
+        queued.writeUInt32BE(total, HEADER_SIZE);
+        return;
+      }
+    }
+    const frame = this.enqueue(encodeFrame({ type: FrameType.WINDOW, streamId: stream.id, increment }));
+    if (!this.closed) this.queuedWindows.set(stream.id, frame);
   }
 
   /** StreamHost: a stream was destroyed. */
   release(stream: MuxStream, resetCode: number | undefined, message: string): void {
     if (this.streams.get(stream.id) !== stream) return;
     this.streams.delete(stream.id);
+    if (!stream.resetReceived) {
+      // The peer may not know yet: what it had credit for may still arrive.
+      if (!stream.finReceived) this.lateCreditGranted += stream.recvCredit;
+      this.lateFramesGranted += Defaults.lateFramesPerClosedStream;
+    }
     if (resetCode !== undefined)
       this.sendControl({ type: FrameType.RESET, streamId: stream.id, code: resetCode, message });
     this.emit('streamClosed', stream);
@@ -409,7 +553,13 @@ export class Session extends EventEmitter implements StreamHost {
     const done: Array<(err?: Error | null) => void> = [];
     let size = 0;
     while (this.control.length > 0 && size < this.maxMessageSize) {
-      const b = encodeFrame(this.control.shift()!);
+      const b = this.control.shift()!;
+      this.controlBytes -= b.length;
+      if (b === this.queuedPong) this.queuedPong = undefined;
+      else if (b[0] === FrameType.WINDOW) {
+        const id = b.readUInt32BE(2);
+        if (this.queuedWindows.get(id) === b) this.queuedWindows.delete(id);
+      }
       parts.push(b);
       size += b.length;
     }
@@ -446,10 +596,13 @@ export class Session extends EventEmitter implements StreamHost {
     } else if (parts.length > 1) {
       message = Buffer.concat(parts, size);
     }
+    if (this.outstanding === 0) this.lastSendProgress = performance.now();
     this.outstanding += message.length;
+    this.stallTimer ??= setTimeout(this.onStallCheck, this.sendStallTimeoutMs);
     this.transport.send(message, (err) => {
       if (borrowed) this.pool.give(borrowed);
       this.outstanding -= message.length;
+      this.lastSendProgress = performance.now();
       if (err) this.close(new TunnelError('SESSION_CLOSED', err.message));
       else if (this.outstanding < this.highWater && (this.control.length > 0 || this.ready.length > 0)) this.flush();
     });
@@ -457,12 +610,26 @@ export class Session extends EventEmitter implements StreamHost {
     return true;
   }
 
+  /** Ends the session if the transport has completed no send for sendStallTimeoutMs while sends are outstanding. */
+  private readonly onStallCheck = (): void => {
+    this.stallTimer = undefined;
+    if (this.closed || this.outstanding === 0) return;
+    const idle = performance.now() - this.lastSendProgress;
+    if (idle >= this.sendStallTimeoutMs) {
+      this.close(new TunnelError('PEER_NOT_READING', `${this.outstanding} bytes unsent for ${Math.round(idle)} ms`));
+      return;
+    }
+    this.stallTimer = setTimeout(this.onStallCheck, this.sendStallTimeoutMs - idle);
+  };
+
   // ------------------------------------------------------------ liveness
 
   private ping(): void {
     if (this.closed || this.pingDeadline) return;
-    this.pingNonce++;
+    // Random: a peer cannot answer a PING it has not received.
+    this.pingNonce = randomBytes(8).readBigUInt64BE(0);
     this.pingSentAt = performance.now();
+    this.lateAtPing = { credit: this.lateCreditGranted, frames: this.lateFramesGranted };
     this.sendControl({ type: FrameType.PING, streamId: 0, payload: this.pingNonce });
     this.pingDeadline = setTimeout(
       () => this.close(new TunnelError('PING_TIMEOUT', `no PONG within ${this.pingTimeoutMs} ms`)),
@@ -499,7 +666,7 @@ export class Session extends EventEmitter implements StreamHost {
   }
 
   private readonly onTransportClose = (err?: Error): void => {
-    this.close(err ? new TunnelError('SESSION_CLOSED', err.message) : undefined);
+    this.close(err && !(err instanceof TunnelError) ? new TunnelError('SESSION_CLOSED', err.message) : err);
   };
 
   /** Ends the session: every stream and pending open fails with `err`. */
@@ -511,6 +678,8 @@ export class Session extends EventEmitter implements StreamHost {
     clearInterval(this.pingTimer);
     clearTimeout(this.pingDeadline);
     clearTimeout(this.drainTimer);
+    clearTimeout(this.stallTimer);
+    this.stallTimer = undefined;
     if (this.immediate) clearImmediate(this.immediate);
     this.pingDeadline = undefined;
     const failure = err instanceof TunnelError ? err : new TunnelError('SESSION_CLOSED', err?.message);
@@ -520,6 +689,9 @@ export class Session extends EventEmitter implements StreamHost {
     for (const s of [...this.streams.values()]) s.abort(failure);
     this.streams.clear();
     this.control = [];
+    this.controlBytes = 0;
+    this.queuedPong = undefined;
+    this.queuedWindows.clear();
     this.ready = [];
     this.transport.off('message', this.onMessage);
     const reason = err instanceof TunnelError ? err.reason : err ? 'SESSION_CLOSED' : undefined;

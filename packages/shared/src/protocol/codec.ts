@@ -17,9 +17,15 @@ export type ProtocolErrorKind =
   | 'BAD_STREAM_ID'
   | 'OVERSIZE'
   | 'TRUNCATED'
-  | 'BAD_PAYLOAD';
+  | 'BAD_PAYLOAD'
+  /** A well-formed frame the peer may not send now (DATA after FIN, beyond a closed stream's credit, ...). */
+  | 'BAD_STATE';
 
-/** The one error the decoder throws, whatever the input. */
+/**
+ * The one error the decoder throws, whatever the input; a session throws it
+ * too for a peer's state violations. It always means: the peer broke the
+ * protocol, and the session ends.
+ */
 export class ProtocolError extends TunnelError {
   readonly kind: ProtocolErrorKind;
 
@@ -158,12 +164,12 @@ function parseIdentity(v: unknown): Identity {
   if (o.extra !== undefined) {
     if (typeof o.extra !== 'object' || o.extra === null || Array.isArray(o.extra))
       throw new ProtocolError('BAD_PAYLOAD', 'OPEN identity extra is not an object');
-    const extra: Record<string, string[]> = {};
-    for (const [k, val] of Object.entries(o.extra)) {
-      if (!isStringArray(val)) throw new ProtocolError('BAD_PAYLOAD', 'OPEN identity extra values are not strings');
-      extra[k] = val;
-    }
-    id.extra = extra;
+    const entries = Object.entries(o.extra);
+    if (!entries.every(([, val]) => isStringArray(val)))
+      throw new ProtocolError('BAD_PAYLOAD', 'OPEN identity extra values are not strings');
+    // fromEntries defines each key as an own property: an assignment would
+    // turn a key named "__proto__" into the object's prototype and drop it.
+    id.extra = Object.fromEntries(entries) as Record<string, string[]>;
   }
   return id;
 }
