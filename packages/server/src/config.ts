@@ -1,4 +1,4 @@
-import type { SessionOptions } from '@kubetunnel/shared';
+import type { ListenerLimits, SessionOptions } from '@kubetunnel/shared';
 import type { PolicyRule } from './policy.js';
 
 /** The server's validated configuration (the CLI builds it from flags, file and env). */
@@ -29,4 +29,9 @@ export interface ServerConfig {
   session?: Omit<SessionOptions, 'role'>;
   /** Who may reach which clusters; undefined: every authenticated identity, every cluster. */
   policy?: PolicyRule[];
+  /** Connection limits per listener; a listener left out gets defaultLimits of its kind. */
+  limits?: Partial<Record<ListenerName, ListenerLimits>>;
 }
+
+/** The server's listeners, as named in logs and metrics. */
+export type ListenerName = 'proxy' | 'agent' | 'health' | 'admin';

@@ -1,11 +1,13 @@
 import { once } from 'node:events';
+import type http from 'node:http';
+import type https from 'node:https';
 import type { Server } from 'node:net';
 import type { AddressInfo } from 'node:net';
-import { Defaults, type Logger } from '@kubetunnel/shared';
+import { Defaults, defaultLimits, guardListener, type ListenerGuard, type Logger } from '@kubetunnel/shared';
 import { createAdminServer, createHealthServer } from './admin.js';
 import { AgentGateway } from './agent-gateway.js';
 import { indexTokens } from './auth.js';
-import type { ServerConfig } from './config.js';
+import type { ListenerName, ServerConfig } from './config.js';
 import type { ConnectDeps } from './connect.js';
 import { Frontend } from './frontend.js';
 import { l7Handlers } from './l7.js';
@@ -71,6 +73,23 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ku
   let draining = false;
   const health = createHealthServer(() => (draining ? 'draining' : true));
   const admin = createAdminServer(config.serverId, registry, metrics);
+  const limitsLog = log.child({ component: 'limits' });
+  const guard = (name: ListenerName, server: http.Server | https.Server, kind: Parameters<typeof defaultLimits>[0]): ListenerGuard => {
+    const g = guardListener(server, {
+      name,
+      limits: config.limits?.[name] ?? defaultLimits(kind),
+      log: limitsLog,
+      onRefused: (reason) => metrics.connectionsRefused.inc({ listener: name, reason }),
+    });
+    metrics.listeners.set(name, g);
+    return g;
+  };
+  const guards = [
+    guard('proxy', frontend.server, 'frontend'),
+    guard('agent', gateway.server, 'agent-gateway'),
+    guard('health', health, 'plain'),
+    guard('admin', admin, 'plain'),
+  ];
 
   const servers: Server[] = [];
   const bind = async (name: string, server: Server, port: number, host: string) => {
@@ -97,6 +116,7 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ku
     closed ??= (async () => {
       frontend.close();
       gateway.close();
+      for (const g of guards) g.destroyPending();
       for (const s of [health, admin]) {
         s.close();
         s.closeAllConnections();

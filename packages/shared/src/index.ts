@@ -9,3 +9,4 @@ export * from './l7/upgrade.js';
 export * from './pki/index.js';
 export * from './names.js';
 export * from './l7/status.js';
+export * from './net/guard.js';

@@ -1,6 +1,6 @@
 import fs from 'node:fs';
 import os from 'node:os';
-import { createLogger, isValidClusterName, isValidHostPort } from '@kubetunnel/shared';
+import { createLogger, defaultLimits, isValidClusterName, isValidHostPort } from '@kubetunnel/shared';
 import { startAgent, type Agent, type AgentConfig } from '@kubetunnel/agent';
 import { SettingError, type Settings } from '../options.js';
 import { watchTlsFiles } from '../reload.js';
@@ -63,6 +63,8 @@ export function agentConfig(s: Settings, env: NodeJS.ProcessEnv): AgentConfig {
     backoff: { initialMs: 500, maxMs: 30_000 },
     dialTimeoutMs: s.duration('dial-timeout'),
   };
+  const headerTimeoutMs = s.timeout('header-timeout');
+  config.healthLimits = { ...defaultLimits('plain'), headerTimeoutMs, requestTimeoutMs: headerTimeoutMs };
   if (apiserverCA) config.apiserverCA = apiserverCA;
   if (tokenFile) config.apiserverTokenFile = tokenFile;
   return config;
