@@ -441,7 +441,7 @@ describe('misbehaving clients', () => {
     for (const { what, t } of all) expect(`${what}: ${t.data.slice(0, 30)}`).toMatch(new RegExp(`^${what}: HTTP/1\\.1 408 `));
   });
 
-  it('an idle keep-alive connection is closed at the idle timeout, on the proxy and health ports', async () => {
+  it('an idle keep-alive connection is closed at the idle timeout, on the proxy, health and admin ports', async () => {
     const all: Tracked[] = [];
     for (const [port, secure] of [[server.proxy, true], [server.health, false], [server.admin, false]] as const) {
       const t = secure ? await tlsConnected(port) : track(net.connect({ port, host: '127.0.0.1' }));
@@ -526,7 +526,10 @@ describe('connection caps (a second server with small ones)', () => {
     await small?.proc.stop();
   });
 
-  afterEach(() => expectIdle(small.adminUrl));
+  afterEach(async () => {
+    for (const s of opened) s.destroy();
+    await expectIdle(small.adminUrl);
+  });
 
   it('--max-pending-per-source: one address holds at most 5 pending connections; a new one from it closes its oldest', async () => {
     const before = await refused(small, 'proxy', 'max-pending-per-source');
@@ -560,7 +563,7 @@ describe('connection caps (a second server with small ones)', () => {
       (e: Error) => e,
     );
     const failedInMs = Math.round(performance.now() - started);
-    report.push(`--max-connections 30: with 30 tunnels open, curl failed in ${failedInMs} ms: ${err?.message.split('\n').filter(Boolean).pop()?.trim() ?? 'it did not fail'}`);
+    report.push(`--max-connections 30: with 30 tunnels open, curl failed in ${failedInMs} ms: ${(err && /curl: \(\d+\)[^\n]*/.exec(err.message)?.[0]) ?? 'it did not fail'}`);
     expect(err).toBeInstanceOf(Error);
     expect(failedInMs).toBeLessThan(5000);
     expect((await refused(small, 'proxy', 'max-connections')) - before).toBeGreaterThanOrEqual(1);

@@ -85,7 +85,6 @@ interface Conn {
   raw: Socket;
   /** The socket HTTP reads: the TLS socket once the handshake is done. */
   http?: Duplex;
-  phase: 'handshake' | 'head';
   timer?: NodeJS.Timeout;
 }
 
@@ -191,23 +190,10 @@ export function guardListener(server: http.Server | https.Server, o: GuardOption
     (conn.http ?? conn.raw).destroy();
   };
 
-  const expire = (conn: Conn) => {
+  const handshakeTimedOut = (conn: Conn) => {
     release(conn);
-    if (conn.phase === 'handshake') {
-      log.note('handshake-timeout', conn.source);
-      conn.raw.destroy();
-      return;
-    }
-    log.note('header-timeout', conn.source);
-    const socket = conn.http ?? conn.raw;
-    if (socket.writable && !responseInFlight(socket)) socket.write(TIMEOUT_408);
-    socket.destroy();
-  };
-
-  const startTimer = (conn: Conn, ms: number) => {
-    clearTimeout(conn.timer);
-    conn.timer = setTimeout(expire, ms, conn);
-    conn.timer.unref();
+    log.note('handshake-timeout', conn.source);
+    conn.raw.destroy();
   };
 
   const keyOf = (socket: { remoteAddress?: string | undefined; remotePort?: number | undefined }) =>
@@ -218,7 +204,7 @@ export function guardListener(server: http.Server | https.Server, o: GuardOption
     const key = keyOf(raw);
     if (key === undefined) return; // gone already
     const source = raw.remoteAddress!;
-    const conn: Conn = { key, source, raw, phase: isTls ? 'handshake' : 'head' };
+    const conn: Conn = { key, source, raw };
     open++;
     raw.once('close', () => {
       open--;
@@ -236,7 +222,12 @@ export function guardListener(server: http.Server | https.Server, o: GuardOption
     let mine = bySource.get(source);
     if (!mine) bySource.set(source, (mine = new Set()));
     mine.add(conn);
-    startTimer(conn, isTls ? limits.handshakeTimeoutMs : limits.headerTimeoutMs);
+    // The head that follows is bounded by Node's header timeout (set above),
+    // which counts from the end of the handshake, or from accept without TLS.
+    if (isTls) {
+      conn.timer = setTimeout(handshakeTimedOut, limits.handshakeTimeoutMs, conn);
+      conn.timer.unref();
+    }
   });
 
   if (isTls) {
@@ -244,9 +235,8 @@ export function guardListener(server: http.Server | https.Server, o: GuardOption
       const key = keyOf(socket);
       const conn = key === undefined ? undefined : pending.get(key);
       if (!conn) return;
-      conn.phase = 'head';
       conn.http = socket;
-      startTimer(conn, limits.headerTimeoutMs);
+      clearTimeout(conn.timer);
     });
   }
 
@@ -269,9 +259,9 @@ export function guardListener(server: http.Server | https.Server, o: GuardOption
     if (typeof event === 'string' && (HEAD_EVENTS as readonly string[]).includes(event)) mark(event);
   });
 
-  // Node's header and request timeouts (later requests on a keep-alive
-  // connection) arrive here: count them and answer 408. Other client errors
-  // are left to the server's own handler; without one, answered as Node does.
+  // Node's header and request timeouts arrive here: count them and answer
+  // 408 (a server's own handler might call them malformed). Other client
+  // errors are left to that handler; without one, answered as Node does.
   server.prependListener('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
     if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT') {
       log.note('header-timeout', (socket as Socket).remoteAddress);
