@@ -18,6 +18,7 @@ import { Duplex } from 'node:stream';
 import tls from 'node:tls';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import {
+  ROOT,
   type Member,
   type Proc,
   type ServerProc,
@@ -356,7 +357,11 @@ describe('misbehaving clients', () => {
     await sampler;
     const evicted = (await refused(server, 'proxy', 'max-pending')) - evictedBefore;
     const timedOut = (await refused(server, 'proxy', 'handshake-timeout')) - timedOutBefore;
-    report.push(`  ${flood.length} connections: ${evicted} closed as the oldest pending, ${timedOut} at the handshake timeout; most pending seen ${maxPending}; longest lived ${closed.maxLifetimeMs} ms`);
+    // A flood does not flood the log: the first refusal, then a sum per interval.
+    const logLines = server.proc.count((l) => l.component === 'limits' && l.listener === 'proxy');
+    report.push(`  ${flood.length} connections: ${evicted} closed as the oldest pending, ${timedOut} at the handshake timeout; most pending seen ${maxPending}; longest lived ${closed.maxLifetimeMs} ms; ${logLines} log lines about them`);
+    expect(logLines).toBeGreaterThan(0);
+    expect(logLines).toBeLessThanOrEqual(5);
     expect(closed.open).toBe(0);
     expect(closed.maxLifetimeMs).toBeLessThan(TIMEOUT_MS + SLACK_MS);
     expect(maxPending).toBeLessThanOrEqual(MAX_PENDING);
@@ -494,6 +499,20 @@ describe('misbehaving clients', () => {
     const c = (await clustersJson(server.adminUrl)).clusters.find((x) => x.name === 'dark');
     expect(c?.pendingDials).toBe(0);
   });
+});
+
+it('limit flags are checked, and a bad one is refused naming the flag', async () => {
+  const refuse = async (args: string[]) => {
+    const err = await run(process.execPath, [path.join(ROOT, 'packages/cli/bin/kubetunnel.js'), 'server', '--cert', path.join(certDir, 'server.crt'), '--key', path.join(certDir, 'server.key'), '--ca', path.join(certDir, 'ca.crt'), ...args]).then(
+      () => undefined,
+      (e: Error) => e.message,
+    );
+    return err ?? 'accepted';
+  };
+  expect(await refuse(['--max-connections', '0'])).toMatch(/--max-connections: want a whole number from 1/);
+  expect(await refuse(['--handshake-timeout', '5m'])).toMatch(/--handshake-timeout: want a duration above 0 and at most 120s/);
+  expect(await refuse(['--header-timeout', '0s'])).toMatch(/--header-timeout: want a duration above 0/);
+  expect(await refuse(['--max-pending-per-source', '-1'])).toMatch(/--max-pending-per-source: want a whole number from 0/);
 });
 
 describe('connection caps (a second server with small ones)', () => {
