@@ -1,6 +1,6 @@
 import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
-import { createHealthServer, type Logger } from '@kubetunnel/shared';
+import { createHealthServer, defaultLimits, guardListener, type Logger } from '@kubetunnel/shared';
 import type { AgentConfig } from './config.js';
 import { Connector } from './connector.js';
 import { handleOpen } from './handlers.js';
@@ -30,6 +30,7 @@ export async function startAgent(config: AgentConfig, log: Logger): Promise<Agen
   const deps = { apiserver: config.apiserver, allowDest: new Set(config.allowDest), dialTimeoutMs: config.dialTimeoutMs, http };
   const connector = new Connector(config, (incoming, slog) => handleOpen({ ...deps, log: slog }, incoming, counters), log.child({ cluster: config.cluster, agentId: config.agentId }));
   const health = createHealthServer(() => (connector.ready ? true : 'no tunnel to any server yet'));
+  const guard = guardListener(health, { name: 'health', limits: config.healthLimits ?? defaultLimits('plain'), log: log.child({ component: 'limits' }) });
   health.listen(config.healthPort, config.healthHost);
   await once(health, 'listening');
   const healthAddress = health.address() as AddressInfo;
@@ -43,6 +44,7 @@ export async function startAgent(config: AgentConfig, log: Logger): Promise<Agen
       http.close();
       health.close();
       health.closeAllConnections();
+      guard.destroyPending();
       await once(health, 'close');
       log.info('agent stopped');
     })());

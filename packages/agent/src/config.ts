@@ -1,4 +1,4 @@
-import type { SessionOptions } from '@kubetunnel/shared';
+import type { ListenerLimits, SessionOptions } from '@kubetunnel/shared';
 
 /** The agent's validated configuration (the CLI builds it from flags, file and env). */
 export interface AgentConfig {
@@ -28,4 +28,6 @@ export interface AgentConfig {
   backoff: { initialMs: number; maxMs: number };
   dialTimeoutMs: number;
   session?: Omit<SessionOptions, 'role'>;
+  /** Connection limits of the health port (default: defaultLimits('plain')). */
+  healthLimits?: ListenerLimits;
 }

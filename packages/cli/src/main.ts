@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { Command, Option } from 'commander';
-import { certsAgent, certsApiserver, certsClient, certsInit, replaceFile } from '@kubetunnel/shared';
+import { Defaults, certsAgent, certsApiserver, certsClient, certsInit, replaceFile } from '@kubetunnel/shared';
 import { parseTokenFile } from '@kubetunnel/server';
 import { startStandinApiserver } from '@kubetunnel/standin-apiserver';
 import { runAgent } from './commands/agent.js';
@@ -12,6 +12,7 @@ import { fetchClusterCA, fetchClusters, formatStatus } from './commands/status.j
 import { Settings, SettingError } from './options.js';
 
 const collect = (value: string, previous: string[] = []) => [...previous, value];
+const seconds = (ms: number) => `${ms / 1000}s`;
 
 /** Settings for a subcommand: flags, then KUBETUNNEL_* variables, then --config, then defaults. */
 function settings(cmd: Command): Settings {
@@ -110,6 +111,13 @@ program
   .option('--grpc-uds-user <user>', 'identity of a caller on --grpc-uds, for the policy and the audit', 'kube-apiserver')
   .option('--grpc-uds-group <group>', 'group of a caller on --grpc-uds (repeatable)', collect, [])
   .option('--anp-agent-port <port>', 'Konnectivity AgentService (gRPC, mTLS) for ANP proxy-agents (default: off)')
+  .option('--max-connections <n>', 'client connections open at once on the proxy port; past it new ones are closed at accept', String(Defaults.maxConnections))
+  .option('--max-pending-connections <n>', 'proxy connections in the TLS handshake or before their first request; past it the oldest is closed', String(Defaults.maxPendingConnections))
+  .option('--max-pending-per-source <n>', 'the same, per client address, on the proxy and agent ports (0: no limit)', String(Defaults.maxPendingPerSource))
+  .option('--max-agent-connections <n>', 'agent connections open at once on the agent port', String(Defaults.maxAgentConnections))
+  .option('--handshake-timeout <duration>', 'time a TLS handshake may take on the proxy and agent ports', seconds(Defaults.handshakeTimeoutMs))
+  .option('--header-timeout <duration>', 'time a request head may take to arrive, on every port', seconds(Defaults.headerTimeoutMs))
+  .option('--idle-timeout <duration>', 'how long an idle keep-alive connection stays open, on every port', seconds(Defaults.idleTimeoutMs))
   .option('--config <file>', 'YAML file with any of these settings')
   .addOption(new Option('--log-level <level>', 'log level').choices(['trace', 'debug', 'info', 'warn', 'error', 'silent']).default('info'))
   .action(async (_o, cmd: Command) => {
@@ -137,6 +145,7 @@ program
   .option('--agent-id <id>', 'this agent\'s id (default: host name)')
   .option('--grace-period <duration>', 'how long draining waits for streams', '30s')
   .option('--dial-timeout <duration>', 'how long a dial to the apiserver may take', '5s')
+  .option('--header-timeout <duration>', 'time a request head may take to arrive on the health port', seconds(Defaults.headerTimeoutMs))
   .option('--config <file>', 'YAML file with any of these settings')
   .addOption(new Option('--log-level <level>', 'log level').choices(['trace', 'debug', 'info', 'warn', 'error', 'silent']).default('info'))
   .action(async (_o, cmd: Command) => {

@@ -78,6 +78,13 @@ export class Settings {
     return ms;
   }
 
+  /** A duration that bounds something: above 0 and at most `maxMs`. */
+  timeout(name: string, maxMs = 3_600_000): number {
+    const ms = this.duration(name);
+    if (ms <= 0 || ms > maxMs) throw new SettingError(name, `want a duration above 0 and at most ${maxMs / 1000}s, got ${ms} ms`);
+    return ms;
+  }
+
   /** Reads a file named by a setting; the error names the flag. */
   file(name: string): string | undefined {
     const path = this.string(name);

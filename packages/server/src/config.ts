@@ -1,4 +1,4 @@
-import type { Identity, SessionOptions } from '@kubetunnel/shared';
+import type { Identity, ListenerLimits, SessionOptions } from '@kubetunnel/shared';
 import type { PolicyRule } from './policy.js';
 
 /** The server's validated configuration (the CLI builds it from flags, file and env). */
@@ -43,4 +43,9 @@ export interface ServerConfig {
   grpcUdsIdentity?: Identity;
   /** Konnectivity AgentService (ANP proxy-agents) on this TLS port; undefined: off. */
   anpAgentPort?: number;
+  /** Connection limits per listener; a listener left out gets defaultLimits of its kind. */
+  limits?: Partial<Record<ListenerName, ListenerLimits>>;
 }
+
+/** The server's listeners, as named in logs and metrics. */
+export type ListenerName = 'proxy' | 'agent' | 'health' | 'admin';

@@ -12,6 +12,9 @@ export class ServerMetrics {
   /** Konnectivity's name for the dial duration (no labels), so ANP dashboards keep working. */
   readonly anpDialSeconds: client.Histogram;
   readonly disconnects: client.Counter<'reason'>;
+  readonly connectionsRefused: client.Counter<'listener' | 'reason'>;
+  /** The listeners whose connections the kubetunnel_connections gauge reports. */
+  readonly listeners = new Map<string, { open: number; pending: number }>();
 
   constructor(clusters: ClusterRegistry) {
     const registers = [this.registry];
@@ -97,6 +100,26 @@ export class ServerMetrics {
       help: 'Agent tunnels that ended, by reason (closed: a clean close by either side).',
       labelNames: ['reason'],
       registers,
+    });
+    this.connectionsRefused = new client.Counter({
+      name: 'kubetunnel_connections_refused_total',
+      help: 'Connections refused or cut by a listener limit, by listener and reason (max-connections, max-pending, max-pending-per-source, handshake-timeout, header-timeout, accept-error).',
+      labelNames: ['listener', 'reason'],
+      registers,
+    });
+    const listeners = this.listeners;
+    new client.Gauge({
+      name: 'kubetunnel_connections',
+      help: 'Connections open on a listener, by listener and state (pending: in the TLS handshake or before the first request head).',
+      labelNames: ['listener', 'state'],
+      registers,
+      collect() {
+        this.reset();
+        for (const [listener, g] of listeners) {
+          this.set({ listener, state: 'open' }, g.open);
+          this.set({ listener, state: 'pending' }, g.pending);
+        }
+      },
     });
     new client.Gauge({
       name: 'kubetunnel_agents',

@@ -1,11 +1,13 @@
 import { once } from 'node:events';
+import type http from 'node:http';
+import type https from 'node:https';
 import type { Server } from 'node:net';
 import type { AddressInfo } from 'node:net';
-import { Defaults, SERVER_TLS_POLICY, createHealthServer, type Logger } from '@kubetunnel/shared';
+import { Defaults, SERVER_TLS_POLICY, createHealthServer, defaultLimits, guardListener, type ListenerGuard, type Logger } from '@kubetunnel/shared';
 import { createAdminServer } from './admin.js';
 import { AgentGateway } from './agent-gateway.js';
 import { indexTokens } from './auth.js';
-import type { ServerConfig } from './config.js';
+import type { ListenerName, ServerConfig } from './config.js';
 import type { ConnectDeps } from './connect.js';
 import { Frontend } from './frontend.js';
 import { AnpAgentService } from './grpc/agent-service.js';
@@ -112,6 +114,23 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ku
           log.child({ component: 'anp-agent' }),
         )
       : undefined;
+  const limitsLog = log.child({ component: 'limits' });
+  const guard = (name: ListenerName, server: http.Server | https.Server, kind: Parameters<typeof defaultLimits>[0]): ListenerGuard => {
+    const g = guardListener(server, {
+      name,
+      limits: config.limits?.[name] ?? defaultLimits(kind),
+      log: limitsLog,
+      onRefused: (reason) => metrics.connectionsRefused.inc({ listener: name, reason }),
+    });
+    metrics.listeners.set(name, g);
+    return g;
+  };
+  const guards = [
+    guard('proxy', frontend.server, 'frontend'),
+    guard('agent', gateway.server, 'agent-gateway'),
+    guard('health', health, 'plain'),
+    guard('admin', admin, 'plain'),
+  ];
 
   const servers: Server[] = [];
   const bind = async (name: string, server: Server, port: number, host: string) => {
@@ -151,6 +170,7 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ku
       grpcFrontend?.close();
       gateway.close();
       anpAgents?.close();
+      for (const g of guards) g.destroyPending();
       for (const s of [health, admin]) {
         s.close();
         s.closeAllConnections();

@@ -13,3 +13,4 @@ export * from './http/target.js';
 export * from './http/health.js';
 export * from './tls.js';
 export * from './l7/identity.js';
+export * from './net/guard.js';

@@ -1,7 +1,7 @@
 import { Resolver } from 'node:dns/promises';
 import fs from 'node:fs';
 import os from 'node:os';
-import { createLogger, isValidClusterName, isValidHostPort } from '@kubetunnel/shared';
+import { createLogger, defaultLimits, isValidClusterName, isValidHostPort } from '@kubetunnel/shared';
 import { parseServerSource, startAgent, type Agent, type AgentConfig } from '@kubetunnel/agent';
 import { SettingError, type Settings } from '../options.js';
 import { watchTlsFiles } from '../reload.js';
@@ -72,6 +72,8 @@ export function agentConfig(s: Settings, env: NodeJS.ProcessEnv): AgentConfig {
     dnsRefreshMs: s.duration('dns-refresh'),
     dialTimeoutMs: s.duration('dial-timeout'),
   };
+  const headerTimeoutMs = s.timeout('header-timeout');
+  config.healthLimits = { ...defaultLimits('plain'), headerTimeoutMs, requestTimeoutMs: headerTimeoutMs };
   if (apiserverCA) config.apiserverCA = apiserverCA;
   if (tokenFile) config.apiserverTokenFile = tokenFile;
   return config;

@@ -1,6 +1,6 @@
 import { X509Certificate } from 'node:crypto';
 import os from 'node:os';
-import { Defaults, createLogger } from '@kubetunnel/shared';
+import { Defaults, createLogger, defaultLimits } from '@kubetunnel/shared';
 import { parsePolicy, parseTokenFile, startServer, type ServerConfig, type KubetunnelServer } from '@kubetunnel/server';
 import { SettingError, type Settings } from '../options.js';
 import { watchTlsFiles } from '../reload.js';
@@ -45,6 +45,36 @@ export function oneCAWarning(config: Pick<ServerConfig, 'cert' | 'ca'>): string 
   );
 }
 
+/** The connection limits of the four listeners, from the limit flags. */
+export function serverLimits(s: Settings): NonNullable<ServerConfig['limits']> {
+  const maxConnections = s.int('max-connections', 1, 10_000_000);
+  // Pending connections are connections too: a lower --max-connections bounds them as well.
+  const maxPending = Math.min(s.int('max-pending-connections', 1, 10_000_000), maxConnections);
+  const maxPendingPerSource = s.int('max-pending-per-source', 0, 10_000_000);
+  const maxAgentConnections = s.int('max-agent-connections', 1, 10_000_000);
+  const timeouts = {
+    // Node itself ends a TLS handshake after 2 minutes.
+    handshakeTimeoutMs: s.timeout('handshake-timeout', 120_000),
+    headerTimeoutMs: s.timeout('header-timeout'),
+    idleTimeoutMs: s.timeout('idle-timeout'),
+  };
+  const frontend = defaultLimits('frontend');
+  const gateway = defaultLimits('agent-gateway');
+  const plain = { ...defaultLimits('plain'), ...timeouts, requestTimeoutMs: timeouts.headerTimeoutMs };
+  return {
+    proxy: { ...frontend, ...timeouts, maxConnections, maxPending, maxPendingPerSource },
+    agent: {
+      ...gateway,
+      ...timeouts,
+      maxConnections: maxAgentConnections,
+      maxPending: Math.min(gateway.maxPending, maxAgentConnections),
+      maxPendingPerSource,
+    },
+    health: plain,
+    admin: plain,
+  };
+}
+
 /** Builds and checks the server's config; errors name the flag. */
 export function serverConfig(s: Settings): ServerConfig {
   const tokenText = s.file('token-file');
@@ -75,6 +105,7 @@ export function serverConfig(s: Settings): ServerConfig {
     dialTimeoutMs: s.duration('dial-timeout'),
     maxHeaderSize: Defaults.maxHeaderSize,
     maxStreamsPerClient: s.int('max-streams-per-client', 1, 1_000_000),
+    limits: serverLimits(s),
   };
   const policyText = s.file('policy');
   if (policyText !== undefined) {
