@@ -178,6 +178,7 @@ export class Connector extends EventEmitter {
     };
     if (c.apiserverCA) headers[H.apiserverCA] = Buffer.from(c.apiserverCA, 'utf8').toString('base64');
     if (c.apiserverTokenFile) headers[H.l7] = '1';
+    if (this.live.size > 0) headers[H.heldServers] = [...this.live.keys()].join(',');
     const ws = new WebSocket(new URL(AGENT_PATH, url), SUBPROTOCOL, {
       cert: c.cert,
       key: c.key,
@@ -205,6 +206,14 @@ export class Connector extends EventEmitter {
       count = Number(res.headers[H.serverCount] ?? 1) || 1;
     });
     ws.once('unexpected-response', (req, res: IncomingMessage) => {
+      if (res.statusCode === 409) {
+        // A replica this agent holds already (behind a balancer): try again soon.
+        req.destroy();
+        this.sockets.delete(ws);
+        const delay = this.rebalance.next();
+        this.log.debug({ server: url, serverId: res.headers[H.serverId], retryInMs: delay }, 'landed on a server already held');
+        return done(delay);
+      }
       let body = '';
       res.setEncoding('utf8');
       res.on('data', (d: string) => (body += d.slice(0, 500)));

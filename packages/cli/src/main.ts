@@ -103,6 +103,7 @@ program
   .option('--server-id <id>', 'this replica\'s id (default: host name)')
   .option('--server-count <n>', 'number of server replicas', '1')
   .option('--grace-period <duration>', 'how long draining waits for streams', '30s')
+  .option('--registration-grace <duration>', 'after start, how long /readyz stays 503 and an unknown cluster gets 503 with Retry-After rather than 404, while agents reconnect', '10s')
   .option('--shutdown-delay <duration>', 'on SIGTERM, how long /readyz answers 503 before new connections are refused', '5s')
   .option('--dial-timeout <duration>', 'how long a CONNECT waits for the agent to reach its target', '10s')
   .option('--max-streams-per-client <n>', 'streams one user may hold open at once', '10000')

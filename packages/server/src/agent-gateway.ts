@@ -122,6 +122,13 @@ export class AgentGateway {
     if (!offered.includes(SUBPROTOCOL)) return refuse(400, `unsupported tunnel protocol; this server speaks ${SUBPROTOCOL}`);
     const checked = checkRegistration(req);
     if (!checked.ok) return refuse(checked.status, checked.reason);
+    // An agent that already holds a tunnel here, come back through a balancer:
+    // not a new registration (it would replace the live tunnel).
+    const held = String(req.headers[H.heldServers] ?? '').split(',').map((s) => s.trim());
+    if (held.includes(this.config.serverId)) {
+      this.metrics.registrations.inc({ result: 'already-held' });
+      return respondRaw(socket, 409, `agent already holds a tunnel to server ${this.config.serverId}`, { [H.serverId]: this.config.serverId });
+    }
     this.wss.handleUpgrade(req, socket, head, (ws) => this.register(ws, checked.claim));
   }
 

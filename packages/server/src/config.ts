@@ -25,6 +25,12 @@ export interface ServerConfig {
   serverId: string;
   serverCount: number;
   gracePeriodMs: number;
+  /**
+   * After start, how long /readyz answers 503 and an unknown cluster is
+   * answered 503 with Retry-After rather than 404, while agents reconnect
+   * (default 0).
+   */
+  registrationGraceMs?: number;
   /** On SIGTERM, how long /readyz answers 503 while the server still accepts connections (default 0). */
   shutdownDelayMs?: number;
   /** How long a CONNECT may wait for the agent to reach its target. */

@@ -9,6 +9,7 @@ export class ServerMetrics {
   readonly dialSeconds: client.Histogram<'frontend'>;
   readonly bytes: client.Counter<'direction'>;
   readonly registrations: client.Counter<'result'>;
+  readonly dialRetries: client.Counter<'frontend' | 'reason'>;
   /** Konnectivity's name for the dial duration (no labels), so ANP dashboards keep working. */
   readonly anpDialSeconds: client.Histogram;
   readonly disconnects: client.Counter<'reason'>;
@@ -94,6 +95,12 @@ export class ServerMetrics {
       collect() {
         this.set(clusters.totals().openStreams);
       },
+    });
+    this.dialRetries = new client.Counter({
+      name: 'kubetunnel_dial_retries_total',
+      help: 'Streams refused by a tunnel before they started and opened again on another tunnel, by frontend and the refusal reason.',
+      labelNames: ['frontend', 'reason'],
+      registers,
     });
     this.disconnects = new client.Counter({
       name: 'kubetunnel_agent_disconnects_total',

@@ -50,10 +50,22 @@ export interface ClusterEntry {
 /**
  * The clusters this server knows and the live tunnels of each. A cluster is
  * "known" from its first registration on; it stays known (answering 503, not
- * 404) after its last agent leaves.
+ * 404) after its last agent leaves. A server that has just started does not
+ * know its clusters yet: for `graceMs` after creation every cluster may
+ * still be reconnecting (see `young`).
  */
 export class ClusterRegistry extends EventEmitter {
   private readonly clusters = new Map<string, ClusterEntry>();
+  private readonly createdAt = performance.now();
+
+  constructor(private readonly graceMs = 0) {
+    super();
+  }
+
+  /** Within the registration grace period: agents may still be on their way back. */
+  get young(): boolean {
+    return performance.now() - this.createdAt < this.graceMs;
+  }
 
   get(name: string): ClusterEntry | undefined {
     return this.clusters.get(name);
@@ -110,13 +122,19 @@ export function canServe(t: AgentTunnel, kind: 'tcp' | 'http', target: string): 
 /**
  * Picks the tunnel for a new stream: among live agents that accept new
  * streams and can serve it, the least busy by open streams plus pending
- * opens; ties go to the one registered first.
+ * opens; ties go to the one registered first. Tunnels in `exclude` (tried
+ * already for this stream) are passed over.
  */
-export function pickTunnel(cluster: ClusterEntry, kind: 'tcp' | 'http' = 'tcp', target = 'apiserver'): AgentTunnel | undefined {
+export function pickTunnel(
+  cluster: ClusterEntry,
+  kind: 'tcp' | 'http' = 'tcp',
+  target = 'apiserver',
+  exclude?: ReadonlySet<AgentTunnel>,
+): AgentTunnel | undefined {
   let best: AgentTunnel | undefined;
   let bestLoad = Infinity;
   for (const t of cluster.agents.values()) {
-    if (!t.session.usable || !canServe(t, kind, target)) continue;
+    if (!t.session.usable || exclude?.has(t) || !canServe(t, kind, target)) continue;
     const load = t.session.openStreams + t.session.pendingOpens;
     if (load < bestLoad) {
       best = t;

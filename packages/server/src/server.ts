@@ -57,13 +57,14 @@ async function listen(server: Server, port: number, host: string): Promise<Addre
 
 /** The composition root of the server: builds every part from a validated config. */
 export async function startServer(config: ServerConfig, log: Logger): Promise<KubetunnelServer> {
-  const registry = new ClusterRegistry();
+  const registry = new ClusterRegistry(config.registrationGraceMs ?? 0);
   const metrics = new ServerMetrics(registry);
   const deps: ConnectDeps = {
     registry,
     metrics,
     tokens: indexTokens(config.tokens),
     dialTimeoutMs: config.dialTimeoutMs,
+    dialAttempts: Defaults.dialAttempts,
     maxStreamsPerClient: config.maxStreamsPerClient,
     clientStreams: new Map(),
     authorize: config.policy ? policyAuthorizer(config.policy) : allowAll,
@@ -80,7 +81,10 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ku
   });
   const frontend = new Frontend(config, deps, l7, log.child({ component: 'frontend' }));
   let draining = false;
-  const health = createHealthServer(() => (draining ? 'draining' : true));
+  // Not ready for clients while agents may still be coming back (the
+  // registration grace); agents reach a replica that is not ready yet through
+  // their own balancer or Service (deploy/server.yaml).
+  const health = createHealthServer(() => (draining ? 'draining' : registry.young ? 'starting: agents are registering' : true));
   const admin = createAdminServer(config.serverId, registry, metrics);
   const grpcTls = new TlsMaterial({ cert: config.cert, key: config.key, ca: config.ca });
   const grpcFrontend =

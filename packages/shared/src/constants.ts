@@ -13,6 +13,12 @@ export const Defaults = {
   maxMessageSize: 256 * 1024,
   /** Stop framing DATA while this many bytes are handed to the transport but not yet written. */
   transportHighWater: 256 * 1024,
+  /**
+   * Tunnels one dial may try: a stream refused before it started (the agent
+   * draining, its tunnel closing) is opened on another tunnel of the
+   * cluster, within the same dial timeout (see retryElsewhere).
+   */
+  dialAttempts: 3,
   /** How long an OPEN may wait for OPEN_OK / OPEN_ERR. */
   openTimeoutMs: 10_000,
   /** How often each side sends PING on an idle session. */

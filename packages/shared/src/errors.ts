@@ -38,6 +38,29 @@ const byCode = new Map<number, Reason>(
   (Object.keys(Reasons) as Reason[]).map((r) => [Reasons[r].code, r]),
 );
 
+/**
+ * Reasons that say a stream never started: the OPEN was refused by the
+ * tunnel itself (the agent is draining or full) or the tunnel ended before
+ * OPEN_OK. No byte of such a stream was carried (data flows only after
+ * OPEN_OK), so the opener may open it again on another tunnel of the cluster.
+ * Every other refusal (a dial the agent made and that failed, a target it
+ * does not allow, a timeout, a cancel) is final for that request.
+ */
+const RETRY_ELSEWHERE = new Set<Reason>([
+  'SESSION_CLOSED',
+  'PING_TIMEOUT',
+  'GOING_AWAY',
+  'TOO_MANY_STREAMS',
+  'CONTROL_QUEUE_FULL',
+  'PING_FLOOD',
+  'PEER_NOT_READING',
+]);
+
+/** True when a stream refused for `reason` before OPEN_OK may be opened on another tunnel. */
+export function retryElsewhere(reason: Reason): boolean {
+  return RETRY_ELSEWHERE.has(reason);
+}
+
 /** The reason for a wire code; unknown codes (a newer peer) read as INTERNAL. */
 export function reasonFromCode(code: number): Reason {
   return byCode.get(code) ?? 'INTERNAL';

@@ -17,6 +17,12 @@ export const RegistrationHeaders = {
   apiserverCA: 'x-kubetunnel-apiserver-ca',
   /** Request: whether the agent serves L7 (http) streams: "1" or absent. */
   l7: 'x-kubetunnel-l7',
+  /**
+   * Request: comma-separated ids of the server replicas this agent already
+   * holds a tunnel to. Behind a balancer an agent lands on those too; the
+   * server answers 409 instead of registering (and so replacing) it again.
+   */
+  heldServers: 'x-kubetunnel-held-servers',
   /** Response: the server replica's id. */
   serverId: 'x-kubetunnel-server-id',
   /** Response: how many server replicas there are. */

@@ -102,6 +102,7 @@ export function serverConfig(s: Settings): ServerConfig {
     serverCount,
     gracePeriodMs: s.duration('grace-period'),
     shutdownDelayMs: s.duration('shutdown-delay'),
+    registrationGraceMs: s.duration('registration-grace'),
     dialTimeoutMs: s.duration('dial-timeout'),
     maxHeaderSize: Defaults.maxHeaderSize,
     maxStreamsPerClient: s.int('max-streams-per-client', 1, 1_000_000),

@@ -12,6 +12,14 @@
  * One WebSocket binary message carries one or more whole frames. Stream id 0
  * is the session itself (PING, PONG, GOAWAY); every other kind names a stream.
  * Flags are reserved and must be 0 in version 1.
+ *
+ * A stream carries no DATA before OPEN_OK. So a stream that ended before
+ * OPEN_OK carried nothing, and the opener may open it again elsewhere when
+ * the reason says the tunnel, not the target, refused it: OPEN_ERR with
+ * GOING_AWAY (the agent sent or is about to send GOAWAY and dials nothing
+ * more) or TOO_MANY_STREAMS, or the session ending while the OPEN waited
+ * (see retryElsewhere in errors.ts). A dial failure (DIAL_*), a refused
+ * target and a timeout are final.
  */
 
 export const PROTOCOL_VERSION = 1;
