@@ -127,6 +127,7 @@ export async function startServerProc(certDir: string, extra: string[] = [], por
     '--admin-port', String(ports.admin ?? 0),
     '--grace-period', '2s',
     '--shutdown-delay', '0s',
+    '--registration-grace', '0s',
     ...extra,
   ]);
   const port = async (name: string) => {

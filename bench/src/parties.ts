@@ -86,7 +86,7 @@ export async function startServer(pki: Pki, tmp: string): Promise<Server> {
   const proc = start(CLI, [
     'server', '--cert', pki.file('server.crt'), '--key', pki.file('server.key'), '--client-ca', pki.file('client-ca.crt'),
     '--bind-address', '127.0.0.1', '--proxy-port', '0', '--agent-port', '0', '--health-port', '0', '--admin-port', '0',
-    '--grpc-port', '0', '--token-file', tokens, '--max-streams-per-client', '100000', '--log-level', 'info', '--shutdown-delay', '0s', ...GRACE,
+    '--grpc-port', '0', '--token-file', tokens, '--max-streams-per-client', '100000', '--log-level', 'info', '--shutdown-delay', '0s', '--registration-grace', '0s', ...GRACE,
   ]);
   const ports: Record<string, number> = {};
   await line(
