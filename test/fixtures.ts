@@ -1,5 +1,6 @@
 /** Configurations for tests that run a server and agents in this process. */
 import { once } from 'node:events';
+import { expect } from 'vitest';
 import { startAgent, type Agent, type AgentConfig } from '@kubetunnel/agent';
 import type { KubetunnelServer, ServerConfig } from '@kubetunnel/server';
 import { Defaults, silentLogger, type Pem } from '@kubetunnel/shared';
@@ -58,4 +59,17 @@ export async function startRegisteredAgent(server: KubetunnelServer, config: Age
   const agent = await startAgent(config, silentLogger());
   while (!server.registry.get(config.cluster)?.agents.has(config.agentId)) await once(server.registry, 'change');
   return agent;
+}
+
+/**
+ * Asserts that the server (and `agent`, if given) holds no open stream and no
+ * pending dial. Streams end asynchronously on both sides once the last bytes
+ * are read, so it waits up to `withinMs` for them first.
+ */
+export async function expectIdle(server: KubetunnelServer, agent?: Agent, withinMs = 3000): Promise<void> {
+  const deadline = Date.now() + withinMs;
+  while ((server.registry.totals().openStreams > 0 || (agent?.openStreams() ?? 0) > 0) && Date.now() < deadline)
+    await new Promise((r) => setTimeout(r, 5));
+  expect(server.registry.totals()).toMatchObject({ openStreams: 0, pendingDials: 0 });
+  if (agent) expect(agent.openStreams()).toBe(0);
 }

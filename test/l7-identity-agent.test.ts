@@ -15,7 +15,7 @@ import type { Agent } from '@kubetunnel/agent';
 import { startServer, type KubetunnelServer } from '@kubetunnel/server';
 import { createCA, issueAgentCert, issueServerCert, silentLogger, type Identity, type MuxStream } from '@kubetunnel/shared';
 import { startStandinApiserver, type StandinApiserver } from '@kubetunnel/standin-apiserver';
-import { startRegisteredAgent, testAgentConfig, testServerConfig } from './fixtures.js';
+import { expectIdle, startRegisteredAgent, testAgentConfig, testServerConfig } from './fixtures.js';
 
 const hubCA = createCA();
 const hubCert = issueServerCert(hubCA, { sans: ['localhost', '127.0.0.1'] });
@@ -49,12 +49,7 @@ beforeAll(async () => {
 });
 
 afterEach(async () => {
-  // Streams end asynchronously on both sides once the last bytes are read.
-  const deadline = Date.now() + 3000;
-  while ((server.registry.totals().openStreams > 0 || agent.openStreams() > 0) && Date.now() < deadline)
-    await new Promise((r) => setImmediate(r));
-  expect(server.registry.totals()).toMatchObject({ openStreams: 0, pendingDials: 0 });
-  expect(agent.openStreams()).toBe(0);
+  await expectIdle(server, agent);
 });
 
 afterAll(async () => {
