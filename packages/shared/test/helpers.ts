@@ -3,6 +3,7 @@ import { once } from 'node:events';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import forge from 'node-forge';
+import { expect } from 'vitest';
 import { WebSocket, WebSocketServer } from 'ws';
 import type { Pem } from '../src/pki/index.js';
 import { MemoryTransport, Session, WsTransport, type SessionOptions } from '../src/mux/index.js';
@@ -17,6 +18,14 @@ export interface Pair {
 }
 
 type Opts = Omit<SessionOptions, 'role'>;
+
+/** Asserts that neither session of `p` holds an open stream or an open in progress. */
+export function expectPairIdle(p: Pair): void {
+  expect(p.server.openStreams).toBe(0);
+  expect(p.server.pendingOpens).toBe(0);
+  expect(p.agent.openStreams).toBe(0);
+  expect(p.agent.pendingIncoming).toBe(0);
+}
 
 export function memoryPair(opts: Opts = {}): Pair {
   const [a, b] = MemoryTransport.pair();
