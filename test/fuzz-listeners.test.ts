@@ -217,8 +217,7 @@ beforeAll(async () => {
     agentArgs: ['--apiserver-token-file', path.join(dir, 'agent-token')],
   });
   agentCert = { cert: read('agent-member-1.crt'), key: read('agent-member-1.key') };
-  const healthLine = await member.agent.waitFor((l) => l.listener === 'health', 'agent health listener');
-  agentHealth = Number(String(healthLine.address).split(':').pop());
+  agentHealth = await member.agent.listenerPort('health');
 });
 
 afterAll(async () => {

@@ -146,10 +146,8 @@ beforeAll(async () => {
     '--server-id', 'hub-a',
     '--server-count', '3',
   ]);
-  const port = async (name: string) =>
-    Number(String((await server.proc.waitFor((l) => l.listener === name && typeof l.address === 'string', name)).address).split(':').pop());
-  anpPort = await port('anp-agent');
-  grpcPort = await port('grpc');
+  anpPort = await server.proc.listenerPort('anp-agent');
+  grpcPort = await server.proc.listenerPort('grpc');
 });
 
 afterEach(async () => {

@@ -14,7 +14,7 @@ import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from
 import type { Agent } from '@kubetunnel/agent';
 import { ProxyServiceClient, packets, startServer, type KubetunnelServer, type Packet } from '@kubetunnel/server';
 import { createCA, issueAgentCert, issueClientCert, issueServerCert, silentLogger, type IncomingOpen, type Session } from '@kubetunnel/shared';
-import { startRegisteredAgent, testAgentConfig, testServerConfig } from './fixtures.js';
+import { expectIdle, startRegisteredAgent, testAgentConfig, testServerConfig } from './fixtures.js';
 import { expectNoLeaks, liveResources, memoryPair } from '../packages/shared/test/helpers.js';
 
 const ca = createCA();
@@ -140,9 +140,7 @@ beforeEach(async () => {
 afterEach(async () => {
   for (const c of clients) c.close();
   clients = [];
-  const deadline = Date.now() + 3000;
-  while (server.registry.totals().openStreams > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
-  expect(server.registry.totals()).toMatchObject({ openStreams: 0, pendingDials: 0 });
+  await expectIdle(server);
   for (const a of agents) await a.close();
   agents = [];
   await server.close();

@@ -40,8 +40,7 @@ beforeAll(async () => {
   await cli('certs', 'client', '--dir', certDir, '--user', 'alice', '--group', 'developers');
   fs.writeFileSync(path.join(dir, 'tokens.csv'), 'hub-token,bob,2\n');
   server = await startServerProc(certDir, ['--grpc-port', '0', '--grpc-uds', uds, '--token-file', path.join(dir, 'tokens.csv')]);
-  const l = await server.proc.waitFor((l) => l.listener === 'grpc' && typeof l.address === 'string', 'grpc listener');
-  grpcPort = Number(String(l.address).split(':').pop());
+  grpcPort = await server.proc.listenerPort('grpc');
   await server.proc.waitFor((l) => l.listener === 'grpc-uds', 'grpc-uds listener');
   for (const name of ['member-1', 'member-2'])
     members.set(name, await startMemberProc({ dir, certDir, server, name, tokens: { [MEMBER_TOKEN]: { user: 'alice', groups: [] } } }));

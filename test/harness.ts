@@ -70,6 +70,12 @@ export class Proc {
     });
   }
 
+  /** The port of the listener `name` once its log line says where it listens (`address` host:port). */
+  async listenerPort(name: string): Promise<number> {
+    const l = await this.waitFor((l) => l.listener === name && typeof l.address === 'string', `${name} listener`);
+    return Number(String(l.address).split(':').pop());
+  }
+
   /** Number of log lines that match so far. */
   count(pred: (l: LogLine) => boolean): number {
     return this.lines.filter(pred).length;
@@ -130,11 +136,7 @@ export async function startServerProc(certDir: string, extra: string[] = [], por
     '--registration-grace', '0s',
     ...extra,
   ]);
-  const port = async (name: string) => {
-    const l = await proc.waitFor((l) => l.listener === name && typeof l.address === 'string', `${name} listener`);
-    return Number(String(l.address).split(':').pop());
-  };
-  const [proxy, agent, health, admin] = await Promise.all(['proxy', 'agent', 'health', 'admin'].map(port));
+  const [proxy, agent, health, admin] = await Promise.all(['proxy', 'agent', 'health', 'admin'].map((name) => proc.listenerPort(name)));
   return { proc, hubTokens, proxy: proxy!, agent: agent!, health: health!, admin: admin!, adminUrl: `http://127.0.0.1:${admin}` };
 }
 

@@ -10,7 +10,7 @@ import { Connector, startAgent, type Agent, type AgentConfig } from '@kubetunnel
 import { pino } from 'pino';
 import { startServer, type KubetunnelServer } from '@kubetunnel/server';
 import { createCA, issueAgentCert, issueServerCert, silentLogger, type Pem } from '@kubetunnel/shared';
-import { testAgentConfig, testServerConfig } from './fixtures.js';
+import { expectIdle, testAgentConfig, testServerConfig } from './fixtures.js';
 import { expectNoLeaks, liveResources } from '../packages/shared/test/helpers.js';
 
 const ca = createCA();
@@ -56,12 +56,7 @@ beforeEach(async () => {
 });
 
 afterEach(async () => {
-  // Streams end asynchronously on both sides once the last bytes are read.
-  const deadline = Date.now() + 3000;
-  while ((server.registry.totals().openStreams > 0 || (agent?.openStreams() ?? 0) > 0) && Date.now() < deadline)
-    await new Promise((r) => setImmediate(r));
-  expect(server.registry.totals()).toMatchObject({ openStreams: 0, pendingDials: 0 });
-  if (agent) expect(agent.openStreams()).toBe(0);
+  await expectIdle(server, agent);
   await agent?.close();
   agent = undefined;
   await server.close();

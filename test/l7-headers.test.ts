@@ -7,58 +7,28 @@
  * are the caller's choice.
  */
 import { once } from 'node:events';
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import tls from 'node:tls';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { Agent } from '@kubetunnel/agent';
-import { startServer, type KubetunnelServer } from '@kubetunnel/server';
-import { createCA, issueAgentCert, issueServerCert, silentLogger } from '@kubetunnel/shared';
-import { startRegisteredAgent, testAgentConfig, testServerConfig } from './fixtures.js';
-import { startStandinApiserver, type StandinApiserver } from '@kubetunnel/standin-apiserver';
+import type { KubetunnelServer } from '@kubetunnel/server';
+import type { Pem } from '@kubetunnel/shared';
+import type { StandinApiserver } from '@kubetunnel/standin-apiserver';
+import { L7_AGENT_USER as AGENT_USER, startL7Member, type L7Member } from './fixtures.js';
 
-const hubCA = createCA();
-const hubCert = issueServerCert(hubCA, { sans: ['localhost', '127.0.0.1'] });
-const memberCA = createCA();
-const memberCert = issueServerCert(memberCA, { sans: ['127.0.0.1'] });
-const AGENT_USER = 'system:serviceaccount:kubetunnel:agent';
-
+let member: L7Member;
+let hubCA: Pem;
 let server: KubetunnelServer;
-let agent: Agent;
 let api: StandinApiserver;
-let dir: string;
 
 beforeAll(async () => {
-  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'l7h-'));
-  fs.writeFileSync(path.join(dir, 'token'), 'agent-token\n');
-  api = await startStandinApiserver({
-    cluster: 'member-1',
-    cert: memberCert.cert,
-    key: memberCert.key,
-    tokens: { 'agent-token': { user: AGENT_USER, groups: [] }, 'caller-token': { user: 'mallory', groups: ['system:masters'] } },
-    impersonators: [AGENT_USER],
+  member = await startL7Member(new Map([['hub-token', { user: 'alice', uid: '42', groups: ['dev', 'ops'] }]]), {
+    'caller-token': { user: 'mallory', groups: ['system:masters'] },
   });
-  server = await startServer(
-    testServerConfig(hubCA, hubCert, new Map([['hub-token', { user: 'alice', uid: '42', groups: ['dev', 'ops'] }]])),
-    silentLogger(),
-  );
-  const agentPem = issueAgentCert(hubCA, { cluster: 'member-1' });
-  agent = await startRegisteredAgent(
-    server,
-    testAgentConfig(server, hubCA, agentPem, 'member-1', api.url, {
-      apiserverCA: memberCA.cert,
-      apiserverTokenFile: path.join(dir, 'token'),
-    }),
-  );
+  ({ hubCA, server, api } = member);
 });
 
 afterAll(async () => {
-  await agent.close();
-  await server.close();
-  await api.close();
-  fs.rmSync(dir, { recursive: true, force: true });
+  await member.close();
 });
 
 /** Writes one request as raw bytes over TLS; resolves with the status code. */

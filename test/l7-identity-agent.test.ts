@@ -6,62 +6,30 @@
  */
 import { once } from 'node:events';
 import http from 'node:http';
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import type { Duplex } from 'node:stream';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Agent } from '@kubetunnel/agent';
-import { startServer, type KubetunnelServer } from '@kubetunnel/server';
-import { createCA, issueAgentCert, issueServerCert, silentLogger, type Identity, type MuxStream } from '@kubetunnel/shared';
-import { startStandinApiserver, type StandinApiserver } from '@kubetunnel/standin-apiserver';
-import { startRegisteredAgent, testAgentConfig, testServerConfig } from './fixtures.js';
+import type { KubetunnelServer } from '@kubetunnel/server';
+import type { Identity, MuxStream } from '@kubetunnel/shared';
+import type { StandinApiserver } from '@kubetunnel/standin-apiserver';
+import { expectIdle, startL7Member, type L7Member } from './fixtures.js';
 
-const hubCA = createCA();
-const hubCert = issueServerCert(hubCA, { sans: ['localhost', '127.0.0.1'] });
-const memberCA = createCA();
-const memberCert = issueServerCert(memberCA, { sans: ['127.0.0.1'] });
-const AGENT_USER = 'system:serviceaccount:kubetunnel:agent';
-
+let member: L7Member;
 let server: KubetunnelServer;
 let agent: Agent;
 let api: StandinApiserver;
-let dir: string;
 
 beforeAll(async () => {
-  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'l7id-'));
-  fs.writeFileSync(path.join(dir, 'token'), 'agent-token\n');
-  api = await startStandinApiserver({
-    cluster: 'member-1',
-    cert: memberCert.cert,
-    key: memberCert.key,
-    tokens: { 'agent-token': { user: AGENT_USER, groups: [] } },
-    impersonators: [AGENT_USER],
-  });
-  server = await startServer(testServerConfig(hubCA, hubCert, new Map()), silentLogger());
-  agent = await startRegisteredAgent(
-    server,
-    testAgentConfig(server, hubCA, issueAgentCert(hubCA, { cluster: 'member-1' }), 'member-1', api.url, {
-      apiserverCA: memberCA.cert,
-      apiserverTokenFile: path.join(dir, 'token'),
-    }),
-  );
+  member = await startL7Member(new Map());
+  ({ server, agent, api } = member);
 });
 
 afterEach(async () => {
-  // Streams end asynchronously on both sides once the last bytes are read.
-  const deadline = Date.now() + 3000;
-  while ((server.registry.totals().openStreams > 0 || agent.openStreams() > 0) && Date.now() < deadline)
-    await new Promise((r) => setImmediate(r));
-  expect(server.registry.totals()).toMatchObject({ openStreams: 0, pendingDials: 0 });
-  expect(agent.openStreams()).toBe(0);
+  await expectIdle(server, agent);
 });
 
 afterAll(async () => {
-  await agent.close();
-  await server.close();
-  await api.close();
-  fs.rmSync(dir, { recursive: true, force: true });
+  await member.close();
 });
 
 const tunnel = () => [...server.registry.get('member-1')!.agents.values()][0]!;

@@ -290,8 +290,7 @@ beforeAll(async () => {
     tokens: { [MEMBER_TOKEN]: { user: 'alice', groups: ['developers'] } },
     agentArgs: ['--header-timeout', `${TIMEOUT_MS}ms`],
   });
-  const healthLine = await member.agent.waitFor((l) => l.listener === 'health' && typeof l.address === 'string', 'agent health listener');
-  agentHealth = Number(String(healthLine.address).split(':').pop());
+  agentHealth = await member.agent.listenerPort('health');
 
   // A target that never answers: a listener whose accept queue is full (one
   // connection it never accepts), so that further SYNs go unanswered.

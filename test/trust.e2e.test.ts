@@ -5,7 +5,6 @@
  * authenticates at the frontend.
  */
 import { spawn } from 'node:child_process';
-import { generateKeyPairSync } from 'node:crypto';
 import { once } from 'node:events';
 import fs from 'node:fs';
 import https from 'node:https';
@@ -14,9 +13,9 @@ import type net from 'node:net';
 import path from 'node:path';
 import type { Duplex } from 'node:stream';
 import tls from 'node:tls';
-import forge from 'node-forge';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createCA, issueServerCert, type Pem } from '@kubetunnel/shared';
+import { forgeCert } from '../packages/shared/test/helpers.js';
 import { type ServerProc, CLI, cli, execFileP, memberCertNames, rawConnect, startServerProc, tmpDir } from './harness.js';
 
 const HUB_TOKEN = 'hub-token';
@@ -217,22 +216,12 @@ describe('TLS policy of every listener', () => {
 
 /** A serving certificate of the kind older versions issued: serverAuth and clientAuth, signed by `ca`. */
 function olderServerCert(ca: Pem): Pem {
-  const keyPem = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ type: 'pkcs1', format: 'pem' }).toString();
-  const key = forge.pki.privateKeyFromPem(keyPem) as forge.pki.rsa.PrivateKey;
-  const caCert = forge.pki.certificateFromPem(ca.cert);
-  const cert = forge.pki.createCertificate();
-  cert.publicKey = forge.pki.setRsaPublicKey(key.n, key.e);
-  cert.serialNumber = '0b';
-  cert.validity.notBefore = new Date(Date.now() - 60_000);
-  cert.validity.notAfter = new Date(Date.now() + 3_600_000);
-  cert.setSubject([{ name: 'commonName', value: 'kubetunnel-server' }]);
-  cert.setIssuer(caCert.subject.attributes);
-  cert.setExtensions([
-    { name: 'extKeyUsage', serverAuth: true, clientAuth: true },
-    { name: 'subjectAltName', altNames: [{ type: 2, value: 'localhost' }, { type: 7, ip: '127.0.0.1' }] },
-  ]);
-  cert.sign(forge.pki.privateKeyFromPem(ca.key) as forge.pki.rsa.PrivateKey, forge.md.sha256.create());
-  return { cert: forge.pki.certificateToPem(cert), key: keyPem };
+  return forgeCert(ca, {
+    commonName: 'kubetunnel-server',
+    serial: '0b',
+    eku: { serverAuth: true, clientAuth: true },
+    altNames: [{ type: 2, value: 'localhost' }, { type: 7, ip: '127.0.0.1' }],
+  });
 }
 
 describe('one CA for everything (the older layout, --ca)', () => {

@@ -6,11 +6,12 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import httpProxy from 'http-proxy';
 import {
-  failureStatus,
   identityProblem,
   onProxyResponse,
   impersonationHeaders,
   relayUpgrade,
+  respondRaw,
+  sendStatus,
   stripCallerHeaders,
   upgradeRequestHeaders,
   type Identity,
@@ -28,11 +29,8 @@ export interface ApiserverHttpConfig {
 
 /** Answers a failed request with a Kubernetes Status, or ends a connection that is past its head. */
 function fail(res: ServerResponse | Duplex, code: number, message: string): void {
-  if (!('writeHead' in res)) return void res.destroy();
-  if (res.headersSent) return void res.destroy();
-  const body = JSON.stringify(failureStatus(code, message));
-  res.writeHead(code, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(body) });
-  res.end(body);
+  if ('writeHead' in res) sendStatus(res, code, message);
+  else res.destroy();
 }
 
 /** Re-reads a token file at most every few seconds (kubelet rotates projected tokens in place). */
@@ -136,7 +134,7 @@ export class ApiserverHttp {
     const identity = this.identityOf(req);
     if (!identity) return void socket.destroy();
     const refused = identityProblem(identity);
-    if (refused) return void socket.end(`HTTP/1.1 ${refused.status} Refused\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: ${Buffer.byteLength(refused.reason) + 1}\r\n\r\n${refused.reason}\n`);
+    if (refused) return respondRaw(socket, refused.status, refused.reason);
     const headers = upgradeRequestHeaders(this.upstreamHeaders(req.headers, identity), req.headers.upgrade);
     const out = https.request({
       host: this.config.apiserver.hostname,

@@ -18,13 +18,14 @@ import {
   parseOriginForm,
   SERVER_TLS_POLICY,
   reasonOf,
+  respondRaw,
   type Logger,
   type Reason,
 } from '@kubetunnel/shared';
 import type { ServerConfig } from './config.js';
 import type { ServerMetrics } from './metrics.js';
 import type { AgentTunnel, ClusterRegistry } from './registry.js';
-import { SocketSet, respondRaw } from './respond.js';
+import { SocketSet } from './sockets.js';
 
 /** Reasons a tunnel ends because the agent broke a rule or a bound (logged as warnings). */
 const MISBEHAVIOUR = new Set<Reason | 'closed'>(['PROTOCOL_ERROR', 'FLOW_CONTROL', 'CONTROL_QUEUE_FULL', 'PING_FLOOD', 'PEER_NOT_READING']);

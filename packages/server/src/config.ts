@@ -33,7 +33,7 @@ export interface ServerConfig {
   registrationGraceMs?: number;
   /** On SIGTERM, how long /readyz answers 503 while the server still accepts connections (default 0). */
   shutdownDelayMs?: number;
-  /** How long a CONNECT may wait for the agent to reach its target. */
+  /** How long a dial (CONNECT, L7, gRPC) may wait for the agent to reach its target; a gRPC Proxy call sends its DIAL_REQ within it too. */
   dialTimeoutMs: number;
   maxHeaderSize: number;
   /** Streams one client identity may hold open at once. */
@@ -53,5 +53,5 @@ export interface ServerConfig {
   limits?: Partial<Record<ListenerName, ListenerLimits>>;
 }
 
-/** The server's listeners, as named in logs and metrics. */
+/** The server's listeners that have connection limits (the gRPC ones have their own bounds), as named in logs and metrics. */
 export type ListenerName = 'proxy' | 'agent' | 'health' | 'admin';

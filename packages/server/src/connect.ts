@@ -1,12 +1,11 @@
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
-import { splice, type Logger } from '@kubetunnel/shared';
+import { respondRaw, splice, type Logger } from '@kubetunnel/shared';
 import { authenticate, basicUserFromAuthorization, type TokenIndex } from './auth.js';
 import { dialCluster, type DialDeps } from './dial.js';
 import type { ClusterRegistry } from './registry.js';
-import { resolveCluster } from './resolve.js';
-import { respondRaw } from './respond.js';
+import { resolveCluster, tcpTarget } from './resolve.js';
 
 export interface ConnectDeps extends DialDeps {
   registry: ClusterRegistry;
@@ -40,10 +39,7 @@ export async function handleConnect(deps: ConnectDeps, req: IncomingMessage, soc
     deps.metrics.failures.inc({ frontend: 'connect', reason: 'BAD_REQUEST' });
     return respondRaw(socket, r.status, r.reason);
   }
-  const hostPort = `${r.host}:${r.port}`;
-  const entry = deps.registry.get(r.cluster);
-  const allowListed = entry ? [...entry.agents.values()].some((t) => t.allowDest.has(hostPort)) : false;
-  const target = allowListed ? hostPort : 'apiserver';
+  const target = tcpTarget(deps.registry, r);
 
   // The client may leave while the agent dials: abandon the dial then.
   const gone = new AbortController();

@@ -1,10 +1,10 @@
 import https from 'node:https';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
-import { SERVER_TLS_POLICY, type Logger } from '@kubetunnel/shared';
+import { SERVER_TLS_POLICY, respondRaw, type Logger } from '@kubetunnel/shared';
 import type { ServerConfig } from './config.js';
 import { handleConnect, type ConnectDeps } from './connect.js';
-import { SocketSet, respondRaw } from './respond.js';
+import { SocketSet } from './sockets.js';
 
 /** What the frontend does with non-CONNECT traffic (the L7 mode plugs in here). */
 export interface HttpHandlers {

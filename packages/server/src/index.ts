@@ -9,6 +9,5 @@ export * from './metrics.js';
 export * from './server.js';
 export * from './policy.js';
 export * from './l7.js';
-export * from './kube-status.js';
 export * from './grpc/packets.js';
 export { grpcStatusOf, type CallerSource } from './grpc/proxy-service.js';

@@ -10,6 +10,8 @@ import {
   onProxyResponse,
   parseOriginForm,
   relayUpgrade,
+  sendStatus,
+  sendStatusRaw,
   stripCallerHeaders,
   upgradeRequestHeaders,
   type Identity,
@@ -19,7 +21,6 @@ import {
 import { authenticate, type TokenIndex } from './auth.js';
 import { dialCluster, type DialDeps } from './dial.js';
 import { connectOnly, type HttpHandlers } from './frontend.js';
-import { sendStatus, sendStatusRaw } from './kube-status.js';
 
 export interface L7Deps extends DialDeps {
   tokens: TokenIndex;

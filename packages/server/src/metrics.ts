@@ -1,6 +1,9 @@
 import client from 'prom-client';
 import type { ClusterRegistry } from './registry.js';
 
+/** Dial duration buckets (seconds), of our histogram and of Konnectivity's. */
+const DIAL_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5];
+
 /** The server's metrics, in a registry of its own (several servers may share a process in tests). */
 export class ServerMetrics {
   readonly registry = new client.Registry();
@@ -35,7 +38,7 @@ export class ServerMetrics {
       name: 'kubetunnel_dial_duration_seconds',
       help: 'Time from OPEN to OPEN_OK.',
       labelNames: ['frontend'],
-      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5],
+      buckets: DIAL_BUCKETS,
       registers,
     });
     this.bytes = new client.Counter({
@@ -55,7 +58,7 @@ export class ServerMetrics {
     this.anpDialSeconds = new client.Histogram({
       name: `${anp}dial_duration_seconds`,
       help: 'Latency of dial to the remote endpoint in seconds (kubetunnel_dial_duration_seconds without labels).',
-      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5],
+      buckets: DIAL_BUCKETS,
       registers,
     });
     const failures = this.failures;
@@ -72,30 +75,19 @@ export class ServerMetrics {
         }
       },
     });
-    new client.Gauge({
-      name: `${anp}ready_backend_connections`,
-      help: 'Number of agents connected to the proxy server (every cluster).',
-      registers,
-      collect() {
-        this.set(clusters.totals().agents);
-      },
-    });
-    new client.Gauge({
-      name: `${anp}pending_backend_dials`,
-      help: 'Current number of pending backend dial requests.',
-      registers,
-      collect() {
-        this.set(clusters.totals().pendingDials);
-      },
-    });
-    new client.Gauge({
-      name: `${anp}established_connections`,
-      help: 'Current number of established end-to-end connections (post-dial).',
-      registers,
-      collect() {
-        this.set(clusters.totals().openStreams);
-      },
-    });
+    /** A gauge of one of the registry's totals over every cluster. */
+    const totalGauge = (name: string, help: string, total: keyof ReturnType<ClusterRegistry['totals']>) =>
+      new client.Gauge({
+        name,
+        help,
+        registers,
+        collect() {
+          this.set(clusters.totals()[total]);
+        },
+      });
+    totalGauge(`${anp}ready_backend_connections`, 'Number of agents connected to the proxy server (every cluster).', 'agents');
+    totalGauge(`${anp}pending_backend_dials`, 'Current number of pending backend dial requests.', 'pendingDials');
+    totalGauge(`${anp}established_connections`, 'Current number of established end-to-end connections (post-dial).', 'openStreams');
     this.dialRetries = new client.Counter({
       name: 'kubetunnel_dial_retries_total',
       help: 'Streams refused by a tunnel before they started and opened again on another tunnel, by frontend and the refusal reason.',

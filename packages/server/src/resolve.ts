@@ -1,4 +1,5 @@
 import { isValidClusterName } from '@kubetunnel/shared';
+import type { ClusterRegistry } from './registry.js';
 
 export type Resolution =
   | { ok: true; cluster: string; host: string; port: number }
@@ -55,4 +56,16 @@ export function resolveCluster(
   }
   // Not a cluster we can name: report it as unknown under the name the caller gave.
   return { ok: true, cluster: fromUser ?? host, ...target };
+}
+
+/**
+ * What a tcp stream for `host:port` asks the agent to dial: that host:port
+ * when an agent of the cluster allow-lists it exactly, else the cluster's
+ * apiserver (whatever the host names).
+ */
+export function tcpTarget(registry: ClusterRegistry, r: { cluster: string; host: string; port: number }): string {
+  const hostPort = `${r.host}:${r.port}`;
+  const entry = registry.get(r.cluster);
+  const allowListed = entry ? [...entry.agents.values()].some((t) => t.allowDest.has(hostPort)) : false;
+  return allowListed ? hostPort : 'apiserver';
 }

@@ -143,6 +143,8 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ku
     log.info({ listener: name, address: `${addr.address}:${addr.port}` }, `${name} listening`);
     return addr;
   };
+  /** The address of a gRPC listener on the bind address (grpc-js reports only the port). */
+  const boundTo = (port: number): AddressInfo => ({ address: config.bindAddress, family: config.bindAddress.includes(':') ? 'IPv6' : 'IPv4', port });
   let addresses: ServerAddresses;
   try {
     addresses = {
@@ -153,12 +155,11 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ku
     };
     if (grpcFrontend) {
       const g = await grpcFrontend.listen();
-      if (g.port !== undefined) addresses.grpc = { address: config.bindAddress, family: config.bindAddress.includes(':') ? 'IPv6' : 'IPv4', port: g.port };
+      if (g.port !== undefined) addresses.grpc = boundTo(g.port);
       if (g.uds !== undefined) addresses.grpcUds = g.uds;
     }
     if (anpAgents) {
-      const port = await anpAgents.listen();
-      addresses.anpAgent = { address: config.bindAddress, family: config.bindAddress.includes(':') ? 'IPv6' : 'IPv4', port };
+      addresses.anpAgent = boundTo(await anpAgents.listen());
     }
   } catch (err) {
     for (const s of servers) s.close();

@@ -11,6 +11,7 @@ export * from './names.js';
 export * from './l7/status.js';
 export * from './http/target.js';
 export * from './http/health.js';
+export * from './http/respond.js';
 export * from './tls.js';
 export * from './l7/identity.js';
 export * from './net/guard.js';

@@ -1,7 +1,11 @@
+import { generateKeyPairSync } from 'node:crypto';
 import { once } from 'node:events';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import forge from 'node-forge';
+import { expect } from 'vitest';
 import { WebSocket, WebSocketServer } from 'ws';
+import type { Pem } from '../src/pki/index.js';
 import { MemoryTransport, Session, WsTransport, type SessionOptions } from '../src/mux/index.js';
 import { SUBPROTOCOL } from '../src/protocol/index.js';
 
@@ -14,6 +18,14 @@ export interface Pair {
 }
 
 type Opts = Omit<SessionOptions, 'role'>;
+
+/** Asserts that neither session of `p` holds an open stream or an open in progress. */
+export function expectPairIdle(p: Pair): void {
+  expect(p.server.openStreams).toBe(0);
+  expect(p.server.pendingOpens).toBe(0);
+  expect(p.agent.openStreams).toBe(0);
+  expect(p.agent.pendingIncoming).toBe(0);
+}
 
 export function memoryPair(opts: Opts = {}): Pair {
   const [a, b] = MemoryTransport.pair();
@@ -95,4 +107,31 @@ export function readAll(stream: NodeJS.ReadableStream): Promise<Buffer> {
 export function closed(stream: NodeJS.EventEmitter & { errored?: Error | null; closed?: boolean }): Promise<Error | null> {
   if (stream.closed) return Promise.resolve(stream.errored ?? null);
   return new Promise((resolve) => stream.once('close', () => resolve(stream.errored ?? null)));
+}
+
+/**
+ * A certificate signed by `ca` with forge directly, for names and usages the
+ * issue* functions refuse; valid for an hour. `altNames` are forge's
+ * subjectAltName entries (type 2 DNS, 6 URI, 7 IP).
+ */
+export function forgeCert(
+  ca: Pem,
+  o: { commonName: string; serial: string; eku: { clientAuth?: boolean; serverAuth?: boolean }; altNames?: Array<{ type: number; value?: string; ip?: string }> },
+): Pem {
+  const keyPem = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ type: 'pkcs1', format: 'pem' }).toString();
+  const key = forge.pki.privateKeyFromPem(keyPem) as forge.pki.rsa.PrivateKey;
+  const caCert = forge.pki.certificateFromPem(ca.cert);
+  const cert = forge.pki.createCertificate();
+  cert.publicKey = forge.pki.setRsaPublicKey(key.n, key.e);
+  cert.serialNumber = o.serial;
+  cert.validity.notBefore = new Date(Date.now() - 60_000);
+  cert.validity.notAfter = new Date(Date.now() + 3_600_000);
+  cert.setSubject([{ name: 'commonName', value: o.commonName }]);
+  cert.setIssuer(caCert.subject.attributes);
+  cert.setExtensions([
+    { name: 'extKeyUsage', ...o.eku },
+    ...(o.altNames && o.altNames.length > 0 ? [{ name: 'subjectAltName', altNames: o.altNames }] : []),
+  ]);
+  cert.sign(forge.pki.privateKeyFromPem(ca.key) as forge.pki.rsa.PrivateKey, forge.md.sha256.create());
+  return { cert: forge.pki.certificateToPem(cert), key: keyPem };
 }

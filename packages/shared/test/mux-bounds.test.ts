@@ -8,7 +8,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { TunnelError } from '../src/errors.js';
 import { FrameType, HEADER_SIZE, decodeMessage, encodeFrame, encodeFrames, type Frame } from '../src/protocol/index.js';
 import { MemoryTransport, Session, type FrameTransport, type IncomingOpen, type MuxStream } from '../src/mux/index.js';
-import { closed, expectNoLeaks, liveResources, memoryPair, readAll, type Pair } from './helpers.js';
+import { closed, expectNoLeaks, expectPairIdle, liveResources, memoryPair, readAll, type Pair } from './helpers.js';
 
 const tcp = { kind: 'tcp' as const, target: 'apiserver' };
 
@@ -23,10 +23,7 @@ beforeEach(() => {
 afterEach(async () => {
   for (const c of cleanups.splice(0)) c();
   if (pair) {
-    expect(pair.server.openStreams).toBe(0);
-    expect(pair.server.pendingOpens).toBe(0);
-    expect(pair.agent.openStreams).toBe(0);
-    expect(pair.agent.pendingIncoming).toBe(0);
+    expectPairIdle(pair);
     await pair.close();
     pair = undefined;
   }

@@ -8,7 +8,7 @@ import { TunnelError } from '../src/errors.js';
 import { HEADER_SIZE } from '../src/protocol/frame.js';
 import { BufferPool, poolFor } from '../src/mux/pool.js';
 import { MemoryTransport, Session, type IncomingOpen, type MuxStream } from '../src/mux/index.js';
-import { closed, expectNoLeaks, liveResources, memoryPair, readAll, wsPair, type Pair } from './helpers.js';
+import { closed, expectNoLeaks, expectPairIdle, liveResources, memoryPair, readAll, wsPair, type Pair } from './helpers.js';
 
 const tcp = { kind: 'tcp' as const, target: 'apiserver' };
 
@@ -56,10 +56,7 @@ beforeEach(() => {
 afterEach(async () => {
   if (pair) {
     // Every test leaves its sessions with nothing open or pending.
-    expect(pair.server.openStreams).toBe(0);
-    expect(pair.server.pendingOpens).toBe(0);
-    expect(pair.agent.openStreams).toBe(0);
-    expect(pair.agent.pendingIncoming).toBe(0);
+    expectPairIdle(pair);
     await pair.close();
     pair = undefined;
   }
@@ -67,6 +64,13 @@ afterEach(async () => {
 });
 
 /** Waits until both sessions have released every stream. */
+/** Opens a stream from the server that the agent accepts; resolves with both ends. */
+async function openAccepted(p: Pair): Promise<[MuxStream, MuxStream]> {
+  const accepted = new Promise<MuxStream>((resolve) => p.agent.once('open', (inc: IncomingOpen) => resolve(inc.accept())));
+  const s = await p.server.open(tcp);
+  return [s, await accepted];
+}
+
 async function settled(p: Pair): Promise<void> {
   for (const s of [p.server, p.agent]) {
     while (s.openStreams > 0 || s.pendingOpens > 0 || s.pendingIncoming > 0) await once(s, 'streamClosed');
@@ -140,15 +144,7 @@ describe.each([
 
   it('half-closes each direction independently', async () => {
     pair = await makePair();
-    let agentSide!: MuxStream;
-    const gotAgent = new Promise<void>((resolve) =>
-      pair!.agent.on('open', (inc: IncomingOpen) => {
-        agentSide = inc.accept();
-        resolve();
-      }),
-    );
-    const s = await pair.server.open(tcp);
-    await gotAgent;
+    const [s, agentSide] = await openAccepted(pair);
     const agentRead = readAll(agentSide);
     s.end('from server');
     expect((await agentRead).toString()).toBe('from server');
@@ -162,15 +158,7 @@ describe.each([
 
   it('zero-length writes in both directions frame nothing and keep the tunnel up', async () => {
     pair = await makePair();
-    let agentSide!: MuxStream;
-    const gotAgent = new Promise<void>((resolve) =>
-      pair!.agent.on('open', (inc: IncomingOpen) => {
-        agentSide = inc.accept();
-        resolve();
-      }),
-    );
-    const s = await pair.server.open(tcp);
-    await gotAgent;
+    const [s, agentSide] = await openAccepted(pair);
     const agentRead = readAll(agentSide);
     const serverRead = readAll(s);
     // Empty writes alone (write), and corked together with real ones (writev).

@@ -1,14 +1,14 @@
 import { execFileSync, spawnSync } from 'node:child_process';
-import { generateKeyPairSync, X509Certificate } from 'node:crypto';
+import { X509Certificate } from 'node:crypto';
 import { once } from 'node:events';
 import fs from 'node:fs';
 import type net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import tls from 'node:tls';
-import forge from 'node-forge';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { isValidClusterName } from '../src/names.js';
+import { forgeCert } from './helpers.js';
 import {
   agentClusterOf,
   certsAgent,
@@ -118,23 +118,7 @@ async function connect(pki: Pki, client: Pem, options: tls.ConnectionOptions, cl
 
 /** A client certificate with arbitrary URI SANs, signed by `ca` with forge directly (issue* would refuse these names). */
 function forgeClientCert(ca: Pem, uris: string[], eku: { clientAuth?: boolean; serverAuth?: boolean } = { clientAuth: true }): Pem {
-  const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
-  const keyPem = privateKey.export({ type: 'pkcs1', format: 'pem' }).toString();
-  const key = forge.pki.privateKeyFromPem(keyPem) as forge.pki.rsa.PrivateKey;
-  const caCert = forge.pki.certificateFromPem(ca.cert);
-  const cert = forge.pki.createCertificate();
-  cert.publicKey = forge.pki.setRsaPublicKey(key.n, key.e);
-  cert.serialNumber = '0a';
-  cert.validity.notBefore = new Date(Date.now() - 60_000);
-  cert.validity.notAfter = new Date(Date.now() + 3_600_000);
-  cert.setSubject([{ name: 'commonName', value: 'forged' }]);
-  cert.setIssuer(caCert.subject.attributes);
-  cert.setExtensions([
-    { name: 'extKeyUsage', ...eku },
-    ...(uris.length > 0 ? [{ name: 'subjectAltName', altNames: uris.map((value) => ({ type: 6, value })) }] : []),
-  ]);
-  cert.sign(forge.pki.privateKeyFromPem(ca.key) as forge.pki.rsa.PrivateKey, forge.md.sha256.create());
-  return { cert: forge.pki.certificateToPem(cert), key: keyPem };
+  return forgeCert(ca, { commonName: 'forged', serial: '0a', eku, altNames: uris.map((value) => ({ type: 6, value })) });
 }
 
 function openssl(args: string[], file: string): string {

@@ -1,8 +1,7 @@
 import type { ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
-import { STATUS_CODES } from 'node:http';
 
-import { failureStatus, type StatusDetails } from '@kubetunnel/shared';
+import { failureStatus, writeAndClose, type StatusDetails } from '@kubetunnel/shared';
 
 export { failureStatus, type StatusDetails };
 
@@ -28,14 +27,7 @@ export function sendStatus(res: ServerResponse, code: number, message: string, d
 
 /** Answers an upgrade request that is not accepted with a plain HTTP response and closes the socket. */
 export function rejectUpgrade(socket: Duplex, code: number, message: string, details?: StatusDetails): void {
-  const body = JSON.stringify(failureStatus(code, message, details));
-  socket.end(
-    `HTTP/1.1 ${code} ${STATUS_CODES[code] ?? ''}\r\n` +
-      'Content-Type: application/json\r\n' +
-      `Content-Length: ${Buffer.byteLength(body)}\r\n` +
-      'Connection: close\r\n\r\n' +
-      body,
-  );
+  writeAndClose(socket, code, 'application/json', JSON.stringify(failureStatus(code, message, details)));
 }
 
 export function notFound(kind: string, name: string, group = ''): [number, string, StatusDetails] {

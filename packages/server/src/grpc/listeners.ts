@@ -49,7 +49,7 @@ export class TlsMaterial implements grpc.experimental.CertificateProvider {
     this.identityListeners.delete(l);
   }
 
-  /** Server credentials that ask for a client certificate from the CA; `require`: refuse a handshake without one. */
+  /** Server credentials that ask for a client certificate from the client CA; `require`: refuse a handshake without one. */
   credentials(require: boolean): grpc.ServerCredentials {
     return grpc.experimental.createCertificateProviderServerCredentials(this, this, require);
   }

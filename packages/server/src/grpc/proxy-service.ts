@@ -2,7 +2,7 @@ import * as grpc from '@grpc/grpc-js';
 import { Reasons, TunnelError, type Identity, type Logger, type MuxStream } from '@kubetunnel/shared';
 import { authenticatePeer, type AuthResult, type TokenIndex } from '../auth.js';
 import { dialCluster, type DialDeps, type DialResult } from '../dial.js';
-import { resolveCluster } from '../resolve.js';
+import { resolveCluster, tcpTarget } from '../resolve.js';
 import { describePacket, packets, type Packet } from './packets.js';
 
 export interface ProxyServiceDeps extends DialDeps {
@@ -126,10 +126,7 @@ export function proxyHandler(deps: ProxyServiceDeps, source: CallerSource): grpc
         const reason = r.reason.replace('CONNECT target', 'dial address').replace('X-Cluster-Name', 'x-cluster-name');
         return refuse(random, grpc.status.INVALID_ARGUMENT, reason, 'BAD_REQUEST');
       }
-      const hostPort = `${r.host}:${r.port}`;
-      const entry = deps.registry.get(r.cluster);
-      const allowListed = entry ? [...entry.agents.values()].some((t) => t.allowDest.has(hostPort)) : false;
-      const target = allowListed ? hostPort : 'apiserver';
+      const target = tcpTarget(deps.registry, r);
       log = log.child({ cluster: r.cluster, user: auth.identity.user, target });
       const result = await dialCluster(deps, {
         cluster: r.cluster,

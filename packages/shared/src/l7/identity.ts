@@ -1,3 +1,4 @@
+import { hasControlCharacter } from '../names.js';
 import { DEFAULT_MAX_PAYLOAD } from '../protocol/codec.js';
 import type { Identity, OpenRequest } from '../protocol/frame.js';
 
@@ -36,14 +37,14 @@ export interface IdentityProblem {
   reason: string;
 }
 
-// C0 controls (TAB, CR and LF included), DEL and C1 controls.
-const CONTROL = /[\u0000-\u001f\u007f-\u009f]/;
+// Besides C0 and DEL (hasControlCharacter): C1 controls, which no header carries either.
+const C1 = /[\u0080-\u009f]/;
 const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
 
 /** Why `value` cannot be carried as a name in a header, or undefined if it can. */
 export function nameProblem(value: string): string | undefined {
   if (value === '') return 'is empty';
-  if (CONTROL.test(value)) return 'contains a control character';
+  if (hasControlCharacter(value) || C1.test(value)) return 'contains a control character';
   if (LONE_SURROGATE.test(value)) return 'is not well-formed Unicode';
   if (value.startsWith(' ') || value.endsWith(' ')) return 'starts or ends with a space';
   return undefined;

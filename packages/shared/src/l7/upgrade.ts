@@ -1,5 +1,6 @@
 import type { ClientRequest, IncomingMessage, OutgoingHttpHeaders } from 'node:http';
 import type { Duplex } from 'node:stream';
+import { respondRaw } from '../http/respond.js';
 
 /**
  * Relays an upgrade request (WebSocket or SPDY: exec, attach, port-forward)
@@ -24,8 +25,7 @@ export function relayUpgrade(socket: Duplex, head: Buffer, out: ClientRequest, d
   socket.on('error', () => {});
   socket.once('close', finish);
   out.on('error', () => {
-    if (!socket.destroyed && socket.writable && status === 502 && !upstreamSocket)
-      socket.end('HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nContent-Length: 27\r\nConnection: close\r\n\r\nupstream connection failed\n');
+    if (!socket.destroyed && socket.writable && status === 502 && !upstreamSocket) respondRaw(socket, 502, 'upstream connection failed');
     else finish();
   });
   out.on('upgrade', (res, upstream: Duplex, upHead: Buffer) => {

@@ -4,6 +4,7 @@ import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import tls from 'node:tls';
 import { Defaults } from '../constants.js';
+import { rawTextResponse } from '../http/respond.js';
 import type { Logger } from '../logging.js';
 
 /** Bounds on one listener's connections; see Defaults for each default and why. */
@@ -88,15 +89,9 @@ interface Conn {
   timer?: NodeJS.Timeout;
 }
 
-/** A whole answer on a raw socket, as Node writes its own to client errors. */
-function answer(status: string, reason: string): string {
-  const body = `${reason}\n`;
-  return `HTTP/1.1 ${status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`;
-}
-
-const TIMEOUT_408 = answer('408 Request Timeout', 'request head not received in time');
-const BAD_REQUEST_400 = answer('400 Bad Request', 'malformed HTTP request');
-const TOO_LARGE_431 = answer('431 Request Header Fields Too Large', 'request headers too large');
+const TIMEOUT_408 = rawTextResponse(408, 'request head not received in time');
+const BAD_REQUEST_400 = rawTextResponse(400, 'malformed HTTP request');
+const TOO_LARGE_431 = rawTextResponse(431, 'request headers too large');
 
 /** Events that mean a connection has sent a whole request head. */
 const HEAD_EVENTS = ['request', 'connect', 'upgrade', 'checkContinue', 'checkExpectation'] as const;

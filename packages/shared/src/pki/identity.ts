@@ -1,5 +1,5 @@
 import type { PeerCertificate } from 'node:tls';
-import { isValidClusterName } from '../names.js';
+import { hasControlCharacter, isValidClusterName } from '../names.js';
 import { AGENT_ORGANIZATION, AGENT_URI_PREFIX } from './issue.js';
 
 /**
@@ -88,6 +88,6 @@ export function clientIdentityOf(cert: PeerCertificate | undefined): { user: str
   const cn = fieldValues(cert.subject.CN as string | string[] | undefined);
   if (cn.length !== 1 || cn[0] === '') return undefined;
   // Names go on into headers (Impersonate-User/Group): refuse what issuing refuses.
-  if ([...cn, ...groups].some((v) => /[\u0000-\u001f\u007f]/.test(v))) return undefined;
+  if ([...cn, ...groups].some(hasControlCharacter)) return undefined;
   return { user: cn[0]!, groups };
 }

@@ -1,7 +1,7 @@
 import { createPrivateKey, generateKeyPairSync, randomBytes, X509Certificate, type KeyObject } from 'node:crypto';
 import net from 'node:net';
 import forge from 'node-forge';
-import { isValidClusterName } from '../names.js';
+import { hasControlCharacter, isValidClusterName } from '../names.js';
 
 /** A certificate and its private key, PEM. */
 export interface Pem {
@@ -61,7 +61,7 @@ function sign(cert: forge.pki.Certificate, key: forge.pki.rsa.PrivateKey): strin
 }
 
 function checkText(s: string, what: string): void {
-  if (s === '' || /[\u0000-\u001f\u007f]/.test(s)) throw new Error(`${what} must be non-empty and without control characters: ${JSON.stringify(s)}`);
+  if (s === '' || hasControlCharacter(s)) throw new Error(`${what} must be non-empty and without control characters: ${JSON.stringify(s)}`);
 }
 
 /**
