@@ -1,6 +1,17 @@
 import { EventEmitter } from 'node:events';
 import type * as grpc from '@grpc/grpc-js';
-import { MAX_WINDOW, MuxStream, TunnelError, type Logger, type OpenOptions, type OpenRequest, type StreamHost } from '@kubetunnel/shared';
+import {
+  Defaults,
+  MAX_WINDOW,
+  MuxStream,
+  TunnelError,
+  awaitOpen,
+  type Logger,
+  type OpenOptions,
+  type OpenRequest,
+  type PendingOpen,
+  type StreamHost,
+} from '@kubetunnel/shared';
 import { packets, type Packet } from './packets.js';
 
 /** What an ANP agent is asked to dial for the `apiserver` target: the in-cluster service, as its DNS resolves it. */
@@ -8,12 +19,6 @@ export const ANP_APISERVER_ADDRESS = 'kubernetes.default.svc:443';
 
 /** Receive buffer per connection (bytes) past which the agent's call is paused. */
 const RECEIVE_BOUND = 256 * 1024;
-
-interface PendingDial {
-  stream: MuxStream;
-  resolve(s: MuxStream): void;
-  reject(err: Error): void;
-}
 
 interface Conn {
   connectID: string;
@@ -42,7 +47,7 @@ interface Conn {
 export class AnpSession extends EventEmitter implements StreamHost {
   readonly initialWindow = RECEIVE_BOUND;
   readonly maxWindow = RECEIVE_BOUND;
-  private readonly pending = new Map<string, PendingDial>();
+  private readonly pending = new Map<string, PendingOpen>();
   private readonly conns = new Map<string, Conn>();
   private readonly byStream = new Map<MuxStream, Conn>();
   private readonly ready = new Set<MuxStream>();
@@ -99,36 +104,16 @@ export class AnpSession extends EventEmitter implements StreamHost {
     const random = String(this.nextRandom++);
     const stream = new MuxStream(this, this.nextStreamId++, request);
     this.send(packets.dialReq(address, random));
-    return new Promise<MuxStream>((resolve, reject) => {
-      const timeoutMs = options.timeoutMs ?? 10_000;
-      const timer = setTimeout(() => fail(new TunnelError('OPEN_TIMEOUT', `no DIAL_RSP within ${timeoutMs} ms`)), timeoutMs);
-      const onAbort = () => fail(new TunnelError('CANCELLED', 'dial cancelled'));
-      const cleanup = () => {
-        clearTimeout(timer);
-        options.signal?.removeEventListener('abort', onAbort);
-        this.pending.delete(random);
-        this.maybeIdle();
-      };
-      const fail = (err: Error) => {
-        cleanup();
+    return awaitOpen(this.pending, random, stream, {
+      timeoutMs: options.timeoutMs ?? Defaults.openTimeoutMs,
+      ...(options.signal ? { signal: options.signal } : {}),
+      request: 'DIAL_REQ',
+      abandon: (err) => {
         // The agent may still answer: a late DIAL_RSP is closed at once (onPacket).
         if (!this.closed) this.send(packets.dialCls(random));
         stream.abort(err);
-        reject(err);
-      };
-      options.signal?.addEventListener('abort', onAbort, { once: true });
-      this.pending.set(random, {
-        stream,
-        resolve: (s) => {
-          cleanup();
-          resolve(s);
-        },
-        reject: (err) => {
-          cleanup();
-          stream.abort(err);
-          reject(err);
-        },
-      });
+      },
+      settled: () => this.maybeIdle(),
     });
   }
 

@@ -4,6 +4,7 @@ import { Defaults } from '../constants.js';
 import { Reasons, TunnelError, reasonFromCode, type Reason } from '../errors.js';
 import { FrameDecoder, ProtocolError, encodeFrame, writeHeader } from '../protocol/codec.js';
 import { FrameType, HEADER_SIZE, MAX_STREAM_ID, MAX_WINDOW, type Frame, type OpenRequest } from '../protocol/frame.js';
+import { awaitOpen, type PendingOpen } from './pending.js';
 import { poolFor, type BufferPool } from './pool.js';
 import { MuxStream, type StreamHost } from './stream.js';
 import type { FrameTransport } from './transport.js';
@@ -42,12 +43,6 @@ export interface IncomingOpen {
 export interface OpenOptions {
   timeoutMs?: number;
   signal?: AbortSignal;
-}
-
-interface PendingOpen {
-  stream: MuxStream;
-  resolve: (s: MuxStream) => void;
-  reject: (err: Error) => void;
 }
 
 interface Incoming {
@@ -215,35 +210,11 @@ export class Session extends EventEmitter implements StreamHost {
     this.sendControl({ type: FrameType.OPEN, streamId: id, window: this.initialWindow, request });
     if (this.closed) return Promise.reject(new TunnelError('SESSION_CLOSED'));
 
-    return new Promise<MuxStream>((resolve, reject) => {
-      const timer = setTimeout(
-        () => fail(new TunnelError('OPEN_TIMEOUT', `no answer to OPEN within ${options.timeoutMs ?? this.openTimeoutMs} ms`)),
-        options.timeoutMs ?? this.openTimeoutMs,
-      );
-      const onAbort = () => fail(new TunnelError('CANCELLED', 'open cancelled'));
-      const cleanup = () => {
-        clearTimeout(timer);
-        options.signal?.removeEventListener('abort', onAbort);
-        this.pending.delete(id);
-      };
-      const fail = (err: Error) => {
-        cleanup();
-        stream.destroy(err); // sends RESET so the peer abandons its dial
-        reject(err);
-      };
-      options.signal?.addEventListener('abort', onAbort, { once: true });
-      this.pending.set(id, {
-        stream,
-        resolve: (s) => {
-          cleanup();
-          resolve(s);
-        },
-        reject: (err) => {
-          cleanup();
-          stream.abort(err);
-          reject(err);
-        },
-      });
+    return awaitOpen(this.pending, id, stream, {
+      timeoutMs: options.timeoutMs ?? this.openTimeoutMs,
+      ...(options.signal ? { signal: options.signal } : {}),
+      request: 'OPEN',
+      abandon: (err) => stream.destroy(err), // sends RESET so the peer abandons its dial
     });
   }
 
