@@ -31,9 +31,10 @@ const REBALANCE_MAX_MS = 2_000;
 /**
  * Keeps one tunnel to every server replica. It dials each --server URL (a
  * URL may be a load balancer over several replicas) until it holds a tunnel
- * to as many distinct server ids as the servers report there are; a
- * connection that lands on a replica it already holds is closed and retried
- * later. A dns:/// server is a headless Service: one tunnel per address it
+ * to as many distinct server ids as the servers report there are; it names
+ * the replicas it holds when it dials, and one of those answers 409 rather
+ * than register it twice (a short, jittered wait, then it dials again). A
+ * dns:/// server is a headless Service: one tunnel per address it
  * resolves to, re-resolved every `dnsRefreshMs` and whenever a tunnel is
  * lost, so replicas added or removed are followed without a server count.
  * Lost tunnels are redialed with exponential backoff and full jitter.
