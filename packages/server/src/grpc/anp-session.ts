@@ -6,6 +6,7 @@ import {
   MuxStream,
   TunnelError,
   awaitOpen,
+  closeWhenIdle,
   type Logger,
   type OpenOptions,
   type OpenRequest,
@@ -55,7 +56,6 @@ export class AnpSession extends EventEmitter implements StreamHost {
   private nextStreamId = 1;
   private callPaused = false;
   private writable = true;
-  private drainTimer: NodeJS.Timeout | undefined;
 
   closed = false;
   /** We are closing: no new streams. */
@@ -265,26 +265,14 @@ export class AnpSession extends EventEmitter implements StreamHost {
   drain(graceMs: number): Promise<void> {
     this.draining = true;
     if (this.closed) return Promise.resolve();
-    return new Promise((resolve) => {
-      const finish = () => {
-        this.off('idle', finish);
-        this.off('close', finish);
-        clearTimeout(this.drainTimer);
-        this.close();
-        resolve();
-      };
-      if (this.conns.size === 0 && this.pending.size === 0) return finish();
-      this.once('idle', finish);
-      this.once('close', finish);
-      this.drainTimer = setTimeout(finish, graceMs);
-    });
+    return closeWhenIdle(this, this.conns.size === 0 && this.pending.size === 0, graceMs);
   }
+
 
   /** Ends the agent's call; every stream and pending dial fails with `err`. */
   close(err?: Error): void {
     if (this.closed) return;
     this.closed = true;
-    clearTimeout(this.drainTimer);
     const failure = err instanceof TunnelError ? err : new TunnelError('SESSION_CLOSED', err?.message ?? 'agent disconnected');
     for (const p of [...this.pending.values()]) p.reject(failure);
     for (const c of [...this.conns.values()]) c.stream.abort(failure);

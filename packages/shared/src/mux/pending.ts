@@ -1,3 +1,4 @@
+import type { EventEmitter } from 'node:events';
 import { TunnelError } from '../errors.js';
 import type { MuxStream } from './stream.js';
 
@@ -55,5 +56,27 @@ export function awaitOpen<K>(pending: Map<K, PendingOpen>, key: K, stream: MuxSt
         reject(err);
       },
     });
+  });
+}
+
+/**
+ * The end of a drain: closes `session` once it is idle (its 'idle' event, or
+ * `idle` already true) or after `graceMs`, whichever comes first; resolves
+ * then, or as soon as the session closes some other way.
+ */
+export function closeWhenIdle(session: EventEmitter & { close(): void }, idle: boolean, graceMs: number): Promise<void> {
+  return new Promise((resolve) => {
+    let timer: NodeJS.Timeout | undefined;
+    const finish = () => {
+      session.off('idle', finish);
+      session.off('close', finish);
+      clearTimeout(timer);
+      session.close();
+      resolve();
+    };
+    if (idle) return finish();
+    session.once('idle', finish);
+    session.once('close', finish);
+    timer = setTimeout(finish, graceMs);
   });
 }

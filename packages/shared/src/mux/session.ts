@@ -4,7 +4,7 @@ import { Defaults } from '../constants.js';
 import { Reasons, TunnelError, reasonFromCode, type Reason } from '../errors.js';
 import { FrameDecoder, ProtocolError, encodeFrame, writeHeader } from '../protocol/codec.js';
 import { FrameType, HEADER_SIZE, MAX_STREAM_ID, MAX_WINDOW, type Frame, type OpenRequest } from '../protocol/frame.js';
-import { awaitOpen, type PendingOpen } from './pending.js';
+import { awaitOpen, closeWhenIdle, type PendingOpen } from './pending.js';
 import { poolFor, type BufferPool } from './pool.js';
 import { MuxStream, type StreamHost } from './stream.js';
 import type { FrameTransport } from './transport.js';
@@ -129,7 +129,6 @@ export class Session extends EventEmitter implements StreamHost {
   private lateFramesGranted = 0;
   private lateFramesUsed = 0;
   private lateAtPing = { credit: 0, frames: 0 };
-  private drainTimer: NodeJS.Timeout | undefined;
 
   closed = false;
   /** We sent GOAWAY: the peer should open nothing more. */
@@ -621,20 +620,9 @@ export class Session extends EventEmitter implements StreamHost {
   drain(graceMs: number): Promise<void> {
     this.goAway();
     if (this.closed) return Promise.resolve();
-    return new Promise((resolve) => {
-      const finish = () => {
-        this.off('idle', finish);
-        this.off('close', finish);
-        clearTimeout(this.drainTimer);
-        this.close();
-        resolve();
-      };
-      if (this.streams.size === 0 && this.incoming.size === 0) return finish();
-      this.once('idle', finish);
-      this.once('close', finish);
-      this.drainTimer = setTimeout(finish, graceMs);
-    });
+    return closeWhenIdle(this, this.streams.size === 0 && this.incoming.size === 0, graceMs);
   }
+
 
   private readonly onTransportClose = (err?: Error): void => {
     this.close(err && !(err instanceof TunnelError) ? new TunnelError('SESSION_CLOSED', err.message) : err);
@@ -648,7 +636,6 @@ export class Session extends EventEmitter implements StreamHost {
     this.closed = true;
     clearInterval(this.pingTimer);
     clearTimeout(this.pingDeadline);
-    clearTimeout(this.drainTimer);
     clearTimeout(this.stallTimer);
     this.stallTimer = undefined;
     if (this.immediate) clearImmediate(this.immediate);
