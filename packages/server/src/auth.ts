@@ -91,11 +91,6 @@ export function credentialsFromAuthorization(header: string | undefined): { toke
   return { ...(token !== '' ? { token } : {}), ...(user !== '' ? { basicUser: user } : {}) };
 }
 
-/** The token in `Bearer T` or `Basic base64(user:T)`; undefined when absent, empty or malformed. */
-export function tokenFromAuthorization(header: string | undefined): string | undefined {
-  return credentialsFromAuthorization(header)?.token;
-}
-
 /** The user name of `Basic base64(user:password)`, or undefined. */
 export function basicUserFromAuthorization(header: string | undefined): string | undefined {
   return credentialsFromAuthorization(header)?.basicUser;

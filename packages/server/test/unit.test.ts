@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { credentialsFromAuthorization, indexTokens, lookupToken, parseTokenFile, tokenFromAuthorization } from '../src/auth.js';
+import { credentialsFromAuthorization, indexTokens, lookupToken, parseTokenFile } from '../src/auth.js';
 import { pickTunnel, type AgentTunnel, type ClusterEntry } from '../src/registry.js';
 import { parseAuthority, resolveCluster } from '../src/resolve.js';
 import { routeL7 } from '../src/l7.js';
@@ -87,6 +87,7 @@ describe('static token file', () => {
     expect([...t.keys()].some((k) => k.startsWith('token-'))).toBe(false);
   });
   it('reads Bearer and Basic (token as password) credentials', () => {
+    const tokenFromAuthorization = (h: string | undefined) => credentialsFromAuthorization(h)?.token;
     expect(tokenFromAuthorization('Bearer abc')).toBe('abc');
     expect(tokenFromAuthorization('bearer abc')).toBe('abc');
     expect(tokenFromAuthorization('Basic ' + Buffer.from('user:abc').toString('base64'))).toBe('abc');
