@@ -187,9 +187,8 @@ export class Connector extends EventEmitter {
     ws.once('open', () => this.onOpened(attempt, endpoint, ws, serverId, count));
     ws.once('close', () => {
       this.sockets.delete(ws);
-      if (attempt.state === 'open') return;
-      const delay = this.backoff.next();
-      attempt.to('failed', () => delay);
+      // After an error this changes nothing: the error drew the wait.
+      attempt.to('failed', () => this.backoff.next());
     });
   }
 
