@@ -128,16 +128,16 @@ export class ImpersonatingProxy {
   }
 
   private onRequest(req: IncomingMessage, res: ServerResponse): void {
-    const identity = this.callerOf(req);
-    if ('reason' in identity) return sendStatus(res, identity.status, identity.reason);
-    req.headers = this.upstreamHeaders(req.headers, identity) as http.IncomingHttpHeaders;
+    const caller = this.callerOf(req);
+    if ('reason' in caller) return sendStatus(res, caller.status, caller.reason);
+    req.headers = this.upstreamHeaders(req.headers, caller) as http.IncomingHttpHeaders;
     this.proxy.web(req, res, { target: this.config.apiserver.origin, agent: this.agent, secure: true, changeOrigin: false });
   }
 
   private onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
-    const identity = this.callerOf(req);
-    if ('reason' in identity) return sendStatusRaw(socket, identity.status, identity.reason);
-    const headers = upgradeRequestHeaders(this.upstreamHeaders(req.headers, identity), req.headers.upgrade);
+    const caller = this.callerOf(req);
+    if ('reason' in caller) return sendStatusRaw(socket, caller.status, caller.reason);
+    const headers = upgradeRequestHeaders(this.upstreamHeaders(req.headers, caller), req.headers.upgrade);
     const out = https.request({
       host: this.config.apiserver.hostname,
       port: this.config.apiserver.port || 443,
