@@ -1,7 +1,7 @@
 /**
  * The agent's side of identity checks: an `http` stream whose OPEN carries
  * an identity no header can carry (sent straight into the tunnel, past the
- * hub's own check) is answered with a status and a reason by the agent; it
+ * hub's own check) is answered with a Kubernetes Status by the agent; it
  * never throws inside the tunnel, and the tunnel and its other streams stay.
  */
 import { once } from 'node:events';
@@ -82,11 +82,14 @@ describe('the agent refuses identities no header can carry', () => {
   ] as Array<[string, Identity, string]>)('%s: 403 with the reason, for a request and for an upgrade; the tunnel stays', async (_what, identity, problem) => {
     const session = tunnel().session;
     const before = api.requests.length;
-    const reason = `identity cannot be carried to the member cluster: ${problem}\n`;
-    expect(await get(identity)).toEqual({ status: 403, body: reason });
+    // A Kubernetes Status, as the hub answers the same identity.
+    const status = { kind: 'Status', status: 'Failure', code: 403, reason: 'Forbidden', message: `identity cannot be carried to the member cluster: ${problem}` };
+    const answer = await get(identity);
+    expect(answer.status).toBe(403);
+    expect(JSON.parse(answer.body)).toMatchObject(status);
     const raw = await upgrade(identity);
-    expect(raw).toMatch(/^HTTP\/1\.1 403 /);
-    expect(raw.endsWith(`\r\n\r\n${reason}`)).toBe(true);
+    expect(raw).toMatch(/^HTTP\/1\.1 403 .*\r\nContent-Type: application\/json\r\n/s);
+    expect(JSON.parse(raw.slice(raw.indexOf('\r\n\r\n') + 4))).toMatchObject(status);
     expect(api.requests.length).toBe(before);
     // Same tunnel, and it still carries requests.
     expect(tunnel().session).toBe(session);

@@ -4,7 +4,7 @@ import { createHealthServer, defaultLimits, guardListener, type Logger } from '@
 import type { AgentConfig } from './config.js';
 import { Connector } from './connector.js';
 import { handleOpen } from './handlers.js';
-import { ApiserverHttp } from './http-handler.js';
+import { ImpersonatingProxy } from './http-handler.js';
 
 export interface Agent {
   connector: Connector;
@@ -20,14 +20,14 @@ export interface Agent {
 
 /** The composition root of the agent: builds every part from a validated config. */
 export async function startAgent(config: AgentConfig, log: Logger): Promise<Agent> {
-  const http = new ApiserverHttp({
+  const l7 = new ImpersonatingProxy({
     apiserver: config.apiserver,
     log: log.child({ component: 'l7' }),
     ...(config.apiserverCA ? { apiserverCA: config.apiserverCA } : {}),
     ...(config.apiserverTokenFile ? { tokenFile: config.apiserverTokenFile } : {}),
   });
   const counters = { open: 0 };
-  const deps = { apiserver: config.apiserver, allowDest: new Set(config.allowDest), dialTimeoutMs: config.dialTimeoutMs, http };
+  const deps = { apiserver: config.apiserver, allowDest: new Set(config.allowDest), dialTimeoutMs: config.dialTimeoutMs, l7 };
   const connector = new Connector(config, (incoming, slog) => handleOpen({ ...deps, log: slog }, incoming, counters), log.child({ cluster: config.cluster, agentId: config.agentId }));
   const health = createHealthServer(() => (connector.ready ? true : 'no tunnel to any server yet'));
   const guard = guardListener(health, { name: 'health', limits: config.healthLimits ?? defaultLimits('plain'), log: log.child({ component: 'limits' }) });
@@ -41,7 +41,7 @@ export async function startAgent(config: AgentConfig, log: Logger): Promise<Agen
   const close = () =>
     (closed ??= (async () => {
       connector.close();
-      http.close();
+      l7.close();
       health.close();
       health.closeAllConnections();
       guard.destroyPending();

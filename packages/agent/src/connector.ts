@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events';
-import type { IncomingMessage } from 'node:http';
+import type { ClientRequest, IncomingMessage } from 'node:http';
 import { WebSocket } from 'ws';
 import {
   AGENT_PATH,
@@ -12,6 +12,7 @@ import {
   type Logger,
 } from '@kubetunnel/shared';
 import { Backoff } from './backoff.js';
+import { DialAttempt } from './dial-attempt.js';
 import type { AgentConfig } from './config.js';
 import { dnsLookup, parseServerSource, resolveEndpoints, type Endpoint, type Lookup, type ServerSource } from './discovery.js';
 
@@ -157,20 +158,42 @@ export class Connector extends EventEmitter {
     this.timers.add(t);
   }
 
-  /** One dial attempt; it ends (once) by scheduling what is still missing. */
+  /** One dial attempt; it ends (once, see DialAttempt) by scheduling what is still missing. */
   private dial(endpoint: Endpoint): void {
     const url = endpoint.url;
-    let settled = false;
-    let opened = false;
     if (endpoint.source.kind === 'dns') this.dialingAddresses.add(url);
-    const done = (nextDelay: number) => {
-      if (settled) return;
-      settled = true;
+    const attempt = new DialAttempt((nextDelayMs) => {
       this.dialing--;
       this.dialingAddresses.delete(url);
-      this.ensure(nextDelay);
-    };
-    if (this.closed) return done(0);
+      this.ensure(nextDelayMs);
+    });
+    if (this.closed) return void attempt.to('failed');
+    const ws = this.openWebSocket(endpoint);
+    this.sockets.add(ws);
+    let serverId = '';
+    let count = 1;
+    ws.once('upgrade', (res: IncomingMessage) => {
+      serverId = String(res.headers[H.serverId] ?? '');
+      count = Number(res.headers[H.serverCount] ?? 1) || 1;
+    });
+    ws.once('unexpected-response', (req: ClientRequest, res: IncomingMessage) => this.onAnswered(attempt, url, ws, req, res));
+    ws.on('error', (err) =>
+      attempt.to('failed', () => {
+        const delay = this.backoff.next();
+        this.log.warn({ server: url, err: err.message, retryInMs: delay }, 'could not reach server');
+        return delay;
+      }),
+    );
+    ws.once('open', () => this.onOpened(attempt, endpoint, ws, serverId, count));
+    ws.once('close', () => {
+      this.sockets.delete(ws);
+      // After an error this changes nothing: the error drew the wait.
+      attempt.to('failed', () => this.backoff.next());
+    });
+  }
+
+  /** The registration headers of a dial: who this agent is, and the replicas it holds already. */
+  private registrationHeaders(): Record<string, string> {
     const c = this.config;
     const headers: Record<string, string> = {
       [H.cluster]: c.cluster,
@@ -180,11 +203,16 @@ export class Connector extends EventEmitter {
     if (c.apiserverCA) headers[H.apiserverCA] = Buffer.from(c.apiserverCA, 'utf8').toString('base64');
     if (c.apiserverTokenFile) headers[H.l7] = '1';
     if (this.live.size > 0) headers[H.heldServers] = [...this.live.keys()].join(',');
-    const ws = new WebSocket(new URL(AGENT_PATH, url), SUBPROTOCOL, {
+    return headers;
+  }
+
+  private openWebSocket(endpoint: Endpoint): WebSocket {
+    const c = this.config;
+    return new WebSocket(new URL(AGENT_PATH, endpoint.url), SUBPROTOCOL, {
       cert: c.cert,
       key: c.key,
       ca: c.ca,
-      headers,
+      headers: this.registrationHeaders(),
       perMessageDeflate: false,
       maxPayload: Defaults.maxWsPayload,
       handshakeTimeout: 10_000,
@@ -195,62 +223,55 @@ export class Connector extends EventEmitter {
       // mask makes ws skip it.
       generateMask: zeroMask,
     });
-    this.sockets.add(ws);
-    ws.once('close', () => {
+  }
+
+  /** The server answered the handshake with an HTTP status instead of 101. */
+  private onAnswered(attempt: DialAttempt, url: string, ws: WebSocket, req: ClientRequest, res: IncomingMessage): void {
+    if (res.statusCode === 409) {
+      // A replica this agent holds already (behind a balancer): try again soon.
+      req.destroy();
       this.sockets.delete(ws);
-      if (!opened) done(this.backoff.next());
-    });
-    let serverId = '';
-    let count = 1;
-    ws.once('upgrade', (res: IncomingMessage) => {
-      serverId = String(res.headers[H.serverId] ?? '');
-      count = Number(res.headers[H.serverCount] ?? 1) || 1;
-    });
-    ws.once('unexpected-response', (req, res: IncomingMessage) => {
-      if (res.statusCode === 409) {
-        // A replica this agent holds already (behind a balancer): try again soon.
-        req.destroy();
-        this.sockets.delete(ws);
+      attempt.to('failed', () => {
         const delay = this.rebalance.next();
         this.log.debug({ server: url, serverId: res.headers[H.serverId], retryInMs: delay }, 'landed on a server already held');
-        return done(delay);
-      }
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (d: string) => (body += d.slice(0, 500)));
-      res.once('end', () => {
-        this.log.error({ server: url, status: res.statusCode, reason: body.trim() }, 'server refused registration');
-        req.destroy();
-        this.sockets.delete(ws);
-        // The operator has to fix this (certificate, cluster name): retry slowly.
-        done(this.backoff.max());
+        return delay;
       });
+      return;
+    }
+    attempt.to('answered');
+    let body = '';
+    res.setEncoding('utf8');
+    res.on('data', (d: string) => (body += d.slice(0, 500)));
+    res.once('end', () => {
+      this.log.error({ server: url, status: res.statusCode, reason: body.trim() }, 'server refused registration');
+      req.destroy();
+      this.sockets.delete(ws);
+      // The operator has to fix this (certificate, cluster name): retry slowly.
+      attempt.to('failed', () => this.backoff.max());
     });
-    ws.on('error', (err) => {
-      if (opened || settled) return;
-      const delay = this.backoff.next();
-      this.log.warn({ server: url, err: err.message, retryInMs: delay }, 'could not reach server');
-      done(delay);
-    });
-    ws.once('open', () => {
-      opened = true;
-      // The session must exist now: the server's first frames may have
-      // arrived together with the 101 answer.
-      if (this.closed) {
-        ws.close(1001, 'agent stopping');
-        return done(0);
-      }
-      if (endpoint.source.kind === 'url') this.reportedCount = count;
-      if (!serverId || this.live.has(serverId)) {
-        ws.close(1000, 'already connected to this server');
-        // Expected behind a balancer: try again soon, without the long waits of a failure.
+  }
+
+  /** The handshake completed: a tunnel to a replica not held yet, else closed at once. */
+  private onOpened(attempt: DialAttempt, endpoint: Endpoint, ws: WebSocket, serverId: string, count: number): void {
+    // The session must exist now: the server's first frames may have
+    // arrived together with the 101 answer.
+    if (this.closed) {
+      ws.close(1001, 'agent stopping');
+      return void attempt.to('open');
+    }
+    if (endpoint.source.kind === 'url') this.reportedCount = count;
+    if (!serverId || this.live.has(serverId)) {
+      ws.close(1000, 'already connected to this server');
+      // Expected behind a balancer: try again soon, without the long waits of a failure.
+      attempt.to('open', () => {
         const delay = this.rebalance.next();
-        this.log.debug({ server: url, serverId, retryInMs: delay }, 'landed on a server already held');
-        return done(delay);
-      }
-      this.attach(url, serverId, ws);
-      done(0);
-    });
+        this.log.debug({ server: endpoint.url, serverId, retryInMs: delay }, 'landed on a server already held');
+        return delay;
+      });
+      return;
+    }
+    this.attach(endpoint.url, serverId, ws);
+    attempt.to('open');
   }
 
   private attach(url: string, serverId: string, ws: WebSocket): void {

@@ -1,12 +1,13 @@
 import net from 'node:net';
 import { TunnelError, dialReason, splice, type IncomingOpen, type Logger } from '@kubetunnel/shared';
-import type { ApiserverHttp } from './http-handler.js';
+import type { ImpersonatingProxy } from './http-handler.js';
 
 export interface HandlerDeps {
   apiserver: URL;
   allowDest: ReadonlySet<string>;
   dialTimeoutMs: number;
-  http: ApiserverHttp;
+  /** Completes L7 (`http`) streams. */
+  l7: ImpersonatingProxy;
   log: Logger;
 }
 
@@ -72,9 +73,10 @@ function dial(deps: HandlerDeps, incoming: IncomingOpen, dest: { host: string; p
 
 /** L7: the stream carries HTTP/1.1 requests, completed with the agent's credentials and impersonation. */
 function handleHttp(deps: HandlerDeps, incoming: IncomingOpen, counters: { open: number }): void {
-  if (!incoming.request.identity) return incoming.reject('BAD_OPEN', 'an http stream needs an identity');
+  const { identity } = incoming.request;
+  if (!identity) return incoming.reject('BAD_OPEN', 'an http stream needs an identity');
   const stream = incoming.accept();
   counters.open++;
   stream.once('close', () => counters.open--);
-  deps.http.handle(stream);
+  deps.l7.handle(stream, identity);
 }

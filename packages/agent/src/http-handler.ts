@@ -10,8 +10,8 @@ import {
   onProxyResponse,
   impersonationHeaders,
   relayUpgrade,
-  respondRaw,
   sendStatus,
+  sendStatusRaw,
   stripCallerHeaders,
   upgradeRequestHeaders,
   type Identity,
@@ -19,7 +19,7 @@ import {
   type MuxStream,
 } from '@kubetunnel/shared';
 
-export interface ApiserverHttpConfig {
+export interface ImpersonatingProxyConfig {
   apiserver: URL;
   apiserverCA?: string;
   /** The agent's own token toward its apiserver (a service-account token), re-read as it rotates. */
@@ -56,20 +56,24 @@ class TokenSource {
 }
 
 /**
- * Completes L7 (`http`) streams: each stream carries HTTP/1.1 requests from
- * the hub for one caller, whose identity came in the OPEN. Every request goes
- * to the apiserver with the agent's own token and impersonation headers for
- * that identity; whatever credential or identity header arrived is removed
- * first (the hub removed them too). Responses stream back as they arrive;
- * upgrades (exec, attach, port-forward) are relayed.
+ * Completes L7 (`http`) streams: a proxy to the apiserver that impersonates
+ * each stream's caller. Each stream carries HTTP/1.1 requests from the hub
+ * for one caller, whose identity came in the OPEN. Every request goes to the
+ * apiserver with the agent's own token and impersonation headers for that
+ * identity; whatever credential or identity header arrived is removed first
+ * (the hub removed them too). Responses stream back as they arrive; upgrades
+ * (exec, attach, port-forward) are relayed. Refusals are Kubernetes
+ * `Status` objects, as the hub's are.
  */
-export class ApiserverHttp {
+export class ImpersonatingProxy {
   private readonly server: http.Server;
+  /** The caller of each stream being served, keyed by the stream (the socket of its requests). */
+  private readonly callers = new WeakMap<Duplex, Identity>();
   private readonly proxy: httpProxy;
   private readonly agent: https.Agent;
   private readonly token: TokenSource;
 
-  constructor(private readonly config: ApiserverHttpConfig) {
+  constructor(private readonly config: ImpersonatingProxyConfig) {
     this.token = new TokenSource(config.tokenFile);
     this.agent = new https.Agent({
       keepAlive: true,
@@ -99,8 +103,9 @@ export class ApiserverHttp {
     this.server.on('clientError', (_err, socket: Duplex) => socket.destroy());
   }
 
-  /** Serves the HTTP requests carried by one tunnel stream. */
-  handle(stream: MuxStream): void {
+  /** Serves the HTTP requests carried by one tunnel stream, each for `identity`. */
+  handle(stream: MuxStream, identity: Identity): void {
+    this.callers.set(stream, identity);
     this.server.emit('connection', stream);
   }
 
@@ -114,28 +119,25 @@ export class ApiserverHttp {
     return out;
   }
 
-  private identityOf(req: IncomingMessage): Identity | undefined {
-    return (req.socket as unknown as MuxStream).request?.identity;
+  /** The caller of a request, or why it cannot be served: no identity came with its stream, or none a header can carry. */
+  private callerOf(req: IncomingMessage): Identity | { status: number; reason: string } {
+    const identity = this.callers.get(req.socket);
+    if (!identity) return { status: 400, reason: 'L7 stream without an identity' };
+    // The hub refuses these first; never throw setting headers.
+    return identityProblem(identity) ?? identity;
   }
 
   private onRequest(req: IncomingMessage, res: ServerResponse): void {
-    const identity = this.identityOf(req);
-    if (!identity) {
-      res.writeHead(400, { 'Content-Type': 'text/plain' }).end('L7 stream without an identity\n');
-      return;
-    }
-    const refused = identityProblem(identity); // the hub refuses these first; never throw setting headers
-    if (refused) return void res.writeHead(refused.status, { 'Content-Type': 'text/plain' }).end(refused.reason + '\n');
-    req.headers = this.upstreamHeaders(req.headers, identity) as http.IncomingHttpHeaders;
+    const caller = this.callerOf(req);
+    if ('reason' in caller) return sendStatus(res, caller.status, caller.reason);
+    req.headers = this.upstreamHeaders(req.headers, caller) as http.IncomingHttpHeaders;
     this.proxy.web(req, res, { target: this.config.apiserver.origin, agent: this.agent, secure: true, changeOrigin: false });
   }
 
   private onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
-    const identity = this.identityOf(req);
-    if (!identity) return void socket.destroy();
-    const refused = identityProblem(identity);
-    if (refused) return respondRaw(socket, refused.status, refused.reason);
-    const headers = upgradeRequestHeaders(this.upstreamHeaders(req.headers, identity), req.headers.upgrade);
+    const caller = this.callerOf(req);
+    if ('reason' in caller) return sendStatusRaw(socket, caller.status, caller.reason);
+    const headers = upgradeRequestHeaders(this.upstreamHeaders(req.headers, caller), req.headers.upgrade);
     const out = https.request({
       host: this.config.apiserver.hostname,
       port: this.config.apiserver.port || 443,

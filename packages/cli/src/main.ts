@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { Command, Option } from 'commander';
-import { Defaults, certsAgent, certsApiserver, certsClient, certsInit, replaceFile } from '@kubetunnel/shared';
+import { Defaults, LOG_LEVELS, certsAgent, certsApiserver, certsClient, certsInit, replaceFile } from '@kubetunnel/shared';
 import { parseTokenFile } from '@kubetunnel/server';
 import { startStandinApiserver } from '@kubetunnel/standin-apiserver';
 import { runAgent } from './commands/agent.js';
@@ -120,7 +120,7 @@ program
   .option('--header-timeout <duration>', 'time a request head may take to arrive, on every port', seconds(Defaults.headerTimeoutMs))
   .option('--idle-timeout <duration>', 'how long an idle keep-alive connection stays open, on every port', seconds(Defaults.idleTimeoutMs))
   .option('--config <file>', 'YAML file with any of these settings')
-  .addOption(new Option('--log-level <level>', 'log level').choices(['trace', 'debug', 'info', 'warn', 'error', 'silent']).default('info'))
+  .addOption(new Option('--log-level <level>', 'log level').choices(LOG_LEVELS).default('info'))
   .action(async (_o, cmd: Command) => {
     const s = settings(cmd);
     const server = await runServer(s);
@@ -148,7 +148,7 @@ program
   .option('--dial-timeout <duration>', 'how long a dial to the apiserver may take', '5s')
   .option('--header-timeout <duration>', 'time a request head may take to arrive on the health port', seconds(Defaults.headerTimeoutMs))
   .option('--config <file>', 'YAML file with any of these settings')
-  .addOption(new Option('--log-level <level>', 'log level').choices(['trace', 'debug', 'info', 'warn', 'error', 'silent']).default('info'))
+  .addOption(new Option('--log-level <level>', 'log level').choices(LOG_LEVELS).default('info'))
   .action(async (_o, cmd: Command) => {
     const agent = await runAgent(settings(cmd), process.env);
     onSignals('agent', () => agent.drain());

@@ -78,6 +78,13 @@ export class Settings {
     return ms;
   }
 
+  /** One of `choices` (commander checks a flag's value; this checks the variable's and the file's too). */
+  choice<T extends string>(name: string, choices: readonly T[]): T {
+    const v = this.require(name);
+    if (!(choices as readonly string[]).includes(v)) throw new SettingError(name, `want one of ${choices.join(', ')}, got ${JSON.stringify(v)}`);
+    return v as T;
+  }
+
   /** A duration that bounds something: above 0 and at most `maxMs`. */
   timeout(name: string, maxMs = 3_600_000): number {
     const ms = this.duration(name);

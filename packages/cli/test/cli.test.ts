@@ -6,7 +6,7 @@ import { parse as parseYaml } from 'yaml';
 import { afterEach, describe, expect, it } from 'vitest';
 import { PassThrough } from 'node:stream';
 import { pino } from 'pino';
-import { createCA, issueServerCert } from '@kubetunnel/shared';
+import { LOG_LEVELS, createCA, issueServerCert } from '@kubetunnel/shared';
 import { buildKubeconfig } from '../src/commands/kubeconfig.js';
 import { Settings, SettingError, parseDuration } from '../src/options.js';
 import { watchTlsFiles } from '../src/reload.js';
@@ -43,6 +43,14 @@ describe('settings: flag > KUBETUNNEL_* > config file > default', () => {
     expect(() => s.duration('grace')).toThrow(/--grace: want a duration/);
     expect(() => s.requireFile('cert')).toThrow(/--cert: cannot read \/nonexistent: ENOENT/);
     expect(() => s.require('missing')).toThrow(/--missing: is required/);
+  });
+
+  it('takes a log level from a flag, a variable or the file only if --log-level offers it', () => {
+    expect(make({ logLevel: 'info' }, [], { KUBETUNNEL_LOG_LEVEL: 'debug' }).choice('log-level', LOG_LEVELS)).toBe('debug');
+    expect(make({ logLevel: 'info' }, [], {}).choice('log-level', LOG_LEVELS)).toBe('info');
+    expect(() => make({ logLevel: 'info' }, [], { KUBETUNNEL_LOG_LEVEL: 'loud' }).choice('log-level', LOG_LEVELS)).toThrow(
+      new SettingError('log-level', 'want one of trace, debug, info, warn, error, silent, got "loud"'),
+    );
   });
 
   it('reads lists from repeated flags, YAML lists and comma-separated variables', () => {

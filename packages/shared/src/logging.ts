@@ -16,6 +16,9 @@ export const REDACT_PATHS = [
   'req.headers["proxy-authorization"]',
 ];
 
+/** The levels --log-level offers. */
+export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'silent'] as const satisfies readonly LevelWithSilent[];
+
 /** The one root logger of a process; everything else is a child of it. */
 export function createLogger(level: LevelWithSilent = 'info', destination?: pino.DestinationStream): Logger {
   return pino(

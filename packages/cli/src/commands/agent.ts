@@ -1,7 +1,7 @@
 import { Resolver } from 'node:dns/promises';
 import fs from 'node:fs';
 import os from 'node:os';
-import { createLogger, defaultLimits, isValidClusterName, isValidHostPort } from '@kubetunnel/shared';
+import { LOG_LEVELS, createLogger, defaultLimits, isValidClusterName, isValidHostPort } from '@kubetunnel/shared';
 import { parseServerSource, startAgent, type Agent, type AgentConfig } from '@kubetunnel/agent';
 import { SettingError, type Settings } from '../options.js';
 import { watchTlsFiles } from '../reload.js';
@@ -80,7 +80,7 @@ export function agentConfig(s: Settings, env: NodeJS.ProcessEnv): AgentConfig {
 }
 
 export async function runAgent(s: Settings, env: NodeJS.ProcessEnv): Promise<Agent> {
-  const log = createLogger((s.string('log-level') ?? 'info') as 'info');
+  const log = createLogger(s.choice('log-level', LOG_LEVELS));
   const config = agentConfig(s, env);
   const { cert: _c, key: _k, ca: _ca, apiserverCA, ...rest } = config;
   log.info({ config: { ...rest, apiserver: config.apiserver.href, apiserverCA: apiserverCA ? 'set' : 'none' } }, 'starting kubetunnel agent');

@@ -1,6 +1,6 @@
 import { X509Certificate } from 'node:crypto';
 import os from 'node:os';
-import { Defaults, createLogger, defaultLimits } from '@kubetunnel/shared';
+import { Defaults, LOG_LEVELS, createLogger, defaultLimits } from '@kubetunnel/shared';
 import { parsePolicy, parseTokenFile, startServer, type ServerConfig, type KubetunnelServer } from '@kubetunnel/server';
 import { SettingError, type Settings } from '../options.js';
 import { watchTlsFiles } from '../reload.js';
@@ -138,7 +138,7 @@ export function printable(config: ServerConfig): Record<string, unknown> {
 }
 
 export async function runServer(s: Settings): Promise<KubetunnelServer> {
-  const log = createLogger((s.string('log-level') ?? 'info') as 'info');
+  const log = createLogger(s.choice('log-level', LOG_LEVELS));
   const config = serverConfig(s);
   log.info({ config: printable(config) }, 'starting kubetunnel server');
   const warning = oneCAWarning(config);
