@@ -6,7 +6,9 @@
  * that the image holds what the services run. deploy/ has its own test
  * (deploy.test.ts).
  */
+import { X509Certificate } from 'node:crypto';
 import fs from 'node:fs';
+import { isIP } from 'node:net';
 import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -91,6 +93,16 @@ describe('packaging', () => {
       for (const a of s[1].command) {
         const token = /^--(?:token|member-token)=(.+)$/.exec(a)?.[1];
         if (token) expect(tokens + memberTokens, a).toContain(`${token},`);
+      }
+
+    // Each certificate carries the name it is reached by in the compose network.
+    const names = (f: string) => new X509Certificate(fs.readFileSync(path.join(dir, f))).subjectAltName ?? '';
+    for (const [, s] of kubetunnelServices())
+      for (const a of s.command) {
+        const host = /^--(?:server|apiserver)=(?:wss|https):\/\/([^:/]+)/.exec(a)?.[1];
+        if (!host) continue;
+        const cert = a.startsWith('--server=') ? '/certs/server.crt' : `/certs/${/^(member-\d+)-apiserver$/.exec(host)![1]}/apiserver.crt`;
+        expect(names(cert).split(', '), `${cert} for ${a}`).toContain(isIP(host) ? `IP Address:${host}` : `DNS:${host}`);
       }
 
     const ca = fs.readFileSync(path.join(certs, 'ca.crt'), 'utf8');
