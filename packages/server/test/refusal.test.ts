@@ -45,7 +45,8 @@ describe('a refusal is answered by its reason, at each edge', () => {
     const reasons = Object.keys(Reasons) as Reason[];
     expect(new Set(reasons.map((r) => Reasons[r].code)).size).toBe(reasons.length);
     for (const r of reasons) {
-      const { http, grpc: g, ws } = Reasons[r];
+      const { http, grpc: g } = Reasons[r];
+      const ws: number = Reasons[r].ws;
       expect(http >= 400 && http <= 599, `${r} http ${http}`).toBe(true);
       expect(g >= 1 && g <= 16, `${r} grpc ${g}`).toBe(true);
       expect((ws >= 1000 && ws <= 1014 && ws !== 1004 && ws !== 1005 && ws !== 1006) || (ws >= 4000 && ws <= 4999), `${r} ws ${ws}`).toBe(true);

@@ -61,6 +61,8 @@ export function proxyHandler(deps: FrontendDeps, source: CallerSource): grpc.han
     const dialAbort = new AbortController();
     let dialClosed = false;
     // A call that names nothing to dial holds a stream for nothing: it gets as long as a dial may take.
+    // This and protocolError end a call that broke the ANP protocol, not a dial: they carry the
+    // status gRPC has for what happened, and are counted under the table's reason.
     const idle = setTimeout(() => {
       if (phase !== 'idle') return;
       deps.metrics.refused('grpc', 'BAD_REQUEST');
