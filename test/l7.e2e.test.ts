@@ -205,9 +205,12 @@ describe('policy', () => {
 });
 
 describe('upgrades that are not answered 101', () => {
-  it('an upgrade request that announces a body is refused; nothing reaches the member', async () => {
+  it('an upgrade request that announces a body is refused, counted and logged like any L7 400; nothing reaches the member', async () => {
     const api = members.get('member-1')!.apiserver;
     const before = api.requests.length;
+    const badRequests = async () =>
+      Number(/^kubetunnel_stream_failures_total\{frontend="l7",reason="BAD_REQUEST"\} (\d+)$/m.exec(await (await fetch(`${server.adminUrl}/metrics`)).text())?.[1] ?? 0);
+    const counted = await badRequests();
     for (const framing of ['Transfer-Encoding: chunked', 'Content-Length: 5']) {
       const r = await rawConnect(
         server.proxy,
@@ -219,6 +222,8 @@ describe('upgrades that are not answered 101', () => {
       expect(r.body).toContain('an upgrade request carries no body');
     }
     expect(api.requests.length).toBe(before);
+    expect(await badRequests()).toBe(counted + 2);
+    await server.proc.waitFor((l) => l.msg === 'L7 request refused' && l.status === 400 && l.reason === 'an upgrade request carries no body', 'the 400 in the log');
   });
 
 

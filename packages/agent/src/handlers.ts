@@ -1,5 +1,5 @@
 import net from 'node:net';
-import { TunnelError, dialReason, splice, type IncomingOpen, type Logger } from '@kubetunnel/shared';
+import { APISERVER_TARGET, TunnelError, dialReason, parseHostPort, splice, unbracketHost, type IncomingOpen, type Logger } from '@kubetunnel/shared';
 import type { ImpersonatingProxy } from './http-handler.js';
 
 export interface HandlerDeps {
@@ -11,13 +11,6 @@ export interface HandlerDeps {
   log: Logger;
 }
 
-/** Splits host:port (IPv6 in brackets). */
-function hostPort(target: string): { host: string; port: number } {
-  const i = target.lastIndexOf(':');
-  const host = target.slice(0, i).replace(/^\[(.*)\]$/, '$1');
-  return { host, port: Number(target.slice(i + 1)) };
-}
-
 /**
  * What the agent does with an OPEN. It never dials arbitrary addresses: only
  * its apiserver and the exact host:port entries of its allow list; any other
@@ -26,16 +19,17 @@ function hostPort(target: string): { host: string; port: number } {
 export function handleOpen(deps: HandlerDeps, incoming: IncomingOpen, counters: { open: number }): void {
   const { request } = incoming;
   if (request.kind === 'http') return handleHttp(deps, incoming, counters);
-  let dest: { host: string; port: number };
-  if (request.target === 'apiserver') {
-    dest = { host: deps.apiserver.hostname.replace(/^\[(.*)\]$/, '$1'), port: Number(deps.apiserver.port || 443) };
+  let dest: { host: string; port: number } | undefined;
+  if (request.target === APISERVER_TARGET) {
+    dest = { host: deps.apiserver.hostname, port: Number(deps.apiserver.port || 443) };
   } else if (deps.allowDest.has(request.target)) {
-    dest = hostPort(request.target);
-  } else {
+    dest = parseHostPort(request.target);
+  }
+  if (dest === undefined) {
     deps.log.warn({ target: request.target, streamId: incoming.streamId }, 'refused OPEN: target not allowed');
     return incoming.reject('TARGET_NOT_ALLOWED', `target ${request.target} is not allowed by this agent`);
   }
-  dial(deps, incoming, dest, counters);
+  dial(deps, incoming, { host: unbracketHost(dest.host), port: dest.port }, counters);
 }
 
 function dial(deps: HandlerDeps, incoming: IncomingOpen, dest: { host: string; port: number }, counters: { open: number }): void {

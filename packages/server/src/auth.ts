@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import type { PeerCertificate, TLSSocket } from 'node:tls';
 import { clientIdentityOf, nameProblem, type Identity } from '@kubetunnel/shared';
+import { refused, type Outcome } from './refusal.js';
 
 /** Static tokens as configured: token -> identity. */
 export type TokenTable = Map<string, { user: string; uid: string; groups: string[] }>;
@@ -96,7 +97,8 @@ export function basicUserFromAuthorization(header: string | undefined): string |
   return credentialsFromAuthorization(header)?.basicUser;
 }
 
-export type AuthResult = { ok: true; identity: Identity; via: 'certificate' | 'token' } | { ok: false; reason: string };
+/** Who the caller is, or the refusal (UNAUTHENTICATED). */
+export type AuthResult = Outcome<{ identity: Identity; via: 'certificate' | 'token' }>;
 
 /**
  * Who the caller is: a verified client certificate from the CA (user = CN,
@@ -111,14 +113,14 @@ export function authenticatePeer(cert: PeerCertificate | undefined, authorizatio
   if (cert && Object.keys(cert).length > 0) {
     const id = clientIdentityOf(cert);
     if (!id)
-      return { ok: false, reason: 'this certificate is not a client certificate (agent certificates are refused here, and so are serving certificates)' };
+      return refused('UNAUTHENTICATED', 'this certificate is not a client certificate (agent certificates are refused here, and so are serving certificates)');
     return { ok: true, identity: { user: id.user, groups: id.groups }, via: 'certificate' };
   }
   const creds = credentialsFromAuthorization(authorization);
-  if (creds === undefined && authorization) return { ok: false, reason: 'malformed credentials' };
+  if (creds === undefined && authorization) return refused('UNAUTHENTICATED', 'malformed credentials');
   const token = creds?.token;
-  if (token === undefined) return { ok: false, reason: 'no client certificate or token' };
+  if (token === undefined) return refused('UNAUTHENTICATED', 'no client certificate or token');
   const id = lookupToken(tokens, token);
-  if (!id) return { ok: false, reason: 'invalid token' };
+  if (!id) return refused('UNAUTHENTICATED', 'invalid token');
   return { ok: true, identity: id, via: 'token' };
 }

@@ -1,43 +1,38 @@
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
-import { respondRaw, splice, type Logger } from '@kubetunnel/shared';
-import { authenticate, basicUserFromAuthorization, type TokenIndex } from './auth.js';
-import { dialCluster, type DialDeps } from './dial.js';
-import type { ClusterRegistry } from './registry.js';
-import { resolveCluster, tcpTarget } from './resolve.js';
-
-export interface ConnectDeps extends DialDeps {
-  registry: ClusterRegistry;
-  tokens: TokenIndex;
-  clusterDomain?: string;
-  log: Logger;
-}
+import { respondRaw, splice } from '@kubetunnel/shared';
+import { authenticate } from './auth.js';
+import type { FrontendDeps } from './deps.js';
+import { dialCluster } from './dial.js';
+import { httpAnswer, type Refusal } from './refusal.js';
+import { resolveConnect } from './routing/resolve.js';
+import { tcpTarget } from './routing/target.js';
 
 const PROXY_AUTHENTICATE = 'Basic realm="kubetunnel", Bearer realm="kubetunnel"';
+
+/** Answers a refused CONNECT: the status of its reason (407 with Proxy-Authenticate when unauthenticated) and the one-line message. */
+function refuseConnect(socket: Duplex, r: Refusal): void {
+  const { status, headers } = httpAnswer(r, 'proxy');
+  respondRaw(socket, status, r.message, status === 407 ? { ...headers, 'Proxy-Authenticate': PROXY_AUTHENTICATE } : headers);
+}
 
 /**
  * CONNECT: authenticate, find the cluster, open a tunnel stream to the
  * apiserver (or an allow-listed host:port named exactly), answer 200 only
  * once the agent has reached it, then splice bytes both ways.
  */
-export async function handleConnect(deps: ConnectDeps, req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+export async function handleConnect(deps: FrontendDeps, req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
   socket.on('error', () => {});
   const auth = authenticate(req.socket as TLSSocket, req.headers['proxy-authorization'], deps.tokens);
   if (!auth.ok) {
-    deps.metrics.failures.inc({ frontend: 'connect', reason: 'UNAUTHENTICATED' });
-    return respondRaw(socket, 407, auth.reason, { 'Proxy-Authenticate': PROXY_AUTHENTICATE });
+    deps.metrics.refused('connect', auth.refusal.reason);
+    return refuseConnect(socket, auth.refusal);
   }
-  const r = resolveCluster(
-    req.url,
-    req.headers['x-cluster-name'],
-    (n) => deps.registry.get(n) !== undefined,
-    deps.clusterDomain,
-    basicUserFromAuthorization(req.headers['proxy-authorization']),
-  );
+  const r = resolveConnect(req, deps.registry, deps.clusterDomain);
   if (!r.ok) {
-    deps.metrics.failures.inc({ frontend: 'connect', reason: 'BAD_REQUEST' });
-    return respondRaw(socket, r.status, r.reason);
+    deps.metrics.refused('connect', r.refusal.reason);
+    return refuseConnect(socket, r.refusal);
   }
   const target = tcpTarget(deps.registry, r);
 
@@ -55,8 +50,8 @@ export async function handleConnect(deps: ConnectDeps, req: IncomingMessage, soc
   socket.off('close', onClose);
   const log = deps.log.child({ frontend: 'connect', cluster: r.cluster, user: auth.identity.user, target });
   if (!result.ok) {
-    log.info({ status: result.status, reason: result.reason }, 'CONNECT refused');
-    return respondRaw(socket, result.status, result.reason, result.retryAfter ? { 'Retry-After': String(result.retryAfter) } : {});
+    log.info({ status: httpAnswer(result.refusal, 'proxy').status, reason: result.refusal.message }, 'CONNECT refused');
+    return refuseConnect(socket, result.refusal);
   }
   const { stream, tunnel } = result;
   if (socket.destroyed) {

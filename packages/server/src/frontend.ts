@@ -3,7 +3,8 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { SERVER_TLS_POLICY, respondRaw, type Logger } from '@kubetunnel/shared';
 import type { ServerConfig } from './config.js';
-import { handleConnect, type ConnectDeps } from './connect.js';
+import { handleConnect } from './connect.js';
+import type { FrontendDeps } from './deps.js';
 import { SocketSet } from './sockets.js';
 
 /** What the frontend does with non-CONNECT traffic (the L7 mode plugs in here). */
@@ -31,7 +32,7 @@ export class Frontend {
   readonly server: https.Server;
   private readonly sockets = new SocketSet();
 
-  constructor(config: ServerConfig, deps: ConnectDeps, http: HttpHandlers, log: Logger) {
+  constructor(config: ServerConfig, deps: FrontendDeps, handlers: HttpHandlers, log: Logger) {
     this.server = https.createServer({
       ...SERVER_TLS_POLICY,
       cert: config.cert,
@@ -50,8 +51,8 @@ export class Frontend {
         respondRaw(socket, 500, 'internal error');
       });
     });
-    this.server.on('request', (req, res) => http.request(req, res));
-    this.server.on('upgrade', (req, socket, head) => http.upgrade(req, socket, head));
+    this.server.on('request', (req, res) => handlers.request(req, res));
+    this.server.on('upgrade', (req, socket, head) => handlers.upgrade(req, socket, head));
     this.server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
       if (err.code === 'HPE_HEADER_OVERFLOW') respondRaw(socket, 431, 'request headers too large');
       else if (err.code === 'ECONNRESET' || !socket.writable) socket.destroy();

@@ -1,4 +1,5 @@
 import client from 'prom-client';
+import type { Reason } from '@kubetunnel/shared';
 import type { ClusterRegistry } from './registry.js';
 
 /** Dial duration buckets (seconds), of our histogram and of Konnectivity's. */
@@ -140,6 +141,11 @@ export class ServerMetrics {
         for (const c of clusters.entries()) this.set({ cluster: c.name }, c.openStreams);
       },
     });
+  }
+
+  /** Counts a request of `frontend` that did not become a stream, under its reason. */
+  refused(frontend: string, reason: Reason): void {
+    this.failures.inc({ frontend, reason });
   }
 }
 

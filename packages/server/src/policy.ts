@@ -1,5 +1,6 @@
 import { parse as parseYaml } from 'yaml';
 import type { Identity } from '@kubetunnel/shared';
+import { refusal, type Refusal } from './refusal.js';
 
 /**
  * Who may reach which clusters. A rule applies to the caller when it names
@@ -18,7 +19,8 @@ export interface PolicyRule {
   clusters: string[];
 }
 
-export type Authorize = (identity: Identity, cluster: string) => true | string;
+/** Whether `identity` may reach `cluster`: true, or the refusal (FORBIDDEN). */
+export type Authorize = (identity: Identity, cluster: string) => true | Refusal;
 
 function globToRegExp(glob: string): RegExp {
   const body = glob.split('*').map((p) => p.replace(/[.+?^${}()|[\]\\]/g, '\\$&')).join('.*');
@@ -64,7 +66,7 @@ export function policyAuthorizer(rules: PolicyRule[]): Authorize {
       const applies = r.users.has('*') || r.users.has(identity.user) || identity.groups.some((g) => r.groups.has(g));
       if (applies && r.clusters.some((re) => re.test(cluster))) return true;
     }
-    return `user "${identity.user}" may not reach cluster "${cluster}"`;
+    return refusal('FORBIDDEN', `user "${identity.user}" may not reach cluster "${cluster}"`);
   };
 }
 

@@ -39,11 +39,19 @@ export interface AgentTunnel {
 }
 
 export interface ClusterEntry {
+  readonly name: string;
+  readonly agents: ReadonlyMap<string, AgentTunnel>;
+  /** Dials in flight through this cluster's agents (counted by ClusterRegistry.trackDial). */
+  readonly pendingDials: number;
+  /** Streams the frontends hold open to this cluster (counted by ClusterRegistry.trackStream). */
+  readonly openStreams: number;
+}
+
+/** A cluster as the registry keeps it: only the registry writes it. */
+interface Entry {
   name: string;
   agents: Map<string, AgentTunnel>;
-  /** Dials in flight through this cluster's agents. */
   pendingDials: number;
-  /** Streams the frontends hold open to this cluster. */
   openStreams: number;
 }
 
@@ -55,7 +63,7 @@ export interface ClusterEntry {
  * still be reconnecting (see `young`).
  */
 export class ClusterRegistry extends EventEmitter {
-  private readonly clusters = new Map<string, ClusterEntry>();
+  private readonly clusters = new Map<string, Entry>();
   private readonly createdAt = performance.now();
 
   constructor(private readonly graceMs = 0) {
@@ -100,6 +108,31 @@ export class ClusterRegistry extends EventEmitter {
     }
   }
 
+  /**
+   * Counts one dial in flight through `cluster`'s tunnels until the returned
+   * function is called (the first call counts; later ones do nothing).
+   */
+  trackDial(cluster: ClusterEntry): () => void {
+    return this.track(cluster, 'pendingDials');
+  }
+
+  /** Counts one stream a frontend holds open to `cluster`, the same way. */
+  trackStream(cluster: ClusterEntry): () => void {
+    return this.track(cluster, 'openStreams');
+  }
+
+  private track(cluster: ClusterEntry, counter: 'pendingDials' | 'openStreams'): () => void {
+    const c = this.clusters.get(cluster.name);
+    if (c === undefined || c !== cluster) throw new Error(`cluster ${JSON.stringify(cluster.name)} is not one of this registry's`);
+    c[counter]++;
+    let counted = true;
+    return () => {
+      if (!counted) return;
+      counted = false;
+      c[counter]--;
+    };
+  }
+
   /** Totals over every cluster (tests assert these return to zero). */
   totals(): { openStreams: number; pendingDials: number; agents: number } {
     let openStreams = 0;
@@ -112,34 +145,4 @@ export class ClusterRegistry extends EventEmitter {
     }
     return { openStreams, pendingDials, agents };
   }
-}
-
-/** Whether a tunnel's agent can serve an OPEN of this kind and target. */
-export function canServe(t: AgentTunnel, kind: 'tcp' | 'http', target: string): boolean {
-  return kind === 'http' ? t.l7 : target === 'apiserver' || t.allowDest.has(target);
-}
-
-/**
- * Picks the tunnel for a new stream: among live agents that accept new
- * streams and can serve it, the least busy by open streams plus pending
- * opens; ties go to the one registered first. Tunnels in `exclude` (tried
- * already for this stream) are passed over.
- */
-export function pickTunnel(
-  cluster: ClusterEntry,
-  kind: 'tcp' | 'http' = 'tcp',
-  target = 'apiserver',
-  exclude?: ReadonlySet<AgentTunnel>,
-): AgentTunnel | undefined {
-  let best: AgentTunnel | undefined;
-  let bestLoad = Infinity;
-  for (const t of cluster.agents.values()) {
-    if (!t.session.usable || exclude?.has(t) || !canServe(t, kind, target)) continue;
-    const load = t.session.openStreams + t.session.pendingOpens;
-    if (load < bestLoad) {
-      best = t;
-      bestLoad = load;
-    }
-  }
-  return best;
 }

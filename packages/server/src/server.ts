@@ -8,7 +8,7 @@ import { createAdminServer } from './admin.js';
 import { AgentGateway } from './agent-gateway.js';
 import { indexTokens } from './auth.js';
 import type { ListenerName, ServerConfig } from './config.js';
-import type { ConnectDeps } from './connect.js';
+import type { FrontendDeps } from './deps.js';
 import { Frontend } from './frontend.js';
 import { AnpAgentService } from './grpc/agent-service.js';
 import { GrpcFrontend } from './grpc/frontend.js';
@@ -17,6 +17,7 @@ import { l7Handlers } from './l7.js';
 import { allowAll, policyAuthorizer } from './policy.js';
 import { ServerMetrics } from './metrics.js';
 import { ClusterRegistry } from './registry.js';
+import { UserStreamLimit } from './stream-limit.js';
 
 export interface ServerAddresses {
   proxy: AddressInfo;
@@ -55,24 +56,50 @@ async function listen(server: Server, port: number, host: string): Promise<Addre
   return server.address() as AddressInfo;
 }
 
-/** The composition root of the server: builds every part from a validated config. */
+/** The composition root of the server: builds every part from a validated config, binds the listeners, hands back the running server. */
 export async function startServer(config: ServerConfig, log: Logger): Promise<KubetunnelServer> {
   const registry = new ClusterRegistry(config.registrationGraceMs ?? 0);
   const metrics = new ServerMetrics(registry);
-  const deps: ConnectDeps = {
+  const parts = buildParts(config, registry, metrics, log);
+  const addresses = await listenAll(config, parts, log);
+  return running(config, parts, addresses, log);
+}
+
+/** Everything a server runs, built and not yet listening. */
+interface Parts {
+  registry: ClusterRegistry;
+  metrics: ServerMetrics;
+  frontend: Frontend;
+  gateway: AgentGateway;
+  health: http.Server;
+  admin: http.Server;
+  grpcTls: TlsMaterial;
+  grpcFrontend: GrpcFrontend | undefined;
+  anpAgents: AnpAgentService | undefined;
+  guards: ListenerGuard[];
+  /** Draining: /readyz says so. */
+  readiness: { draining: boolean };
+}
+
+/** What every client frontend dials and authenticates with. */
+function frontendDeps(config: ServerConfig, registry: ClusterRegistry, metrics: ServerMetrics, log: Logger): FrontendDeps {
+  if (!config.policy) log.warn('no policy: every authenticated identity may reach every cluster');
+  return {
     registry,
     metrics,
     tokens: indexTokens(config.tokens),
     dialTimeoutMs: config.dialTimeoutMs,
     dialAttempts: Defaults.dialAttempts,
-    maxStreamsPerClient: config.maxStreamsPerClient,
-    clientStreams: new Map(),
+    clientStreams: new UserStreamLimit(config.maxStreamsPerClient),
     authorize: config.policy ? policyAuthorizer(config.policy) : allowAll,
     log,
     ...(config.clusterDomain ? { clusterDomain: config.clusterDomain } : {}),
   };
+}
+
+function buildParts(config: ServerConfig, registry: ClusterRegistry, metrics: ServerMetrics, log: Logger): Parts {
+  const deps = frontendDeps(config, registry, metrics, log);
   const gateway = new AgentGateway(config, registry, metrics, log.child({ component: 'agent-gateway' }));
-  if (!config.policy) log.warn('no policy: every authenticated identity may reach every cluster');
   const l7 = l7Handlers({
     ...deps,
     log: log.child({ frontend: 'l7' }),
@@ -80,44 +107,71 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ku
     serverNameSuffix: config.clusterDomain ?? Defaults.l7ServerNameSuffix,
   });
   const frontend = new Frontend(config, deps, l7, log.child({ component: 'frontend' }));
-  let draining = false;
+  const readiness = { draining: false };
   // Not ready for clients while agents may still be coming back (the
   // registration grace); agents reach a replica that is not ready yet through
   // their own balancer or Service (deploy/server.yaml).
-  const health = createHealthServer(() => (draining ? 'draining' : registry.young ? 'starting: agents are registering' : true));
+  const health = createHealthServer(() => (readiness.draining ? 'draining' : registry.young ? 'starting: agents are registering' : true));
   const admin = createAdminServer(config.serverId, registry, metrics);
   const grpcTls = new TlsMaterial({ cert: config.cert, key: config.key, ca: config.ca });
-  const grpcFrontend =
-    config.grpcPort !== undefined || config.grpcUds !== undefined
-      ? new GrpcFrontend(
-          {
-            bindAddress: config.bindAddress,
-            udsIdentity: config.grpcUdsIdentity ?? { user: 'kube-apiserver', groups: [] },
-            ...(config.grpcPort !== undefined ? { port: config.grpcPort } : {}),
-            ...(config.grpcUds !== undefined ? { uds: config.grpcUds } : {}),
-          },
-          deps,
-          grpcTls,
-          log.child({ component: 'grpc' }),
-        )
-      : undefined;
-  const anpAgents =
-    config.anpAgentPort !== undefined
-      ? new AnpAgentService(
-          {
-            bindAddress: config.bindAddress,
-            port: config.anpAgentPort,
-            serverId: config.serverId,
-            serverCount: config.serverCount,
-            gracePeriodMs: config.gracePeriodMs,
-            ...(config.clusterDomain ? { clusterDomain: config.clusterDomain } : {}),
-          },
-          registry,
-          metrics,
-          grpcTls,
-          log.child({ component: 'anp-agent' }),
-        )
-      : undefined;
+  const guards = guardListeners(config, metrics, log, { proxy: frontend.server, agent: gateway.server, health, admin });
+  return {
+    registry,
+    metrics,
+    frontend,
+    gateway,
+    health,
+    admin,
+    grpcTls,
+    grpcFrontend: grpcFrontendOf(config, deps, grpcTls, log),
+    anpAgents: anpAgentsOf(config, registry, metrics, grpcTls, log),
+    guards,
+    readiness,
+  };
+}
+
+/** The Konnectivity ProxyService frontend, when a gRPC port or socket is configured. */
+function grpcFrontendOf(config: ServerConfig, deps: FrontendDeps, tls: TlsMaterial, log: Logger): GrpcFrontend | undefined {
+  if (config.grpcPort === undefined && config.grpcUds === undefined) return undefined;
+  return new GrpcFrontend(
+    {
+      bindAddress: config.bindAddress,
+      udsIdentity: config.grpcUdsIdentity ?? { user: 'kube-apiserver', groups: [] },
+      ...(config.grpcPort !== undefined ? { port: config.grpcPort } : {}),
+      ...(config.grpcUds !== undefined ? { uds: config.grpcUds } : {}),
+    },
+    deps,
+    tls,
+    log.child({ component: 'grpc' }),
+  );
+}
+
+/** The Konnectivity AgentService for ANP proxy-agents, when its port is configured. */
+function anpAgentsOf(config: ServerConfig, registry: ClusterRegistry, metrics: ServerMetrics, tls: TlsMaterial, log: Logger): AnpAgentService | undefined {
+  if (config.anpAgentPort === undefined) return undefined;
+  return new AnpAgentService(
+    {
+      bindAddress: config.bindAddress,
+      port: config.anpAgentPort,
+      serverId: config.serverId,
+      serverCount: config.serverCount,
+      gracePeriodMs: config.gracePeriodMs,
+      ...(config.clusterDomain ? { clusterDomain: config.clusterDomain } : {}),
+    },
+    registry,
+    metrics,
+    tls,
+    log.child({ component: 'anp-agent' }),
+  );
+}
+
+/** The connection limits of each HTTP listener, reported in the metrics. */
+function guardListeners(
+  config: ServerConfig,
+  metrics: ServerMetrics,
+  log: Logger,
+  servers: { proxy: https.Server; agent: https.Server; health: http.Server; admin: http.Server },
+): ListenerGuard[] {
   const limitsLog = log.child({ component: 'limits' });
   const guard = (name: ListenerName, server: http.Server | https.Server, kind: Parameters<typeof defaultLimits>[0]): ListenerGuard => {
     const g = guardListener(server, {
@@ -129,25 +183,28 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ku
     metrics.listeners.set(name, g);
     return g;
   };
-  const guards = [
-    guard('proxy', frontend.server, 'frontend'),
-    guard('agent', gateway.server, 'agent-gateway'),
-    guard('health', health, 'plain'),
-    guard('admin', admin, 'plain'),
+  return [
+    guard('proxy', servers.proxy, 'frontend'),
+    guard('agent', servers.agent, 'agent-gateway'),
+    guard('health', servers.health, 'plain'),
+    guard('admin', servers.admin, 'plain'),
   ];
+}
 
-  const servers: Server[] = [];
+/** Binds every listener; on a failure, closes those already bound and throws. */
+async function listenAll(config: ServerConfig, parts: Parts, log: Logger): Promise<ServerAddresses> {
+  const { frontend, gateway, health, admin, grpcFrontend, anpAgents } = parts;
+  const bound: Server[] = [];
   const bind = async (name: string, server: Server, port: number, host: string) => {
     const addr = await listen(server, port, host);
-    servers.push(server);
+    bound.push(server);
     log.info({ listener: name, address: `${addr.address}:${addr.port}` }, `${name} listening`);
     return addr;
   };
   /** The address of a gRPC listener on the bind address (grpc-js reports only the port). */
   const boundTo = (port: number): AddressInfo => ({ address: config.bindAddress, family: config.bindAddress.includes(':') ? 'IPv6' : 'IPv4', port });
-  let addresses: ServerAddresses;
   try {
-    addresses = {
+    const addresses: ServerAddresses = {
       proxy: await bind('proxy', frontend.server, config.proxyPort, config.bindAddress),
       agent: await bind('agent', gateway.server, config.agentPort, config.bindAddress),
       health: await bind('health', health, config.healthPort, config.bindAddress),
@@ -158,34 +215,20 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ku
       if (g.port !== undefined) addresses.grpc = boundTo(g.port);
       if (g.uds !== undefined) addresses.grpcUds = g.uds;
     }
-    if (anpAgents) {
-      addresses.anpAgent = boundTo(await anpAgents.listen());
-    }
+    if (anpAgents) addresses.anpAgent = boundTo(await anpAgents.listen());
+    return addresses;
   } catch (err) {
-    for (const s of servers) s.close();
+    for (const s of bound) s.close();
     grpcFrontend?.close();
     anpAgents?.close();
     throw err;
   }
+}
 
-  let closed: Promise<void> | undefined;
-  const close = () => {
-    closed ??= (async () => {
-      frontend.close();
-      grpcFrontend?.close();
-      gateway.close();
-      anpAgents?.close();
-      for (const g of guards) g.destroyPending();
-      for (const s of [health, admin]) {
-        s.close();
-        s.closeAllConnections();
-      }
-      await Promise.all(servers.map((s) => (s.listening ? once(s, 'close') : undefined)));
-      log.info('server stopped');
-    })();
-    return closed;
-  };
-
+/** The running server: its state for tests and the admin, TLS reload, drain and close. */
+function running(config: ServerConfig, parts: Parts, addresses: ServerAddresses, log: Logger): KubetunnelServer {
+  const { registry, metrics, frontend, gateway, grpcTls, grpcFrontend } = parts;
+  const close = closer(parts, log);
   return {
     registry,
     metrics,
@@ -200,7 +243,7 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ku
     async drain(graceMs = config.gracePeriodMs) {
       // Not ready at once, but still serving for the shutdown delay: a load
       // balancer takes a while to notice, and sends new clients meanwhile.
-      draining = true;
+      parts.readiness.draining = true;
       const delayMs = config.shutdownDelayMs ?? 0;
       if (delayMs > 0) {
         log.info({ delayMs }, 'shutting down: not ready; serving on for the shutdown delay');
@@ -212,5 +255,28 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ku
       await close();
     },
     close,
+  };
+}
+
+/** Closes every part once (later calls get the same promise); resolves when every listener has closed. */
+function closer(parts: Parts, log: Logger): () => Promise<void> {
+  const { frontend, gateway, health, admin, grpcFrontend, anpAgents, guards } = parts;
+  const listeners: Server[] = [frontend.server, gateway.server, health, admin];
+  let closed: Promise<void> | undefined;
+  return () => {
+    closed ??= (async () => {
+      frontend.close();
+      grpcFrontend?.close();
+      gateway.close();
+      anpAgents?.close();
+      for (const g of guards) g.destroyPending();
+      for (const s of [health, admin]) {
+        s.close();
+        s.closeAllConnections();
+      }
+      await Promise.all(listeners.map((s) => (s.listening ? once(s, 'close') : undefined)));
+      log.info('server stopped');
+    })();
+    return closed;
   };
 }

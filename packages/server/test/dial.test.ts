@@ -9,7 +9,9 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { MemoryTransport, Session, silentLogger, type IncomingOpen, type Reason } from '@kubetunnel/shared';
 import { dialCluster, type DialDeps } from '../src/dial.js';
 import { ServerMetrics } from '../src/metrics.js';
+import { httpAnswer } from '../src/refusal.js';
 import { ClusterRegistry, type AgentTunnel } from '../src/registry.js';
+import { UserStreamLimit } from '../src/stream-limit.js';
 
 interface Pair {
   server: Session;
@@ -64,8 +66,7 @@ function deps(registry: ClusterRegistry): DialDeps & { metrics: ServerMetrics } 
     dialTimeoutMs: 5000,
     dialAttempts: 3,
     authorize: () => true,
-    maxStreamsPerClient: 100,
-    clientStreams: new Map(),
+    clientStreams: new UserStreamLimit(100),
   };
 }
 
@@ -105,7 +106,7 @@ describe('a stream refused before it started is opened on another tunnel', () =>
     const b = tunnel(registry, 'b', accept);
     const d = deps(registry);
     const result = await dial(d);
-    expect(result).toMatchObject({ ok: false, cause: reason });
+    expect(result).toMatchObject({ ok: false, refusal: { reason } });
     expect([a.opens(), b.opens()]).toEqual([1, 0]);
     expect(await retries(d)).toBe(0);
   });
@@ -115,7 +116,8 @@ describe('a stream refused before it started is opened on another tunnel', () =>
     const all = ['a', 'b', 'c', 'd'].map((id) => tunnel(registry, id, refuse('GOING_AWAY')));
     const d = deps(registry);
     const result = await dial(d);
-    expect(result).toMatchObject({ ok: false, status: 503, cause: 'GOING_AWAY', retryAfter: 1 });
+    expect(result).toMatchObject({ ok: false, refusal: { reason: 'GOING_AWAY' } });
+    if (!result.ok) expect(httpAnswer(result.refusal, 'proxy')).toEqual({ status: 503, headers: { 'Retry-After': '1' } });
     expect(all.map((t) => t.opens())).toEqual([1, 1, 1, 0]);
     expect(registry.get('c')!.pendingDials).toBe(0);
     expect(d.clientStreams.size).toBe(0);
@@ -141,7 +143,11 @@ describe('the agent side: a draining session dials nothing', () => {
 describe('a server that has just started', () => {
   it('answers an unknown cluster 503 with Retry-After during the registration grace, 404 after it', async () => {
     const young = new ClusterRegistry(60_000);
-    expect(await dial(deps(young))).toMatchObject({ ok: false, status: 503, retryAfter: 1 });
-    expect(await dial(deps(new ClusterRegistry(0)))).toMatchObject({ ok: false, status: 404 });
+    const early = await dial(deps(young));
+    expect(early).toMatchObject({ ok: false, refusal: { reason: 'NO_AGENT', retryAfter: 1 } });
+    if (!early.ok) expect(httpAnswer(early.refusal, 'proxy')).toEqual({ status: 503, headers: { 'Retry-After': '1' } });
+    const later = await dial(deps(new ClusterRegistry(0)));
+    expect(later).toMatchObject({ ok: false, refusal: { reason: 'UNKNOWN_CLUSTER' } });
+    if (!later.ok) expect(httpAnswer(later.refusal, 'proxy').status).toBe(404);
   });
 });

@@ -1,8 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { credentialsFromAuthorization, indexTokens, lookupToken, parseTokenFile } from '../src/auth.js';
-import { pickTunnel, type AgentTunnel, type ClusterEntry } from '../src/registry.js';
-import { parseAuthority, resolveCluster } from '../src/resolve.js';
-import { routeL7 } from '../src/l7.js';
+import type { AgentTunnel, ClusterEntry } from '../src/registry.js';
+import { parseAuthority, resolveCluster, routeL7 } from '../src/routing/resolve.js';
+import { pickTunnel } from '../src/routing/tunnels.js';
 import { parsePolicy, policyAuthorizer } from '../src/policy.js';
 
 describe('resolveCluster', () => {
@@ -46,14 +46,14 @@ describe('resolveCluster', () => {
     expect(resolveCluster('10.0.0.1:443', undefined, known)).toMatchObject({ ok: true, cluster: '10.0.0.1' });
   });
   it.each(['member 1', 'Member-1', 'x'.repeat(64), 'a\r\nb', '', '-a'])('rejects X-Cluster-Name %j with 400', (name) => {
-    expect(resolveCluster('member-1:443', name, known)).toMatchObject({ ok: false, status: 400 });
+    expect(resolveCluster('member-1:443', name, known)).toMatchObject({ ok: false, refusal: { reason: 'BAD_REQUEST' } });
   });
   it('rejects two X-Cluster-Name headers', () => {
-    expect(resolveCluster('member-1:443', ['member-1', 'member-2'], known)).toMatchObject({ ok: false, status: 400 });
+    expect(resolveCluster('member-1:443', ['member-1', 'member-2'], known)).toMatchObject({ ok: false, refusal: { reason: 'BAD_REQUEST' } });
   });
   it.each(['member-1', ':443', 'a:0', 'a:65536', 'a/b:1', '[::1', ''])('rejects malformed authority %j', (a) => {
     expect(parseAuthority(a)).toBeUndefined();
-    expect(resolveCluster(a, undefined, known)).toMatchObject({ ok: false, status: 400 });
+    expect(resolveCluster(a, undefined, known)).toMatchObject({ ok: false, refusal: { reason: 'BAD_REQUEST' } });
   });
   it('accepts bracketed IPv6', () => {
     expect(parseAuthority('[::1]:443')).toEqual({ host: '[::1]', port: 443 });
@@ -138,20 +138,20 @@ describe('pickTunnel', () => {
 
 describe('routeL7', () => {
   it('takes the cluster from the path and keeps the rest, query included', () => {
-    expect(routeL7('/clusters/member-1/api/v1/pods?watch=1&x=%2F', undefined)).toEqual({ cluster: 'member-1', path: '/api/v1/pods?watch=1&x=%2F' });
-    expect(routeL7('/clusters/member-1', undefined)).toEqual({ cluster: 'member-1', path: '/' });
-    expect(routeL7('/clusters/member-1?x=1', undefined)).toEqual({ cluster: 'member-1', path: '/?x=1' });
+    expect(routeL7('/clusters/member-1/api/v1/pods?watch=1&x=%2F', undefined)).toEqual({ ok: true, cluster: 'member-1', path: '/api/v1/pods?watch=1&x=%2F' });
+    expect(routeL7('/clusters/member-1', undefined)).toEqual({ ok: true, cluster: 'member-1', path: '/' });
+    expect(routeL7('/clusters/member-1?x=1', undefined)).toEqual({ ok: true, cluster: 'member-1', path: '/?x=1' });
   });
   it('then X-Cluster-Name, then the TLS server name', () => {
-    expect(routeL7('/version', 'member-2')).toEqual({ cluster: 'member-2', path: '/version' });
-    expect(routeL7('/version', undefined, 'member-3.clusters.kubetunnel', 'clusters.kubetunnel')).toEqual({ cluster: 'member-3', path: '/version' });
+    expect(routeL7('/version', 'member-2')).toEqual({ ok: true, cluster: 'member-2', path: '/version' });
+    expect(routeL7('/version', undefined, 'member-3.clusters.kubetunnel', 'clusters.kubetunnel')).toEqual({ ok: true, cluster: 'member-3', path: '/version' });
     expect(routeL7('/version', undefined, 'localhost', 'clusters.kubetunnel')).toBeUndefined();
     expect(routeL7('/version', undefined)).toBeUndefined();
   });
   it('refuses invalid names', () => {
-    expect(routeL7('/clusters/Bad_Name/x', undefined)).toHaveProperty('error');
-    expect(routeL7('/clusters/%E0%A4%A/x', undefined)).toHaveProperty('error');
-    expect(routeL7('/x', 'a b')).toHaveProperty('error');
+    expect(routeL7('/clusters/Bad_Name/x', undefined)).toHaveProperty('refusal.reason', 'BAD_REQUEST');
+    expect(routeL7('/clusters/%E0%A4%A/x', undefined)).toHaveProperty('refusal.reason', 'BAD_REQUEST');
+    expect(routeL7('/x', 'a b')).toHaveProperty('refusal.reason', 'BAD_REQUEST');
   });
 });
 
@@ -163,7 +163,7 @@ describe('policy', () => {
     expect(authorize({ user: 'alice', groups: [] }, 'prod-eu')).toBe(true);
     expect(authorize({ user: 'bob', groups: ['dev'] }, 'staging')).toBe(true);
     expect(authorize({ user: 'bob', groups: [] }, 'sandbox')).toBe(true);
-    expect(authorize({ user: 'bob', groups: ['dev'] }, 'prod-eu')).toBe('user "bob" may not reach cluster "prod-eu"');
+    expect(authorize({ user: 'bob', groups: ['dev'] }, 'prod-eu')).toEqual({ reason: 'FORBIDDEN', message: 'user "bob" may not reach cluster "prod-eu"' });
     expect(authorize({ user: 'alice', groups: [] }, 'prod')).not.toBe(true);
   });
   it('globs match whole names only; regex characters are literal', () => {

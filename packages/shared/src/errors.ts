@@ -3,13 +3,15 @@
  * crosses the tunnel in OPEN_ERR, RESET and GOAWAY), an HTTP status for the
  * frontends, a gRPC status for the konnectivity frontend and a WebSocket close
  * code. Logs and metrics use the `reason` string; nothing anywhere chooses a
- * status by reading an error message.
+ * status by reading an error message, and only the edges (a frontend
+ * answering its caller, a session closing its WebSocket) read the columns.
  */
 export const Reasons = {
   // Protocol and session
   PROTOCOL_ERROR: { code: 1, http: 502, grpc: 13, ws: 1002, text: 'protocol error' },
   FLOW_CONTROL: { code: 2, http: 502, grpc: 13, ws: 1002, text: 'flow control violated' },
-  CANCELLED: { code: 3, http: 499, grpc: 1, ws: 1000, text: 'cancelled' },
+  // A dial the caller gave up (or the agent cancelled) before it started: try again.
+  CANCELLED: { code: 3, http: 503, grpc: 1, ws: 1000, text: 'cancelled' },
   SESSION_CLOSED: { code: 4, http: 503, grpc: 14, ws: 1001, text: 'tunnel closed' },
   PING_TIMEOUT: { code: 5, http: 503, grpc: 14, ws: 4005, text: 'tunnel peer did not answer ping' },
   GOING_AWAY: { code: 6, http: 503, grpc: 14, ws: 1001, text: 'tunnel draining' },
@@ -30,6 +32,14 @@ export const Reasons = {
   TARGET_NOT_ALLOWED: { code: 25, http: 502, grpc: 7, ws: 1008, text: 'target not allowed by agent' },
   BAD_OPEN: { code: 26, http: 502, grpc: 3, ws: 1008, text: 'malformed open request' },
   UPSTREAM_RESET: { code: 27, http: 502, grpc: 14, ws: 1011, text: 'target reset the connection' },
+  // Refusals at the hub, before any stream opens (they never cross a tunnel)
+  UNAUTHENTICATED: { code: 30, http: 401, grpc: 16, ws: 1008, text: 'no valid credentials' },
+  BAD_REQUEST: { code: 31, http: 400, grpc: 3, ws: 1008, text: 'malformed request' },
+  FORBIDDEN: { code: 32, http: 403, grpc: 7, ws: 1008, text: 'not allowed' },
+  UNKNOWN_CLUSTER: { code: 33, http: 404, grpc: 5, ws: 1008, text: 'unknown cluster' },
+  NO_AGENT: { code: 34, http: 503, grpc: 14, ws: 1013, text: 'cluster has no live agent' },
+  BAD_IDENTITY: { code: 35, http: 403, grpc: 7, ws: 1008, text: 'identity cannot be carried to the member cluster' },
+  IDENTITY_TOO_LARGE: { code: 36, http: 431, grpc: 8, ws: 1009, text: 'identity too large for the tunnel' },
 } as const;
 
 export type Reason = keyof typeof Reasons;
@@ -66,10 +76,6 @@ export function reasonFromCode(code: number): Reason {
   return byCode.get(code) ?? 'INTERNAL';
 }
 
-export function isKnownCode(code: number): boolean {
-  return byCode.has(code);
-}
-
 /** An error that carries one of the closed set of reasons. */
 export class TunnelError extends Error {
   readonly reason: Reason;
@@ -82,14 +88,6 @@ export class TunnelError extends Error {
 
   get code(): number {
     return Reasons[this.reason].code;
-  }
-
-  get httpStatus(): number {
-    return Reasons[this.reason].http;
-  }
-
-  get grpcStatus(): number {
-    return Reasons[this.reason].grpc;
   }
 }
 

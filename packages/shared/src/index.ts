@@ -10,6 +10,7 @@ export * from './pki/index.js';
 export * from './names.js';
 export * from './l7/status.js';
 export * from './http/target.js';
+export * from './http/host-port.js';
 export * from './http/health.js';
 export * from './http/respond.js';
 export * from './tls.js';

@@ -33,9 +33,3 @@ export const RegistrationHeaders = {
 export function isValidAgentId(id: string): boolean {
   return /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/.test(id);
 }
-
-/** host:port, with a bracketed IPv6 host allowed. */
-export function isValidHostPort(s: string): boolean {
-  const m = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]{1,253}):(\d{1,5})$/.exec(s);
-  return m !== null && Number(m[2]) > 0 && Number(m[2]) < 65536;
-}

@@ -1,6 +1,7 @@
 import { EventEmitter } from 'node:events';
 import type * as grpc from '@grpc/grpc-js';
 import {
+  APISERVER_TARGET,
   Defaults,
   MAX_WINDOW,
   MuxStream,
@@ -100,7 +101,7 @@ export class AnpSession extends EventEmitter implements StreamHost {
     if (this.draining || this.peerDraining) return Promise.reject(new TunnelError('GOING_AWAY'));
     if (request.kind !== 'tcp') return Promise.reject(new TunnelError('TARGET_NOT_ALLOWED', 'an ANP agent serves TCP connections only'));
     if (options.signal?.aborted) return Promise.reject(new TunnelError('CANCELLED'));
-    const address = request.target === 'apiserver' ? this.apiserverAddress : request.target;
+    const address = request.target === APISERVER_TARGET ? this.apiserverAddress : request.target;
     const random = String(this.nextRandom++);
     const stream = new MuxStream(this, this.nextStreamId++, request);
     this.send(packets.dialReq(address, random));

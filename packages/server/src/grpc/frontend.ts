@@ -2,7 +2,8 @@ import * as grpc from '@grpc/grpc-js';
 import type { Identity, Logger } from '@kubetunnel/shared';
 import { bindTcp, bindUnix, grpcServerOptions, shutdownGracefully, shutdownNow, type TlsMaterial } from './listeners.js';
 import { ProxyServiceDef } from './packets.js';
-import { proxyHandler, type ProxyServiceDeps } from './proxy-service.js';
+import type { FrontendDeps } from '../deps.js';
+import { proxyHandler } from './proxy-service.js';
 
 export interface GrpcFrontendOptions {
   bindAddress: string;
@@ -27,7 +28,7 @@ export class GrpcFrontend {
 
   constructor(
     private readonly options: GrpcFrontendOptions,
-    deps: ProxyServiceDeps,
+    deps: FrontendDeps,
     private readonly tls: TlsMaterial,
     private readonly log: Logger,
   ) {

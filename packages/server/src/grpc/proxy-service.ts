@@ -1,15 +1,12 @@
 import * as grpc from '@grpc/grpc-js';
 import { Reasons, TunnelError, type Identity, type Logger, type MuxStream } from '@kubetunnel/shared';
-import { authenticatePeer, type AuthResult, type TokenIndex } from '../auth.js';
-import { dialCluster, type DialDeps, type DialResult } from '../dial.js';
-import { resolveCluster, tcpTarget } from '../resolve.js';
+import { authenticatePeer, type AuthResult } from '../auth.js';
+import type { FrontendDeps } from '../deps.js';
+import { dialCluster } from '../dial.js';
+import { refused, refusal, type Refusal } from '../refusal.js';
+import { resolveDial } from '../routing/resolve.js';
+import { tcpTarget } from '../routing/target.js';
 import { describePacket, packets, type Packet } from './packets.js';
-
-export interface ProxyServiceDeps extends DialDeps {
-  tokens: TokenIndex;
-  clusterDomain?: string;
-  log: Logger;
-}
 
 /**
  * Who calls on a listener: over TLS the caller is its verified client
@@ -19,31 +16,9 @@ export interface ProxyServiceDeps extends DialDeps {
  */
 export type CallerSource = { kind: 'tls' } | { kind: 'uds'; identity: Identity };
 
-/** gRPC status of a refusal that is not in the error table, by its HTTP status. */
-function grpcStatusOfHttp(status: number): grpc.status {
-  switch (status) {
-    case 400:
-      return grpc.status.INVALID_ARGUMENT;
-    case 401:
-    case 407:
-      return grpc.status.UNAUTHENTICATED;
-    case 403:
-      return grpc.status.PERMISSION_DENIED;
-    case 404:
-      return grpc.status.NOT_FOUND;
-    case 504:
-      return grpc.status.DEADLINE_EXCEEDED;
-    case 502:
-    case 503:
-      return grpc.status.UNAVAILABLE;
-    default:
-      return grpc.status.INTERNAL;
-  }
-}
-
-/** The gRPC status for a failed dial: the error table's where the failure carries a reason. */
-export function grpcStatusOf(result: Extract<DialResult, { ok: false }>): grpc.status {
-  return result.cause ? (Reasons[result.cause].grpc as grpc.status) : grpcStatusOfHttp(result.status);
+/** The gRPC status a refusal ends its call with: the error table's. */
+export function grpcStatusOf(r: Refusal): grpc.status {
+  return Reasons[r.reason].grpc as grpc.status;
 }
 
 function metadataValue(md: grpc.Metadata, key: string): string | string[] | undefined {
@@ -52,9 +27,9 @@ function metadataValue(md: grpc.Metadata, key: string): string | string[] | unde
   return values.length === 1 ? values[0] : values;
 }
 
-function authenticateCall(deps: ProxyServiceDeps, source: CallerSource, call: grpc.ServerDuplexStream<Packet, Packet>): AuthResult {
+function authenticateCall(deps: FrontendDeps, source: CallerSource, call: grpc.ServerDuplexStream<Packet, Packet>): AuthResult {
   const authorization = metadataValue(call.metadata, 'authorization');
-  if (Array.isArray(authorization)) return { ok: false, reason: 'more than one authorization metadata value' };
+  if (Array.isArray(authorization)) return refused('UNAUTHENTICATED', 'more than one authorization metadata value');
   if (source.kind === 'uds' && authorization === undefined) return { ok: true, identity: source.identity, via: 'certificate' };
   const cert = source.kind === 'tls' ? call.getAuthContext().sslPeerCertificate : undefined;
   return authenticatePeer(cert, authorization, deps.tokens);
@@ -75,7 +50,7 @@ let nextConnectId = 1n;
  * stream paused while the call's buffer is full (our credit window then
  * holds the agent). Each side holds at most its own buffer's worth.
  */
-export function proxyHandler(deps: ProxyServiceDeps, source: CallerSource): grpc.handleBidiStreamingCall<Packet, Packet> {
+export function proxyHandler(deps: FrontendDeps, source: CallerSource): grpc.handleBidiStreamingCall<Packet, Packet> {
   return (call) => {
     let log = deps.log.child({ frontend: 'grpc', via: source.kind, peer: call.getPeer() });
     const auth = authenticateCall(deps, source, call);
@@ -86,9 +61,11 @@ export function proxyHandler(deps: ProxyServiceDeps, source: CallerSource): grpc
     const dialAbort = new AbortController();
     let dialClosed = false;
     // A call that names nothing to dial holds a stream for nothing: it gets as long as a dial may take.
+    // This and protocolError end a call that broke the ANP protocol, not a dial: they carry the
+    // status gRPC has for what happened, and are counted under the table's reason.
     const idle = setTimeout(() => {
       if (phase !== 'idle') return;
-      deps.metrics.failures.inc({ frontend: 'grpc', reason: 'BAD_REQUEST' });
+      deps.metrics.refused('grpc', 'BAD_REQUEST');
       finish(grpc.status.DEADLINE_EXCEEDED, `no DIAL_REQ within ${deps.dialTimeoutMs} ms`);
     }, deps.dialTimeoutMs);
 
@@ -103,29 +80,27 @@ export function proxyHandler(deps: ProxyServiceDeps, source: CallerSource): grpc
     };
     const protocolError = (details: string) => {
       log.info({ details }, 'gRPC stream refused: protocol error');
-      deps.metrics.failures.inc({ frontend: 'grpc', reason: 'PROTOCOL_ERROR' });
+      deps.metrics.refused('grpc', 'PROTOCOL_ERROR');
       stream?.destroy(new TunnelError('CANCELLED', 'client protocol error'));
       finish(grpc.status.INVALID_ARGUMENT, details);
     };
 
-    const refuse = (rnd: string, status: grpc.status, reason: string, metricReason?: string) => {
-      if (metricReason) deps.metrics.failures.inc({ frontend: 'grpc', reason: metricReason });
-      log.info({ status: grpc.status[status], reason }, 'gRPC dial refused');
-      send(packets.dialRsp(rnd, '0', reason));
-      finish(status, reason);
+    /** Answers DIAL_REQ with the refusal, then ends the call with its gRPC status; `count`: the refusal is not counted yet. */
+    const refuse = (r: Refusal, count: boolean) => {
+      if (count) deps.metrics.refused('grpc', r.reason);
+      const status = grpcStatusOf(r);
+      log.info({ status: grpc.status[status], reason: r.message }, 'gRPC dial refused');
+      send(packets.dialRsp(random, '0', r.message));
+      finish(status, r.message);
     };
 
     const dial = async (req: NonNullable<Packet['dialRequest']>) => {
       phase = 'dialing';
       random = req.random;
-      if (!auth.ok) return refuse(random, grpc.status.UNAUTHENTICATED, auth.reason, 'UNAUTHENTICATED');
-      if (req.protocol !== 'tcp')
-        return refuse(random, grpc.status.INVALID_ARGUMENT, `protocol ${JSON.stringify(req.protocol)} is not supported; want "tcp"`, 'BAD_REQUEST');
-      const r = resolveCluster(req.address, metadataValue(call.metadata, 'x-cluster-name'), (n) => deps.registry.get(n) !== undefined, deps.clusterDomain);
-      if (!r.ok) {
-        const reason = r.reason.replace('CONNECT target', 'dial address').replace('X-Cluster-Name', 'x-cluster-name');
-        return refuse(random, grpc.status.INVALID_ARGUMENT, reason, 'BAD_REQUEST');
-      }
+      if (!auth.ok) return refuse(auth.refusal, true);
+      if (req.protocol !== 'tcp') return refuse(refusal('BAD_REQUEST', `protocol ${JSON.stringify(req.protocol)} is not supported; want "tcp"`), true);
+      const r = resolveDial(req.address, metadataValue(call.metadata, 'x-cluster-name'), deps.registry, deps.clusterDomain);
+      if (!r.ok) return refuse(r.refusal, true);
       const target = tcpTarget(deps.registry, r);
       log = log.child({ cluster: r.cluster, user: auth.identity.user, target });
       const result = await dialCluster(deps, {
@@ -144,7 +119,7 @@ export function proxyHandler(deps: ProxyServiceDeps, source: CallerSource): grpc
         }
         return;
       }
-      if (!result.ok) return refuse(random, grpcStatusOf(result), result.reason);
+      if (!result.ok) return refuse(result.refusal, false);
       connectID = String(nextConnectId++);
       stream = result.stream;
       phase = 'open';

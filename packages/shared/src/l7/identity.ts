@@ -1,6 +1,7 @@
 import { hasControlCharacter } from '../names.js';
 import { DEFAULT_MAX_PAYLOAD } from '../protocol/codec.js';
-import type { Identity, OpenRequest } from '../protocol/frame.js';
+import type { Reason } from '../errors.js';
+import { APISERVER_TARGET, type Identity, type OpenRequest } from '../protocol/frame.js';
 
 /**
  * Whether an authenticated identity can be carried to a member apiserver as
@@ -33,6 +34,8 @@ export const MAX_OPEN_PAYLOAD = DEFAULT_MAX_PAYLOAD;
 export interface IdentityProblem {
   /** 403: a name cannot be carried; 431: the identity is too large for the tunnel. */
   status: 403 | 431;
+  /** The same as a reason of the error table (BAD_IDENTITY: 403, IDENTITY_TOO_LARGE: 431), for the hub's refusal. */
+  cause: Extract<Reason, 'BAD_IDENTITY' | 'IDENTITY_TOO_LARGE'>;
   /** One line, safe to show the caller (names are quoted with JSON escapes). */
   reason: string;
 }
@@ -67,9 +70,10 @@ export function openPayloadBytes(request: OpenRequest): number {
  * Why `id` cannot be carried to a member apiserver (see above), or undefined
  * if it can. Never throws.
  */
-export function identityProblem(id: Identity, request: OpenRequest = { kind: 'http', target: 'apiserver', identity: id }): IdentityProblem | undefined {
+export function identityProblem(id: Identity, request: OpenRequest = { kind: 'http', target: APISERVER_TARGET, identity: id }): IdentityProblem | undefined {
   const refuse = (what: string, value: string, problem: string): IdentityProblem => ({
     status: 403,
+    cause: 'BAD_IDENTITY',
     reason: `identity cannot be carried to the member cluster: ${what} ${shown(value)} ${problem}`,
   });
   let p = nameProblem(id.user);
@@ -84,6 +88,7 @@ export function identityProblem(id: Identity, request: OpenRequest = { kind: 'ht
   if (size > MAX_OPEN_PAYLOAD)
     return {
       status: 431,
+      cause: 'IDENTITY_TOO_LARGE',
       reason: `identity too large for the tunnel: ${id.groups.length} groups, ${size} bytes (at most ${MAX_OPEN_PAYLOAD})`,
     };
   return undefined;

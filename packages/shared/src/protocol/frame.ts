@@ -60,10 +60,13 @@ export interface Identity {
 }
 
 /** What an OPEN asks the agent to reach. */
+/** The OPEN target that names the agent's own apiserver, whatever its address. */
+export const APISERVER_TARGET = 'apiserver';
+
 export interface OpenRequest {
   /** `tcp`: bytes to the target; `http`: HTTP/1.1 requests the agent completes. */
   kind: 'tcp' | 'http';
-  /** `apiserver`, or a `host:port` from the agent's allow list. */
+  /** APISERVER_TARGET, or a `host:port` from the agent's allow list. */
   target: string;
   identity?: Identity;
 }

@@ -1,0 +1,3 @@
+export * from './resolve.js';
+export * from './target.js';
+export * from './tunnels.js';
