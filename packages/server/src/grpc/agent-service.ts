@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import { agentClusterOf, isValidAgentId, type Logger } from '@kubetunnel/shared';
+import { registerTunnel } from '../agent-gateway.js';
 import type { ServerMetrics } from '../metrics.js';
 import type { AgentTunnel, ClusterRegistry } from '../registry.js';
 import { AnpSession } from './anp-session.js';
@@ -95,18 +96,7 @@ export class AnpAgentService {
       connectedAt: new Date(),
       log,
     };
-    const replaced = this.registry.register(tunnel);
-    this.metrics.registrations.inc({ result: 'ok' });
-    log.info({ peer: call.getPeer() }, 'agent registered');
-    if (replaced) {
-      replaced.log.info('agent reconnected with the same id; closing the older tunnel');
-      void replaced.session.drain(this.options.gracePeriodMs);
-    }
-    session.on('goaway', () => log.info('agent is draining'));
-    session.on('close', (err?: Error) => {
-      this.registry.unregister(tunnel);
-      log.info({ reason: err?.message ?? 'closed' }, 'agent disconnected');
-    });
+    registerTunnel(this.registry, this.metrics, this.options.gracePeriodMs, tunnel, { peer: call.getPeer(), protocol: 'konnectivity' });
   }
 
   close(): void {
