@@ -53,5 +53,5 @@ export interface ServerConfig {
   limits?: Partial<Record<ListenerName, ListenerLimits>>;
 }
 
-/** The server's listeners that have connection limits (the gRPC ones have their own bounds), as named in logs and metrics. */
-export type ListenerName = 'proxy' | 'agent' | 'health' | 'admin';
+/** The server's listeners that have connection limits, as named in logs and metrics (grpc: ProxyService over TLS; anp-agent: AgentService). */
+export type ListenerName = 'proxy' | 'agent' | 'health' | 'admin' | 'grpc' | 'anp-agent';

@@ -1,5 +1,6 @@
 import { once } from 'node:events';
 import type http from 'node:http';
+import type http2 from 'node:http2';
 import type https from 'node:https';
 import type { Server } from 'node:net';
 import type { AddressInfo } from 'node:net';
@@ -12,7 +13,7 @@ import type { ConnectDeps } from './connect.js';
 import { Frontend } from './frontend.js';
 import { AnpAgentService } from './grpc/agent-service.js';
 import { GrpcFrontend } from './grpc/frontend.js';
-import { TlsMaterial } from './grpc/listeners.js';
+import { TlsMaterial, type GrpcServerOptions } from './grpc/listeners.js';
 import { l7Handlers } from './l7.js';
 import { allowAll, policyAuthorizer } from './policy.js';
 import { ServerMetrics } from './metrics.js';
@@ -87,6 +88,34 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ku
   const health = createHealthServer(() => (draining ? 'draining' : registry.young ? 'starting: agents are registering' : true));
   const admin = createAdminServer(config.serverId, registry, metrics);
   const grpcTls = new TlsMaterial({ cert: config.cert, key: config.key, ca: config.ca });
+  const limitsLog = log.child({ component: 'limits' });
+  const guards: ListenerGuard[] = [];
+  const guard = (
+    name: ListenerName,
+    server: http.Server | https.Server | http2.Http2SecureServer,
+    kind: Parameters<typeof defaultLimits>[0],
+    http2 = false,
+  ): ListenerGuard => {
+    const g = guardListener(server, {
+      name,
+      limits: limitsOf(name, kind),
+      log: limitsLog,
+      onRefused: (reason) => metrics.connectionsRefused.inc({ listener: name, reason }),
+      http2,
+    });
+    metrics.listeners.set(name, g);
+    guards.push(g);
+    return g;
+  };
+  const limitsOf = (name: ListenerName, kind: Parameters<typeof defaultLimits>[0]) => config.limits?.[name] ?? defaultLimits(kind);
+  /** The gRPC listeners are guarded as the others are, and have gRPC's own bounds too (grpc/listeners.ts). */
+  const grpcHardening = (name: 'grpc' | 'anp-agent', kind: 'frontend' | 'agent-gateway'): GrpcServerOptions => ({
+    name,
+    idleTimeoutMs: limitsOf(name, kind).idleTimeoutMs,
+    guard: (h2) => guard(name, h2, kind, true),
+    onPingFlood: () => metrics.connectionsRefused.inc({ listener: name, reason: 'too-many-pings' }),
+    log: limitsLog,
+  });
   const grpcFrontend =
     config.grpcPort !== undefined || config.grpcUds !== undefined
       ? new GrpcFrontend(
@@ -98,6 +127,7 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ku
           },
           deps,
           grpcTls,
+          grpcHardening('grpc', 'frontend'),
           log.child({ component: 'grpc' }),
         )
       : undefined;
@@ -115,26 +145,14 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ku
           registry,
           metrics,
           grpcTls,
+          grpcHardening('anp-agent', 'agent-gateway'),
           log.child({ component: 'anp-agent' }),
         )
       : undefined;
-  const limitsLog = log.child({ component: 'limits' });
-  const guard = (name: ListenerName, server: http.Server | https.Server, kind: Parameters<typeof defaultLimits>[0]): ListenerGuard => {
-    const g = guardListener(server, {
-      name,
-      limits: config.limits?.[name] ?? defaultLimits(kind),
-      log: limitsLog,
-      onRefused: (reason) => metrics.connectionsRefused.inc({ listener: name, reason }),
-    });
-    metrics.listeners.set(name, g);
-    return g;
-  };
-  const guards = [
-    guard('proxy', frontend.server, 'frontend'),
-    guard('agent', gateway.server, 'agent-gateway'),
-    guard('health', health, 'plain'),
-    guard('admin', admin, 'plain'),
-  ];
+  guard('proxy', frontend.server, 'frontend');
+  guard('agent', gateway.server, 'agent-gateway');
+  guard('health', health, 'plain');
+  guard('admin', admin, 'plain');
 
   const servers: Server[] = [];
   const bind = async (name: string, server: Server, port: number, host: string) => {

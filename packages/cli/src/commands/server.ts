@@ -45,7 +45,7 @@ export function oneCAWarning(config: Pick<ServerConfig, 'cert' | 'ca'>): string 
   );
 }
 
-/** The connection limits of the four listeners, from the limit flags. */
+/** The connection limits of the listeners, from the limit flags. */
 export function serverLimits(s: Settings): NonNullable<ServerConfig['limits']> {
   const maxConnections = s.int('max-connections', 1, 10_000_000);
   // Pending connections are connections too: a lower --max-connections bounds them as well.
@@ -72,6 +72,9 @@ export function serverLimits(s: Settings): NonNullable<ServerConfig['limits']> {
     },
     health: plain,
     admin: plain,
+    // The Konnectivity listeners: clients as on the proxy port, ANP agents as on the agent port.
+    grpc: { ...frontend, ...timeouts, maxConnections, maxPending, maxPendingPerSource },
+    'anp-agent': { ...gateway, ...timeouts, maxPendingPerSource },
   };
 }
 

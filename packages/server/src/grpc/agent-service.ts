@@ -5,7 +5,7 @@ import { registerTunnel } from '../agent-gateway.js';
 import type { ServerMetrics } from '../metrics.js';
 import type { AgentTunnel, ClusterRegistry } from '../registry.js';
 import { AnpSession } from './anp-session.js';
-import { bindTcp, grpcServerOptions, shutdownNow, type TlsMaterial } from './listeners.js';
+import { bindTcp, createGrpcServer, shutdownNow, type GrpcServerOptions, type TlsMaterial } from './listeners.js';
 import { AgentServiceDef, type Packet } from './packets.js';
 
 export interface AnpAgentServiceOptions {
@@ -51,15 +51,17 @@ export function checkAnpAgent(call: grpc.ServerDuplexStream<Packet, Packet>, clu
  * of its cluster, picked like any other and drained when the agent sends DRAIN.
  */
 export class AnpAgentService {
-  readonly server = new grpc.Server(grpcServerOptions);
+  readonly server: grpc.Server;
 
   constructor(
     private readonly options: AnpAgentServiceOptions,
     private readonly registry: ClusterRegistry,
     private readonly metrics: ServerMetrics,
     private readonly tls: TlsMaterial,
+    hardening: GrpcServerOptions,
     private readonly log: Logger,
   ) {
+    this.server = createGrpcServer(hardening);
     this.server.addService(AgentServiceDef, { Connect: (call: grpc.ServerDuplexStream<Packet, Packet>) => this.connect(call) });
   }
 
