@@ -50,6 +50,8 @@ export async function dialCluster(
   if (!entry) return fail(404, `unknown cluster "${args.cluster}"`, 'UNKNOWN_CLUSTER');
   const noAgent = () => {
     const why = entry.agents.size === 0 ? 'has no live agent' : `has no live agent that serves ${args.request.kind === 'http' ? 'L7 requests' : args.request.target}`;
+    const hint = args.request.kind === 'http' ? [...entry.agents.values()].find((t) => t.l7Refusal)?.l7Refusal : undefined;
+    if (hint) return fail(503, `cluster "${args.cluster}" ${why}: ${hint}`, 'NO_AGENT', 5);
     return fail(503, `cluster "${args.cluster}" ${why}`, 'NO_AGENT', 5);
   };
   if (!pickTunnel(entry, args.request.kind, args.request.target)) return noAgent();

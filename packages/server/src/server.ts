@@ -140,6 +140,8 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ku
             serverId: config.serverId,
             serverCount: config.serverCount,
             gracePeriodMs: config.gracePeriodMs,
+            dialTimeoutMs: config.dialTimeoutMs,
+            ...(config.memberKubeconfigs ? { members: config.memberKubeconfigs } : {}),
             ...(config.clusterDomain ? { clusterDomain: config.clusterDomain } : {}),
           },
           registry,

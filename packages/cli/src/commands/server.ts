@@ -1,7 +1,7 @@
 import { X509Certificate } from 'node:crypto';
 import os from 'node:os';
 import { Defaults, createLogger, defaultLimits } from '@kubetunnel/shared';
-import { parsePolicy, parseTokenFile, startServer, type ServerConfig, type KubetunnelServer } from '@kubetunnel/server';
+import { parsePolicy, parseTokenFile, readMemberKubeconfigs, startServer, type ServerConfig, type KubetunnelServer } from '@kubetunnel/server';
 import { SettingError, type Settings } from '../options.js';
 import { watchTlsFiles } from '../reload.js';
 
@@ -131,6 +131,14 @@ export function serverConfig(s: Settings): ServerConfig {
   config.grpcUdsIdentity = { user: s.require('grpc-uds-user'), groups: s.list('grpc-uds-group') };
   const anpAgentPort = s.optionalPort('anp-agent-port');
   if (anpAgentPort !== undefined) config.anpAgentPort = anpAgentPort;
+  const members = s.list('member-kubeconfig');
+  if (members.length > 0) {
+    try {
+      config.memberKubeconfigs = readMemberKubeconfigs(members);
+    } catch (err) {
+      throw new SettingError('member-kubeconfig', (err as Error).message);
+    }
+  }
   return config;
 }
 

@@ -4,6 +4,7 @@ import { agentClusterOf, isValidAgentId, type Logger } from '@kubetunnel/shared'
 import { registerTunnel } from '../agent-gateway.js';
 import type { ServerMetrics } from '../metrics.js';
 import type { AgentTunnel, ClusterRegistry } from '../registry.js';
+import { AnpL7, type MemberCredential } from './anp-l7.js';
 import { AnpSession } from './anp-session.js';
 import { bindTcp, createGrpcServer, shutdownNow, type GrpcServerOptions, type TlsMaterial } from './listeners.js';
 import { AgentServiceDef, type Packet } from './packets.js';
@@ -15,6 +16,10 @@ export interface AnpAgentServiceOptions {
   serverCount: number;
   clusterDomain?: string;
   gracePeriodMs: number;
+  /** How long a dial may take (the hub's own dials for L7, through the agent). */
+  dialTimeoutMs: number;
+  /** Credentials the hub holds for clusters it serves in L7 mode through ANP agents (--member-kubeconfig). */
+  members?: ReadonlyMap<string, MemberCredential>;
 }
 
 type Claim = { ok: true; cluster: string; agentId: string } | { ok: false; code: grpc.status; reason: string };
@@ -88,13 +93,20 @@ export class AnpAgentService {
     const agentId = `anp:${claim.agentId}`;
     const log = this.log.child({ cluster: claim.cluster, agentId, sessionId });
     const session = new AnpSession(call, log);
+    const member = this.options.members?.get(claim.cluster);
+    if (member) session.l7 = new AnpL7(session, member, this.options.dialTimeoutMs, log.child({ l7: 'hub' }));
     const tunnel: AgentTunnel = {
       cluster: claim.cluster,
       agentId,
       sessionId,
       session,
       allowDest: new Set(),
-      l7: false,
+      l7: member !== undefined,
+      ...(member
+        ? member.ca
+          ? { apiserverCA: member.ca }
+          : {}
+        : { l7Refusal: `ANP agents dial TCP only; L7 through them needs the server's --member-kubeconfig ${claim.cluster}=FILE` }),
       connectedAt: new Date(),
       log,
     };
