@@ -61,21 +61,16 @@ export function serverLimits(s: Settings): NonNullable<ServerConfig['limits']> {
   const frontend = defaultLimits('frontend');
   const gateway = defaultLimits('agent-gateway');
   const plain = { ...defaultLimits('plain'), ...timeouts, requestTimeoutMs: timeouts.headerTimeoutMs };
-  return {
-    proxy: { ...frontend, ...timeouts, maxConnections, maxPending, maxPendingPerSource },
-    agent: {
-      ...gateway,
-      ...timeouts,
-      maxConnections: maxAgentConnections,
-      maxPending: Math.min(gateway.maxPending, maxAgentConnections),
-      maxPendingPerSource,
-    },
-    health: plain,
-    admin: plain,
-    // The Konnectivity listeners: clients as on the proxy port, ANP agents as on the agent port.
-    grpc: { ...frontend, ...timeouts, maxConnections, maxPending, maxPendingPerSource },
-    'anp-agent': { ...gateway, ...timeouts, maxPendingPerSource },
+  const proxy = { ...frontend, ...timeouts, maxConnections, maxPending, maxPendingPerSource };
+  const agent = {
+    ...gateway,
+    ...timeouts,
+    maxConnections: maxAgentConnections,
+    maxPending: Math.min(gateway.maxPending, maxAgentConnections),
+    maxPendingPerSource,
   };
+  // The Konnectivity listeners: gRPC clients as on the proxy port, ANP agents as on the agent port (each its own count).
+  return { proxy, agent, health: plain, admin: plain, grpc: proxy, 'anp-agent': agent };
 }
 
 /** Builds and checks the server's config; errors name the flag. */
