@@ -17,6 +17,8 @@ import { type ServerProc, ROOT, clustersJson, cli, expectIdle, run, startServerP
 const PYTHON = '/usr/bin/python3';
 const PROTO = path.join(ROOT, 'packages/server/proto/konnectivity.proto');
 const MEMBER_TOKEN = 'member-token';
+/** The hub's own credential for member-1 (--member-kubeconfig): a service account allowed to impersonate. */
+const HUB_IMPERSONATOR = { token: 'hub-impersonator-token', user: 'system:serviceaccount:kubetunnel:hub' };
 
 let dir: string;
 let certDir: string;
@@ -132,19 +134,51 @@ beforeAll(async () => {
   certDir = path.join(dir, 'certs');
   await cli('certs', 'init', '--dir', certDir);
   await cli('certs', 'agent', '--dir', certDir, '--cluster', 'member-1');
+  await cli('certs', 'agent', '--dir', certDir, '--cluster', 'member-2');
   fs.writeFileSync(path.join(dir, 'tokens.csv'), 'hub-token,bob,2\n');
   const ca = createCA({ commonName: 'member-1 CA' });
   const cert = issueServerCert(ca, { sans: ['localhost', '127.0.0.1', 'kubernetes.default.svc'] });
   memberCA = ca.cert;
   memberCAFile = path.join(dir, 'member-1-ca.crt');
   fs.writeFileSync(memberCAFile, ca.cert);
-  apiserver = await startStandinApiserver({ cluster: 'member-1', cert: cert.cert, key: cert.key, tokens: { [MEMBER_TOKEN]: { user: 'alice', groups: [] } } });
+  apiserver = await startStandinApiserver({
+    cluster: 'member-1',
+    cert: cert.cert,
+    key: cert.key,
+    tokens: { [MEMBER_TOKEN]: { user: 'alice', groups: [] }, [HUB_IMPERSONATOR.token]: { user: HUB_IMPERSONATOR.user, groups: [] } },
+    impersonators: [HUB_IMPERSONATOR.user],
+  });
+  // What the hub holds for member-1: the apiserver as the ANP agent dials it (the
+  // in-cluster name), its CA, and the impersonator's token (from a file beside it).
+  fs.writeFileSync(path.join(dir, 'member-1.token'), HUB_IMPERSONATOR.token + '\n');
+  fs.writeFileSync(
+    path.join(dir, 'member-1.kubeconfig'),
+    [
+      'apiVersion: v1',
+      'kind: Config',
+      'clusters:',
+      '- name: member-1',
+      '  cluster:',
+      '    server: https://kubernetes.default.svc',
+      '    certificate-authority: member-1-ca.crt',
+      'users:',
+      '- name: hub',
+      '  user:',
+      '    tokenFile: member-1.token',
+      'contexts:',
+      '- name: member-1',
+      '  context: {cluster: member-1, user: hub}',
+      'current-context: member-1',
+      '',
+    ].join('\n'),
+  );
   server = await startServerProc(certDir, [
     '--anp-agent-port', '0',
     '--grpc-port', '0',
     '--token-file', path.join(dir, 'tokens.csv'),
     '--server-id', 'hub-a',
     '--server-count', '3',
+    '--member-kubeconfig', `member-1=${path.join(dir, 'member-1.kubeconfig')}`,
   ]);
   anpPort = await server.proc.listenerPort('anp-agent');
   grpcPort = await server.proc.listenerPort('grpc');
@@ -218,6 +252,47 @@ describe('ANP proxy-agents on the AgentService', () => {
     expect(agent.events.filter((e) => e.event === 'dial').every((e) => e.address === 'kubernetes.default.svc:443')).toBe(true);
     expect(agent.dials()).toBeGreaterThanOrEqual(3);
     await expectIdle(server.adminUrl);
+  });
+
+  it('L7 through an ANP agent: the hub speaks TLS and HTTP to the apiserver over the agent\'s dial, impersonating the caller; kubectl with the L7 kubeconfig', async () => {
+    const agent = new AnpAgent('l7', 'member-1', 'host=member-1');
+    await registered('l7');
+    const kubeconfig = path.join(dir, 'kubeconfig-l7');
+    await cli('kubeconfig', '--server', `https://127.0.0.1:${server.proxy}`, '--ca', path.join(certDir, 'ca.crt'), '--token', 'hub-token',
+      '--mode', 'l7', '--clusters', 'member-1', '--admin', server.adminUrl, '--out', kubeconfig);
+    const kubectl = (...args: string[]) => run('kubectl', ['--kubeconfig', kubeconfig, '--context', 'member-1-l7', ...args]);
+    // The member saw the hub's caller (bob, from the hub token), impersonated by the hub's credential.
+    const who = JSON.parse(await kubectl('auth', 'whoami', '-o', 'json')) as { status: { userInfo: { username: string } } };
+    expect(who.status.userInfo.username).toBe('bob');
+    expect((JSON.parse(await kubectl('get', '--raw', '/version')) as { cluster: string }).cluster).toBe('member-1');
+    expect(await kubectl('get', 'namespaces', '-o', 'name')).toContain('namespace/default');
+    // An upgrade (exec) is relayed too.
+    const child = spawn('kubectl', ['--kubeconfig', kubeconfig, '--context', 'member-1-l7', 'exec', '-i', 'echo', '--', 'cat'], { stdio: ['pipe', 'pipe', 'inherit'] });
+    child.stdin!.end('hello through ANP\n');
+    let echoed = '';
+    child.stdout!.on('data', (c: Buffer) => (echoed += c.toString()));
+    const [code] = (await once(child, 'exit')) as [number];
+    expect(code).toBe(0);
+    expect(echoed).toBe('hello through ANP\n');
+    // Every request was a TCP dial of the apiserver by the ANP agent, and nothing else.
+    expect(agent.dials()).toBeGreaterThanOrEqual(4);
+    expect(agent.events.filter((e) => e.event === 'dial').every((e) => e.address === 'kubernetes.default.svc:443')).toBe(true);
+    await expectIdle(server.adminUrl);
+  });
+
+  it('L7 to a cluster served only by ANP agents, with no --member-kubeconfig for it: 503 saying so, at once', async () => {
+    const agent = new AnpAgent('m2', 'member-2', 'host=member-2');
+    await registered('m2');
+    const out = await run('curl', [
+      '-sS', '--cacert', path.join(certDir, 'ca.crt'), '--resolve', `localhost:${server.proxy}:127.0.0.1`,
+      '-H', 'Authorization: Bearer hub-token', '-w', '\n%{http_code}', `https://localhost:${server.proxy}/clusters/member-2/version`,
+    ]);
+    const [body, status] = [out.slice(0, out.lastIndexOf('\n')), out.slice(out.lastIndexOf('\n') + 1)];
+    expect(status).toBe('503');
+    expect((JSON.parse(body) as { message: string }).message).toBe(
+      'cluster "member-2" has no live agent that serves L7 requests: ANP agents dial TCP only; L7 through them needs the server\'s --member-kubeconfig member-2=FILE',
+    );
+    expect(agent.dials()).toBe(0);
   });
 
   it('an agent whose certificate is for member-1 but claims host=member-2 is refused', async () => {

@@ -133,5 +133,16 @@ describe('AgentService, packet by packet', () => {
     agent.call.cancel();
     await once(socket, 'close');
     while (server.registry.totals().agents > 0) await once(server.registry, 'change');
+    // Counted as a kubetunnel agent's disconnect is.
+    expect((await server.metrics.disconnects.get()).values.reduce((n, v) => n + v.value, 0)).toBe(1);
+  });
+
+  it('an agent that ends its call is counted as a disconnect (reason closed)', async () => {
+    const agent = new ScriptedAgent();
+    await registered();
+    agent.call.end();
+    while (server.registry.totals().agents > 0) await once(server.registry, 'change');
+    expect((await server.metrics.disconnects.get()).values).toEqual([expect.objectContaining({ labels: { reason: 'closed' }, value: 1 })]);
+    expect((await server.metrics.registrations.get()).values).toEqual([expect.objectContaining({ labels: { result: 'ok' }, value: 1 })]);
   });
 });

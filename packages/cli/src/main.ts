@@ -112,6 +112,7 @@ program
   .option('--grpc-uds-user <user>', 'identity of a caller on --grpc-uds, for the policy and the audit', 'kube-apiserver')
   .option('--grpc-uds-group <group>', 'group of a caller on --grpc-uds (repeatable)', collect, [])
   .option('--anp-agent-port <port>', 'Konnectivity AgentService (gRPC, mTLS) for ANP proxy-agents (default: off)')
+  .option('--member-kubeconfig <name=file>', 'L7 through ANP agents: a kubeconfig with the apiserver of cluster NAME and a credential the hub impersonates callers with (repeatable)', collect, [])
   .option('--max-connections <n>', 'client connections open at once on the proxy port; past it new ones are closed at accept', String(Defaults.maxConnections))
   .option('--max-pending-connections <n>', 'proxy connections in the TLS handshake or before their first request; past it the oldest is closed', String(Defaults.maxPendingConnections))
   .option('--max-pending-per-source <n>', 'the same, per client address, on the proxy and agent ports (0: no limit)', String(Defaults.maxPendingPerSource))

@@ -176,3 +176,23 @@ describe('certificate reload', () => {
     }
   });
 });
+
+describe('server limits of the Konnectivity listeners', () => {
+  it('--grpc-port has the proxy port\'s limits, --anp-agent-port the agent port\'s, from the same flags', async () => {
+    const { serverLimits } = await import('../src/commands/server.js');
+    const flags = {
+      maxConnections: '300',
+      maxPendingConnections: '30',
+      maxPendingPerSource: '3',
+      maxAgentConnections: '200',
+      handshakeTimeout: '4s',
+      headerTimeout: '5s',
+      idleTimeout: '6s',
+    };
+    const limits = serverLimits(new Settings(flags, () => true, {}, undefined));
+    expect(limits.grpc).toEqual(limits.proxy);
+    expect(limits['anp-agent']).toEqual(limits.agent);
+    expect(limits.grpc).toMatchObject({ maxConnections: 300, maxPending: 30, maxPendingPerSource: 3, handshakeTimeoutMs: 4000, headerTimeoutMs: 5000, idleTimeoutMs: 6000 });
+    expect(limits['anp-agent']).toMatchObject({ maxConnections: 200, maxPendingPerSource: 3, handshakeTimeoutMs: 4000 });
+  });
+});

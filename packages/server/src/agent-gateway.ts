@@ -69,6 +69,33 @@ export function checkRegistration(req: IncomingMessage): Checked {
 }
 
 /**
+ * Puts an agent's tunnel in the registry and follows it to its end: the one
+ * registration path of kubetunnel agents and of ANP proxy-agents (counted in
+ * registrations, and disconnects by reason, alike). A tunnel with the same
+ * agent id that it replaces is drained.
+ */
+export function registerTunnel(registry: ClusterRegistry, metrics: ServerMetrics, graceMs: number, tunnel: AgentTunnel, details: Record<string, unknown> = {}): void {
+  const { log, session } = tunnel;
+  const replaced = registry.register(tunnel);
+  metrics.registrations.inc({ result: 'ok' });
+  log.info(details, 'agent registered');
+  if (replaced) {
+    replaced.log.info('agent reconnected with the same id; closing the older tunnel');
+    void replaced.session.drain(graceMs);
+  }
+  session.on('goaway', () => log.info('agent is draining'));
+  session.on('streamError', (streamId: number, err: Error) =>
+    log.warn({ streamId, err: err.message }, 'stream failed while receiving; reset that stream only'),
+  );
+  session.on('close', (err?: Error) => {
+    registry.unregister(tunnel);
+    const reason = err ? reasonOf(err) : 'closed';
+    metrics.disconnects.inc({ reason });
+    log[MISBEHAVIOUR.has(reason) ? 'warn' : 'info']({ reason, err: err?.message ?? 'closed' }, 'agent disconnected');
+  });
+}
+
+/**
  * The agent gateway: HTTPS with a required client certificate, where agents
  * register by upgrading to a WebSocket tunnel.
  */
@@ -148,23 +175,7 @@ export class AgentGateway {
       log,
       ...(claim.apiserverCA ? { apiserverCA: claim.apiserverCA } : {}),
     };
-    const replaced = this.registry.register(tunnel);
-    this.metrics.registrations.inc({ result: 'ok' });
-    log.info({ allowDest: claim.allowDest, l7: claim.l7 }, 'agent registered');
-    if (replaced) {
-      replaced.log.info('agent reconnected with the same id; closing the older tunnel');
-      void replaced.session.drain(this.config.gracePeriodMs);
-    }
-    session.on('goaway', () => log.info('agent is draining'));
-    session.on('streamError', (streamId: number, err: Error) =>
-      log.warn({ streamId, err: err.message }, 'stream failed while receiving; reset that stream only'),
-    );
-    session.on('close', (err?: Error) => {
-      this.registry.unregister(tunnel);
-      const reason = err ? reasonOf(err) : 'closed';
-      this.metrics.disconnects.inc({ reason });
-      log[MISBEHAVIOUR.has(reason) ? 'warn' : 'info']({ reason, err: err?.message ?? 'closed' }, 'agent disconnected');
-    });
+    registerTunnel(this.registry, this.metrics, this.config.gracePeriodMs, tunnel, { allowDest: claim.allowDest, l7: claim.l7 });
   }
 
   /** No new agents; GOAWAY to every agent; each tunnel closes once its streams end (or the grace period passes). */

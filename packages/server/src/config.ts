@@ -1,4 +1,5 @@
 import type { Identity, ListenerLimits, SessionOptions } from '@kubetunnel/shared';
+import type { MemberCredential } from './grpc/anp-l7.js';
 import type { PolicyRule } from './policy.js';
 
 /** The server's validated configuration (the CLI builds it from flags, file and env). */
@@ -49,9 +50,11 @@ export interface ServerConfig {
   grpcUdsIdentity?: Identity;
   /** Konnectivity AgentService (ANP proxy-agents) on this TLS port; undefined: off. */
   anpAgentPort?: number;
+  /** L7 through ANP agents: per cluster, the apiserver and a credential the hub impersonates callers with (--member-kubeconfig). */
+  memberKubeconfigs?: ReadonlyMap<string, MemberCredential>;
   /** Connection limits per listener; a listener left out gets defaultLimits of its kind. */
   limits?: Partial<Record<ListenerName, ListenerLimits>>;
 }
 
-/** The server's listeners that have connection limits (the gRPC ones have their own bounds), as named in logs and metrics. */
-export type ListenerName = 'proxy' | 'agent' | 'health' | 'admin';
+/** The server's listeners that have connection limits, as named in logs and metrics (grpc: ProxyService over TLS; anp-agent: AgentService). */
+export type ListenerName = 'proxy' | 'agent' | 'health' | 'admin' | 'grpc' | 'anp-agent';

@@ -70,7 +70,9 @@ async function dialChecked(deps: DialDeps, args: DialArgs): Promise<DialResult> 
 /** Why no tunnel of `entry` can take `request`. */
 function noAgent(entry: ClusterEntry, request: OpenRequest): Refusal {
   const why = entry.agents.size === 0 ? 'has no live agent' : `has no live agent that serves ${request.kind === 'http' ? 'L7 requests' : request.target}`;
-  return refusal('NO_AGENT', `cluster "${entry.name}" ${why}`, 5);
+  // A tunnel that cannot serve L7 may say why (an ANP agent without the server's member credential).
+  const hint = request.kind === 'http' ? [...entry.agents.values()].find((t) => t.l7Refusal)?.l7Refusal : undefined;
+  return refusal('NO_AGENT', `cluster "${entry.name}" ${why}${hint ? `: ${hint}` : ''}`, 5);
 }
 
 /** Opens the stream on a tunnel of `entry`, on the next one when a tunnel refuses it before it starts. */

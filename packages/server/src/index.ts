@@ -14,3 +14,4 @@ export * from './policy.js';
 export * from './l7.js';
 export * from './grpc/packets.js';
 export { grpcStatusOf, type CallerSource } from './grpc/proxy-service.js';
+export { readMemberKubeconfig, readMemberKubeconfigs, type MemberCredential } from './grpc/anp-l7.js';

@@ -34,6 +34,8 @@ export interface AgentTunnel {
   allowDest: ReadonlySet<string>;
   apiserverCA?: string;
   l7: boolean;
+  /** Why this tunnel serves no L7 requests, when the reason is worth telling the caller. */
+  l7Refusal?: string;
   connectedAt: Date;
   log: Logger;
 }

@@ -1,5 +1,6 @@
 import { once } from 'node:events';
 import type http from 'node:http';
+import type http2 from 'node:http2';
 import type https from 'node:https';
 import type { Server } from 'node:net';
 import type { AddressInfo } from 'node:net';
@@ -12,7 +13,7 @@ import type { FrontendDeps } from './deps.js';
 import { Frontend } from './frontend.js';
 import { AnpAgentService } from './grpc/agent-service.js';
 import { GrpcFrontend } from './grpc/frontend.js';
-import { TlsMaterial } from './grpc/listeners.js';
+import { TlsMaterial, type GrpcServerOptions } from './grpc/listeners.js';
 import { l7Handlers } from './l7.js';
 import { allowAll, policyAuthorizer } from './policy.js';
 import { ServerMetrics } from './metrics.js';
@@ -114,7 +115,11 @@ function buildParts(config: ServerConfig, registry: ClusterRegistry, metrics: Se
   const health = createHealthServer(() => (readiness.draining ? 'draining' : registry.young ? 'starting: agents are registering' : true));
   const admin = createAdminServer(config.serverId, registry, metrics);
   const grpcTls = new TlsMaterial({ cert: config.cert, key: config.key, ca: config.ca });
-  const guards = guardListeners(config, metrics, log, { proxy: frontend.server, agent: gateway.server, health, admin });
+  const guards = listenerGuards(config, metrics, log);
+  guards.guard('proxy', frontend.server, 'frontend');
+  guards.guard('agent', gateway.server, 'agent-gateway');
+  guards.guard('health', health, 'plain');
+  guards.guard('admin', admin, 'plain');
   return {
     registry,
     metrics,
@@ -123,15 +128,15 @@ function buildParts(config: ServerConfig, registry: ClusterRegistry, metrics: Se
     health,
     admin,
     grpcTls,
-    grpcFrontend: grpcFrontendOf(config, deps, grpcTls, log),
-    anpAgents: anpAgentsOf(config, registry, metrics, grpcTls, log),
-    guards,
+    grpcFrontend: grpcFrontendOf(config, deps, grpcTls, guards.grpcHardening('grpc', 'frontend'), log),
+    anpAgents: anpAgentsOf(config, registry, metrics, grpcTls, guards.grpcHardening('anp-agent', 'agent-gateway'), log),
+    guards: guards.all,
     readiness,
   };
 }
 
 /** The Konnectivity ProxyService frontend, when a gRPC port or socket is configured. */
-function grpcFrontendOf(config: ServerConfig, deps: FrontendDeps, tls: TlsMaterial, log: Logger): GrpcFrontend | undefined {
+function grpcFrontendOf(config: ServerConfig, deps: FrontendDeps, tls: TlsMaterial, hardening: GrpcServerOptions, log: Logger): GrpcFrontend | undefined {
   if (config.grpcPort === undefined && config.grpcUds === undefined) return undefined;
   return new GrpcFrontend(
     {
@@ -142,12 +147,20 @@ function grpcFrontendOf(config: ServerConfig, deps: FrontendDeps, tls: TlsMateri
     },
     deps,
     tls,
+    hardening,
     log.child({ component: 'grpc' }),
   );
 }
 
 /** The Konnectivity AgentService for ANP proxy-agents, when its port is configured. */
-function anpAgentsOf(config: ServerConfig, registry: ClusterRegistry, metrics: ServerMetrics, tls: TlsMaterial, log: Logger): AnpAgentService | undefined {
+function anpAgentsOf(
+  config: ServerConfig,
+  registry: ClusterRegistry,
+  metrics: ServerMetrics,
+  tls: TlsMaterial,
+  hardening: GrpcServerOptions,
+  log: Logger,
+): AnpAgentService | undefined {
   if (config.anpAgentPort === undefined) return undefined;
   return new AnpAgentService(
     {
@@ -156,39 +169,49 @@ function anpAgentsOf(config: ServerConfig, registry: ClusterRegistry, metrics: S
       serverId: config.serverId,
       serverCount: config.serverCount,
       gracePeriodMs: config.gracePeriodMs,
+      dialTimeoutMs: config.dialTimeoutMs,
+      ...(config.memberKubeconfigs ? { members: config.memberKubeconfigs } : {}),
       ...(config.clusterDomain ? { clusterDomain: config.clusterDomain } : {}),
     },
     registry,
     metrics,
     tls,
+    hardening,
     log.child({ component: 'anp-agent' }),
   );
 }
 
-/** The connection limits of each HTTP listener, reported in the metrics. */
-function guardListeners(
-  config: ServerConfig,
-  metrics: ServerMetrics,
-  log: Logger,
-  servers: { proxy: https.Server; agent: https.Server; health: http.Server; admin: http.Server },
-): ListenerGuard[] {
+/**
+ * The connection limits of every listener, reported in the metrics. The gRPC
+ * listeners are guarded as the others are, and have gRPC's own bounds too
+ * (grpc/listeners.ts); their HTTP/2 servers exist only once they listen, so
+ * `all` grows then.
+ */
+function listenerGuards(config: ServerConfig, metrics: ServerMetrics, log: Logger) {
   const limitsLog = log.child({ component: 'limits' });
-  const guard = (name: ListenerName, server: http.Server | https.Server, kind: Parameters<typeof defaultLimits>[0]): ListenerGuard => {
+  const all: ListenerGuard[] = [];
+  type Kind = Parameters<typeof defaultLimits>[0];
+  const limitsOf = (name: ListenerName, kind: Kind) => config.limits?.[name] ?? defaultLimits(kind);
+  const guard = (name: ListenerName, server: http.Server | https.Server | http2.Http2SecureServer, kind: Kind, isHttp2 = false): ListenerGuard => {
     const g = guardListener(server, {
       name,
-      limits: config.limits?.[name] ?? defaultLimits(kind),
+      limits: limitsOf(name, kind),
       log: limitsLog,
       onRefused: (reason) => metrics.connectionsRefused.inc({ listener: name, reason }),
+      http2: isHttp2,
     });
     metrics.listeners.set(name, g);
+    all.push(g);
     return g;
   };
-  return [
-    guard('proxy', servers.proxy, 'frontend'),
-    guard('agent', servers.agent, 'agent-gateway'),
-    guard('health', servers.health, 'plain'),
-    guard('admin', servers.admin, 'plain'),
-  ];
+  const grpcHardening = (name: 'grpc' | 'anp-agent', kind: 'frontend' | 'agent-gateway'): GrpcServerOptions => ({
+    name,
+    idleTimeoutMs: limitsOf(name, kind).idleTimeoutMs,
+    guard: (h2) => guard(name, h2, kind, true),
+    onPingFlood: () => metrics.connectionsRefused.inc({ listener: name, reason: 'too-many-pings' }),
+    log: limitsLog,
+  });
+  return { all, guard, grpcHardening };
 }
 
 /** Binds every listener; on a failure, closes those already bound and throws. */

@@ -16,3 +16,4 @@ export * from './http/respond.js';
 export * from './tls.js';
 export * from './l7/identity.js';
 export * from './net/guard.js';
+export * from './l7/member-http.js';

@@ -1,7 +1,7 @@
 import { X509Certificate } from 'node:crypto';
 import os from 'node:os';
 import { Defaults, LOG_LEVELS, createLogger, defaultLimits } from '@kubetunnel/shared';
-import { parsePolicy, parseTokenFile, startServer, type ServerConfig, type KubetunnelServer } from '@kubetunnel/server';
+import { parsePolicy, parseTokenFile, readMemberKubeconfigs, startServer, type ServerConfig, type KubetunnelServer } from '@kubetunnel/server';
 import { SettingError, type Settings } from '../options.js';
 import { watchTlsFiles } from '../reload.js';
 
@@ -45,7 +45,7 @@ export function oneCAWarning(config: Pick<ServerConfig, 'cert' | 'ca'>): string 
   );
 }
 
-/** The connection limits of the four listeners, from the limit flags. */
+/** The connection limits of the listeners, from the limit flags. */
 export function serverLimits(s: Settings): NonNullable<ServerConfig['limits']> {
   const maxConnections = s.int('max-connections', 1, 10_000_000);
   // Pending connections are connections too: a lower --max-connections bounds them as well.
@@ -61,18 +61,16 @@ export function serverLimits(s: Settings): NonNullable<ServerConfig['limits']> {
   const frontend = defaultLimits('frontend');
   const gateway = defaultLimits('agent-gateway');
   const plain = { ...defaultLimits('plain'), ...timeouts, requestTimeoutMs: timeouts.headerTimeoutMs };
-  return {
-    proxy: { ...frontend, ...timeouts, maxConnections, maxPending, maxPendingPerSource },
-    agent: {
-      ...gateway,
-      ...timeouts,
-      maxConnections: maxAgentConnections,
-      maxPending: Math.min(gateway.maxPending, maxAgentConnections),
-      maxPendingPerSource,
-    },
-    health: plain,
-    admin: plain,
+  const proxy = { ...frontend, ...timeouts, maxConnections, maxPending, maxPendingPerSource };
+  const agent = {
+    ...gateway,
+    ...timeouts,
+    maxConnections: maxAgentConnections,
+    maxPending: Math.min(gateway.maxPending, maxAgentConnections),
+    maxPendingPerSource,
   };
+  // The Konnectivity listeners: gRPC clients as on the proxy port, ANP agents as on the agent port (each its own count).
+  return { proxy, agent, health: plain, admin: plain, grpc: proxy, 'anp-agent': agent };
 }
 
 /** Builds and checks the server's config; errors name the flag. */
@@ -128,6 +126,14 @@ export function serverConfig(s: Settings): ServerConfig {
   config.grpcUdsIdentity = { user: s.require('grpc-uds-user'), groups: s.list('grpc-uds-group') };
   const anpAgentPort = s.optionalPort('anp-agent-port');
   if (anpAgentPort !== undefined) config.anpAgentPort = anpAgentPort;
+  const members = s.list('member-kubeconfig');
+  if (members.length > 0) {
+    try {
+      config.memberKubeconfigs = readMemberKubeconfigs(members);
+    } catch (err) {
+      throw new SettingError('member-kubeconfig', (err as Error).message);
+    }
+  }
   return config;
 }
 

@@ -1,10 +1,12 @@
 import { randomBytes } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import { agentClusterOf, isValidAgentId, type Logger } from '@kubetunnel/shared';
+import { registerTunnel } from '../agent-gateway.js';
 import type { ServerMetrics } from '../metrics.js';
 import type { AgentTunnel, ClusterRegistry } from '../registry.js';
+import { AnpL7, type MemberCredential } from './anp-l7.js';
 import { AnpSession } from './anp-session.js';
-import { bindTcp, grpcServerOptions, shutdownNow, type TlsMaterial } from './listeners.js';
+import { bindTcp, createGrpcServer, shutdownNow, type GrpcServerOptions, type TlsMaterial } from './listeners.js';
 import { AgentServiceDef, type Packet } from './packets.js';
 
 export interface AnpAgentServiceOptions {
@@ -14,6 +16,10 @@ export interface AnpAgentServiceOptions {
   serverCount: number;
   clusterDomain?: string;
   gracePeriodMs: number;
+  /** How long a dial may take (the hub's own dials for L7, through the agent). */
+  dialTimeoutMs: number;
+  /** Credentials the hub holds for clusters it serves in L7 mode through ANP agents (--member-kubeconfig). */
+  members?: ReadonlyMap<string, MemberCredential>;
 }
 
 type Claim = { ok: true; cluster: string; agentId: string } | { ok: false; code: grpc.status; reason: string };
@@ -50,15 +56,17 @@ export function checkAnpAgent(call: grpc.ServerDuplexStream<Packet, Packet>, clu
  * of its cluster, picked like any other and drained when the agent sends DRAIN.
  */
 export class AnpAgentService {
-  readonly server = new grpc.Server(grpcServerOptions);
+  readonly server: grpc.Server;
 
   constructor(
     private readonly options: AnpAgentServiceOptions,
     private readonly registry: ClusterRegistry,
     private readonly metrics: ServerMetrics,
     private readonly tls: TlsMaterial,
+    hardening: GrpcServerOptions,
     private readonly log: Logger,
   ) {
+    this.server = createGrpcServer(hardening);
     this.server.addService(AgentServiceDef, { Connect: (call: grpc.ServerDuplexStream<Packet, Packet>) => this.connect(call) });
   }
 
@@ -85,28 +93,24 @@ export class AnpAgentService {
     const agentId = `anp:${claim.agentId}`;
     const log = this.log.child({ cluster: claim.cluster, agentId, sessionId });
     const session = new AnpSession(call, log);
+    const member = this.options.members?.get(claim.cluster);
+    if (member) session.l7 = new AnpL7(session, member, this.options.dialTimeoutMs, log.child({ l7: 'hub' }));
     const tunnel: AgentTunnel = {
       cluster: claim.cluster,
       agentId,
       sessionId,
       session,
       allowDest: new Set(),
-      l7: false,
+      l7: member !== undefined,
+      ...(member
+        ? member.ca
+          ? { apiserverCA: member.ca }
+          : {}
+        : { l7Refusal: `ANP agents dial TCP only; L7 through them needs the server's --member-kubeconfig ${claim.cluster}=FILE` }),
       connectedAt: new Date(),
       log,
     };
-    const replaced = this.registry.register(tunnel);
-    this.metrics.registrations.inc({ result: 'ok' });
-    log.info({ peer: call.getPeer() }, 'agent registered');
-    if (replaced) {
-      replaced.log.info('agent reconnected with the same id; closing the older tunnel');
-      void replaced.session.drain(this.options.gracePeriodMs);
-    }
-    session.on('goaway', () => log.info('agent is draining'));
-    session.on('close', (err?: Error) => {
-      this.registry.unregister(tunnel);
-      log.info({ reason: err?.message ?? 'closed' }, 'agent disconnected');
-    });
+    registerTunnel(this.registry, this.metrics, this.options.gracePeriodMs, tunnel, { peer: call.getPeer(), protocol: 'konnectivity' });
   }
 
   close(): void {

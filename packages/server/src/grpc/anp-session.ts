@@ -14,6 +14,7 @@ import {
   type PendingOpen,
   type StreamHost,
 } from '@kubetunnel/shared';
+import type { AnpL7 } from './anp-l7.js';
 import { packets, type Packet } from './packets.js';
 
 /** What an ANP agent is asked to dial for the `apiserver` target: the in-cluster service, as its DNS resolves it. */
@@ -64,6 +65,8 @@ export class AnpSession extends EventEmitter implements StreamHost {
   /** The agent sent DRAIN: no new streams. */
   peerDraining = false;
   readonly rttMs: number | undefined = undefined;
+  /** L7 streams, where the hub holds a credential for this agent's cluster (an ANP agent itself only dials TCP). */
+  l7: AnpL7 | undefined;
   bytesIn = 0;
   bytesOut = 0;
 
@@ -99,6 +102,7 @@ export class AnpSession extends EventEmitter implements StreamHost {
   open(request: OpenRequest, options: OpenOptions = {}): Promise<MuxStream> {
     if (this.closed) return Promise.reject(new TunnelError('SESSION_CLOSED'));
     if (this.draining || this.peerDraining) return Promise.reject(new TunnelError('GOING_AWAY'));
+    if (request.kind === 'http' && this.l7) return this.l7.open(request, options);
     if (request.kind !== 'tcp') return Promise.reject(new TunnelError('TARGET_NOT_ALLOWED', 'an ANP agent serves TCP connections only'));
     if (options.signal?.aborted) return Promise.reject(new TunnelError('CANCELLED'));
     const address = request.target === APISERVER_TARGET ? this.apiserverAddress : request.target;
@@ -280,6 +284,7 @@ export class AnpSession extends EventEmitter implements StreamHost {
     this.conns.clear();
     this.byStream.clear();
     this.ready.clear();
+    this.l7?.close();
     if (!this.call.writableEnded && !this.call.destroyed) this.call.end();
     this.emit('close', err);
   }

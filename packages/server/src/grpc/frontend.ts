@@ -1,6 +1,6 @@
 import * as grpc from '@grpc/grpc-js';
 import type { Identity, Logger } from '@kubetunnel/shared';
-import { bindTcp, bindUnix, grpcServerOptions, shutdownGracefully, shutdownNow, type TlsMaterial } from './listeners.js';
+import { bindTcp, bindUnix, createGrpcServer, shutdownGracefully, shutdownNow, type GrpcServerOptions, type TlsMaterial } from './listeners.js';
 import { ProxyServiceDef } from './packets.js';
 import type { FrontendDeps } from '../deps.js';
 import { proxyHandler } from './proxy-service.js';
@@ -30,15 +30,17 @@ export class GrpcFrontend {
     private readonly options: GrpcFrontendOptions,
     deps: FrontendDeps,
     private readonly tls: TlsMaterial,
+    hardening: GrpcServerOptions,
     private readonly log: Logger,
   ) {
     if (options.port !== undefined) {
-      this.tlsServer = new grpc.Server(grpcServerOptions);
+      this.tlsServer = createGrpcServer(hardening);
       this.tlsServer.addService(ProxyServiceDef, { Proxy: proxyHandler(deps, { kind: 'tls' }) });
       this.servers.push(this.tlsServer);
     }
     if (options.uds !== undefined) {
-      this.udsServer = new grpc.Server(grpcServerOptions);
+      // Whoever may open the socket file is trusted: gRPC's bounds, no connection guard.
+      this.udsServer = createGrpcServer({ ...hardening, name: 'grpc-uds', guard: undefined });
       this.udsServer.addService(ProxyServiceDef, { Proxy: proxyHandler(deps, { kind: 'uds', identity: options.udsIdentity }) });
       this.servers.push(this.udsServer);
     }

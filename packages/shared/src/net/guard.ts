@@ -1,4 +1,5 @@
 import type http from 'node:http';
+import type http2 from 'node:http2';
 import type https from 'node:https';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
@@ -68,6 +69,13 @@ export interface GuardOptions {
   onRefused?: (reason: RefusalReason) => void;
   /** How often refusals are summed up in one log line; default Defaults.refusalLogIntervalMs. */
   logIntervalMs?: number;
+  /**
+   * An HTTP/2 server (gRPC): a request head is a stream's HEADERS, and the
+   * guard itself closes a connection that opens no stream within the header
+   * timeout (Node's HTTP/1 header timeout does not apply to HTTP/2). The idle
+   * timeout is the HTTP/2 server's own to keep.
+   */
+  http2?: boolean;
 }
 
 export interface ListenerGuard {
@@ -93,8 +101,8 @@ const TIMEOUT_408 = rawTextResponse(408, 'request head not received in time');
 const BAD_REQUEST_400 = rawTextResponse(400, 'malformed HTTP request');
 const TOO_LARGE_431 = rawTextResponse(431, 'request headers too large');
 
-/** Events that mean a connection has sent a whole request head. */
-const HEAD_EVENTS = ['request', 'connect', 'upgrade', 'checkContinue', 'checkExpectation'] as const;
+/** Events that mean a connection has sent a whole request head ('stream': an HTTP/2 server's). */
+const HEAD_EVENTS = ['request', 'connect', 'upgrade', 'checkContinue', 'checkExpectation', 'stream'] as const;
 
 function first<T>(items: Iterable<T>): T | undefined {
   for (const item of items) return item;
@@ -150,7 +158,7 @@ class RefusalLog {
  *
  * Call it after the server's handlers are attached and before listen().
  */
-export function guardListener(server: http.Server | https.Server, o: GuardOptions): ListenerGuard {
+export function guardListener(server: http.Server | https.Server | http2.Http2Server | http2.Http2SecureServer, o: GuardOptions): ListenerGuard {
   if (server.listening) throw new Error(`guardListener(${o.name}): the server is already listening`);
   const { limits } = o;
   const isTls = server instanceof tls.Server;
@@ -160,15 +168,18 @@ export function guardListener(server: http.Server | https.Server, o: GuardOption
   let open = 0;
 
   server.maxConnections = limits.maxConnections;
-  server.headersTimeout = limits.headerTimeoutMs;
-  server.requestTimeout = limits.requestTimeoutMs && Math.max(limits.requestTimeoutMs, limits.headerTimeoutMs);
-  server.keepAliveTimeout = limits.idleTimeoutMs;
-  // Node checks request timeouts on this interval (default 30 s): make it a
-  // fraction of the header timeout so that the bound is kept. Read at listen().
-  (server as { connectionsCheckingInterval?: number }).connectionsCheckingInterval = Math.min(
-    1000,
-    Math.max(100, Math.floor(limits.headerTimeoutMs / 4)),
-  );
+  if (!o.http2) {
+    const h1 = server as http.Server;
+    h1.headersTimeout = limits.headerTimeoutMs;
+    h1.requestTimeout = limits.requestTimeoutMs && Math.max(limits.requestTimeoutMs, limits.headerTimeoutMs);
+    h1.keepAliveTimeout = limits.idleTimeoutMs;
+    // Node checks request timeouts on this interval (default 30 s): make it a
+    // fraction of the header timeout so that the bound is kept. Read at listen().
+    (h1 as { connectionsCheckingInterval?: number }).connectionsCheckingInterval = Math.min(
+      1000,
+      Math.max(100, Math.floor(limits.headerTimeoutMs / 4)),
+    );
+  }
 
   const release = (conn: Conn) => {
     if (pending.get(conn.key) !== conn) return;
@@ -183,6 +194,14 @@ export function guardListener(server: http.Server | https.Server, o: GuardOption
     release(conn);
     log.note(reason, conn.source);
     (conn.http ?? conn.raw).destroy();
+  };
+
+  // HTTP/2: the first stream's HEADERS within the header timeout, counted from
+  // the end of the handshake (or accept, without TLS).
+  const awaitHead = (conn: Conn) => {
+    clearTimeout(conn.timer);
+    conn.timer = setTimeout(evict, limits.headerTimeoutMs, conn, 'header-timeout');
+    conn.timer.unref();
   };
 
   const handshakeTimedOut = (conn: Conn) => {
@@ -222,7 +241,7 @@ export function guardListener(server: http.Server | https.Server, o: GuardOption
     if (isTls) {
       conn.timer = setTimeout(handshakeTimedOut, limits.handshakeTimeoutMs, conn);
       conn.timer.unref();
-    }
+    } else if (o.http2) awaitHead(conn);
   });
 
   if (isTls) {
@@ -232,14 +251,15 @@ export function guardListener(server: http.Server | https.Server, o: GuardOption
       if (!conn) return;
       conn.http = socket;
       clearTimeout(conn.timer);
+      if (o.http2) awaitHead(conn);
     });
   }
 
   // A whole request head: the connection is no longer pending. Marked ahead of
   // the server's own handlers, and only for events it handles (a listener
   // for 'connect' or 'upgrade' changes what Node does with such requests).
-  const onHead = (req: http.IncomingMessage) => {
-    const key = keyOf(req.socket);
+  const onHead = (req: http.IncomingMessage | http2.ServerHttp2Stream) => {
+    const key = keyOf('session' in req ? (req.session?.socket ?? {}) : req.socket);
     const conn = key === undefined ? undefined : pending.get(key);
     if (conn) release(conn);
   };

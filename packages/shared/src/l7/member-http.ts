@@ -1,0 +1,203 @@
+import fs from 'node:fs';
+import net from 'node:net';
+import http from 'node:http';
+import https from 'node:https';
+import tls from 'node:tls';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
+import httpProxy from 'http-proxy';
+import type { Logger } from '../logging.js';
+import type { MuxStream } from '../mux/stream.js';
+import type { Identity } from '../protocol/frame.js';
+import { impersonationHeaders, onProxyResponse, stripCallerHeaders } from './headers.js';
+import { identityProblem } from './identity.js';
+import { sendStatus, sendStatusRaw } from '../http/respond.js';
+import { relayUpgrade, upgradeRequestHeaders } from './upgrade.js';
+
+/** How the member side reaches its apiserver: a byte stream to it for one connection (TLS is started on it here), or an error. */
+export type ApiserverConnector = (done: (err: Error | null, socket: Duplex) => void) => void;
+
+export interface MemberHttpConfig {
+  /** The member apiserver (its host and port; the Host header of every request). */
+  apiserver: URL;
+  /** TLS toward the apiserver: the CA it is checked with, a client certificate and key, the name checked on its certificate. */
+  tls?: { ca?: string; cert?: string; key?: string; servername?: string };
+  /** The bearer token of whoever impersonates the callers (a service account's), read for each request (it may rotate). */
+  token(): string | undefined;
+  /**
+   * A connection to the apiserver other than a TCP connection of this
+   * process (the hub reaches it through an ANP agent's dial); TLS to the
+   * apiserver runs over it as over a TCP connection.
+   */
+  connect?: ApiserverConnector;
+  /** Keep connections to the apiserver for later requests (default true). */
+  keepAlive?: boolean;
+  log: Logger;
+}
+
+/** Answers a failed request with a Kubernetes Status, or ends a connection that is past its head. */
+function fail(res: ServerResponse | Duplex, code: number, message: string): void {
+  if ('writeHead' in res) sendStatus(res, code, message);
+  else res.destroy();
+}
+
+/** A token file re-read at most every few seconds (kubelet rotates projected tokens in place). */
+export function fileToken(file: string | undefined): () => string | undefined {
+  let value: string | undefined;
+  let readAt = 0;
+  return () => {
+    if (!file) return undefined;
+    const now = Date.now();
+    if (now - readAt > 5000) {
+      readAt = now;
+      try {
+        value = fs.readFileSync(file, 'utf8').trim();
+      } catch {
+        // Keep the last good token; the apiserver will answer 401 if it is stale.
+      }
+    }
+    return value;
+  };
+}
+
+/** TLS options toward the apiserver: its CA, a client certificate, and the name on its certificate unless it is an address. */
+function tlsOptions(config: MemberHttpConfig): { ca?: string; cert?: string; key?: string; servername?: string } {
+  const t = config.tls ?? {};
+  const host = config.apiserver.hostname.replace(/^\[(.*)\]$/, '$1');
+  const servername = t.servername ?? (net.isIP(host) ? undefined : host);
+  return {
+    ...(t.ca ? { ca: t.ca } : {}),
+    ...(t.cert ? { cert: t.cert } : {}),
+    ...(t.key ? { key: t.key } : {}),
+    ...(servername ? { servername } : {}),
+  };
+}
+
+/** A connection from `connector` with TLS to the apiserver started on it. */
+function connectTls(connector: ApiserverConnector, options: ReturnType<typeof tlsOptions>, done: (err: Error | null, socket: Duplex) => void): void {
+  connector((err, raw) => {
+    if (err) return done(err, raw);
+    const socket = tls.connect({ socket: raw, ...options, ALPNProtocols: ['http/1.1'] });
+    // Closing either ends the other: the TLS socket does not always end what it runs on.
+    socket.once('close', () => raw.destroy());
+    raw.once('close', () => socket.destroy());
+    done(null, socket);
+  });
+}
+
+/** An https.Agent whose connections come from a connector. */
+class ConnectorAgent extends https.Agent {
+  constructor(
+    private readonly connector: ApiserverConnector,
+    private readonly tlsOpts: ReturnType<typeof tlsOptions>,
+    options: https.AgentOptions,
+  ) {
+    super(options);
+  }
+
+  override createConnection(_options: unknown, done?: (err: Error | null, socket: Duplex) => void): Duplex | undefined {
+    connectTls(this.connector, this.tlsOpts, (err, socket) => done?.(err, socket));
+    return undefined;
+  }
+}
+
+/**
+ * The member side of L7: each stream it is handed carries HTTP/1.1 requests
+ * for one caller, whose identity came in the stream's OPEN. Every request
+ * goes to the apiserver with the impersonator's own credentials and
+ * impersonation headers for that identity; whatever credential or identity
+ * header arrived is removed first (the hub removed them too). Responses
+ * stream back as they arrive; upgrades (exec, attach, port-forward) are
+ * relayed. The agent runs it next to its apiserver; the hub runs it for
+ * clusters served by ANP agents, which only dial TCP.
+ */
+export class MemberHttp {
+  private readonly server: http.Server;
+  /** The caller of each stream being served, keyed by the stream (the socket of its requests). */
+  private readonly callers = new WeakMap<Duplex, Identity>();
+  private readonly proxy: httpProxy;
+  private readonly agent: https.Agent;
+
+  constructor(private readonly config: MemberHttpConfig) {
+    const agentOptions: https.AgentOptions = { keepAlive: config.keepAlive ?? true, maxFreeSockets: 64, ...tlsOptions(config) };
+    this.agent = config.connect ? new ConnectorAgent(config.connect, tlsOptions(config), agentOptions) : new https.Agent(agentOptions);
+    this.proxy = httpProxy.createProxyServer({});
+    this.proxy.on('proxyRes', (upstream: IncomingMessage, _req: IncomingMessage, res: ServerResponse) => onProxyResponse(upstream, res));
+    this.proxy.on('error', (err: Error, _req: IncomingMessage, res: ServerResponse | Duplex) => {
+      config.log.debug({ err: err.message }, 'apiserver request failed');
+      fail(res, 502, `${config.connect ? 'the hub' : 'agent'} could not reach the apiserver: ${err.message}`);
+    });
+    this.server = http.createServer({ keepAliveTimeout: 0 });
+    // Each request's error boundary: whatever throws fails that request only.
+    const guarded =
+      <A extends [IncomingMessage, ServerResponse | Duplex, ...unknown[]]>(handle: (...args: A) => void) =>
+      (...args: A) => {
+        try {
+          handle(...args);
+        } catch (err) {
+          config.log.warn({ err }, 'L7 request failed on the member side');
+          fail(args[1], 500, 'this request could not be sent to the apiserver');
+        }
+      };
+    this.server.on('request', guarded((req: IncomingMessage, res: ServerResponse) => this.onRequest(req, res)));
+    this.server.on('upgrade', guarded((req: IncomingMessage, socket: Duplex, head: Buffer) => this.onUpgrade(req, socket, head)));
+    this.server.on('clientError', (_err, socket: Duplex) => socket.destroy());
+  }
+
+  /** Serves the HTTP requests carried by one tunnel stream, each for `identity` (the caller named in its OPEN). */
+  handle(stream: MuxStream, identity: Identity): void {
+    this.callers.set(stream, identity);
+    this.server.emit('connection', stream);
+  }
+
+  /** The headers the apiserver gets for a request of `identity`. */
+  upstreamHeaders(headers: http.IncomingHttpHeaders, identity: Identity): http.OutgoingHttpHeaders {
+    const out = stripCallerHeaders(headers);
+    out.host = this.config.apiserver.host;
+    Object.assign(out, impersonationHeaders(identity));
+    const token = this.config.token();
+    if (token) out.authorization = `Bearer ${token}`;
+    return out;
+  }
+
+  /** The caller of a request, or why it cannot be served: no identity came with its stream, or none a header can carry. */
+  private callerOf(req: IncomingMessage): Identity | { status: number; reason: string } {
+    const identity = this.callers.get(req.socket);
+    if (!identity) return { status: 400, reason: 'L7 stream without an identity' };
+    // The hub refuses these first; never throw setting headers.
+    return identityProblem(identity) ?? identity;
+  }
+
+  private onRequest(req: IncomingMessage, res: ServerResponse): void {
+    const caller = this.callerOf(req);
+    if ('reason' in caller) return sendStatus(res, caller.status, caller.reason);
+    req.headers = this.upstreamHeaders(req.headers, caller) as http.IncomingHttpHeaders;
+    this.proxy.web(req, res, { target: this.config.apiserver.origin, agent: this.agent, secure: true, changeOrigin: false });
+  }
+
+  private onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+    const caller = this.callerOf(req);
+    if ('reason' in caller) return sendStatusRaw(socket, caller.status, caller.reason);
+    const headers = upgradeRequestHeaders(this.upstreamHeaders(req.headers, caller), req.headers.upgrade);
+    const connect = this.config.connect;
+    const out = https.request({
+      host: this.config.apiserver.hostname,
+      port: this.config.apiserver.port || 443,
+      method: req.method,
+      path: req.url,
+      headers,
+      ...tlsOptions(this.config),
+      // A connection of its own (an upgraded one is never reused): from the connector, else a new TLS connection.
+      ...(connect
+        ? { createConnection: (_o: unknown, done: (err: Error | null, s: Duplex) => void) => void connectTls(connect, tlsOptions(this.config), done) }
+        : { agent: false }),
+    });
+    relayUpgrade(socket, head, out, () => {});
+  }
+
+  close(): void {
+    this.server.close();
+    this.agent.destroy();
+    this.proxy.close();
+  }
+}
