@@ -11,3 +11,4 @@ export * from './policy.js';
 export * from './l7.js';
 export * from './grpc/packets.js';
 export { grpcStatusOf, type CallerSource } from './grpc/proxy-service.js';
+export * from './join.js';

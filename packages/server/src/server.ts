@@ -13,6 +13,7 @@ import { Frontend } from './frontend.js';
 import { AnpAgentService } from './grpc/agent-service.js';
 import { GrpcFrontend } from './grpc/frontend.js';
 import { TlsMaterial } from './grpc/listeners.js';
+import { AgentCertificates } from './join.js';
 import { l7Handlers } from './l7.js';
 import { allowAll, policyAuthorizer } from './policy.js';
 import { ServerMetrics } from './metrics.js';
@@ -71,7 +72,17 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ku
     log,
     ...(config.clusterDomain ? { clusterDomain: config.clusterDomain } : {}),
   };
-  const gateway = new AgentGateway(config, registry, metrics, log.child({ component: 'agent-gateway' }));
+  const certs = new AgentCertificates(
+    {
+      clientCA: config.ca,
+      ...(config.clientCaKey ? { clientCaKey: config.clientCaKey } : {}),
+      ...(config.joinRevocationsFile ? { revocationsFile: config.joinRevocationsFile } : {}),
+      ...(config.agentCertTtlMs ? { agentCertTtlMs: config.agentCertTtlMs } : {}),
+    },
+    metrics,
+    log.child({ component: 'join' }),
+  );
+  const gateway = new AgentGateway(config, registry, metrics, log.child({ component: 'agent-gateway' }), certs);
   if (!config.policy) log.warn('no policy: every authenticated identity may reach every cluster');
   const l7 = l7Handlers({
     ...deps,
@@ -174,6 +185,7 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ku
       frontend.close();
       grpcFrontend?.close();
       gateway.close();
+      certs.close();
       anpAgents?.close();
       for (const g of guards) g.destroyPending();
       for (const s of [health, admin]) {
