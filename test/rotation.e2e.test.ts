@@ -184,6 +184,9 @@ describe('agent certificate rotation', () => {
     expect(expired.msg).toMatch(/without renewal \(TOKEN_REVOKED: /);
     const down = await agent.waitFor((l) => l.msg === 'tunnel down', 'the tunnel down line');
     expect(String(down.reason)).toMatch(/4401 agent certificate expired at/);
+    // The expired certificate no longer registers anywhere.
+    expect(await agent.waitFor((l) => l.msg === 'server refused registration', 'the refused registration')).toMatchObject({ status: 401, reason: 'the agent certificate has expired' });
+    expect(server.proc.count((l) => l.msg === 'agent registered' && l.cluster === 'member-s')).toBe(1);
     // Joining again with the revoked token is refused too.
     expect(await agent.waitFor((l) => l.msg === 'join refused by the server', 'the refused re-join')).toMatchObject({ status: 403, reason: 'TOKEN_REVOKED' });
   });
