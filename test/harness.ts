@@ -321,3 +321,50 @@ export async function expectIdle(adminUrl: string, withinMs = 5000): Promise<voi
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
 }
+
+/** The agent flags `kubetunnel token create` prints: `--join-token T --ca-cert-hash sha256:H`, and the token's id and expiry. */
+export async function createJoinToken(certDir: string, cluster: string, ...extra: string[]): Promise<{ token: string; hash: string; id: string; expiresAt: number }> {
+  const out = await cli('token', 'create', '--dir', certDir, '--cluster', cluster, ...extra);
+  const flags = /^--join-token (\S+) --ca-cert-hash (sha256:[0-9a-f]{64})$/m.exec(out);
+  const head = /^join token ([0-9a-f]+) for cluster \S+, valid until (\S+),/m.exec(out);
+  if (!flags || !head) throw new Error(`token create printed no agent flags:\n${out}`);
+  return { token: flags[1]!, hash: flags[2]!, id: head[1]!, expiresAt: Date.parse(head[2]!.replace(/,$/, '')) };
+}
+
+/** A stand-in member apiserver with its own CA (no agent yet): for agents that join with a token. */
+export async function startStandin(dir: string, name: string, tokens: StandinApiserverOptions['tokens']): Promise<{ apiserver: StandinApiserver; caFile: string; url: string }> {
+  const ca = createCA({ commonName: `${name} CA` });
+  const cert = issueServerCert(ca, { sans: memberCertNames(name) });
+  const caFile = path.join(dir, `${name}-ca.crt`);
+  fs.writeFileSync(caFile, ca.cert);
+  const apiserver = await startStandinApiserver({ cluster: name, cert: cert.cert, key: cert.key, tokens });
+  return { apiserver, caFile, url: `https://localhost:${apiserver.port}` };
+}
+
+/** `kubetunnel agent` in join mode (no certificate files): --join-token, --ca-cert-hash, --state-dir. */
+export function joinAgentProc(o: {
+  server: ServerProc;
+  cluster: string;
+  token?: string;
+  hash: string;
+  stateDir: string;
+  apiserver: { url: string; caFile: string };
+  agentId?: string;
+  extra?: string[];
+}): Proc {
+  return new Proc([
+    'agent',
+    '--server', `wss://localhost:${o.server.agent}`,
+    '--cluster', o.cluster,
+    ...(o.token ? ['--join-token', o.token] : []),
+    '--ca-cert-hash', o.hash,
+    '--state-dir', o.stateDir,
+    '--apiserver', o.apiserver.url,
+    '--apiserver-ca', o.apiserver.caFile,
+    '--agent-id', o.agentId ?? `${o.cluster}-agent`,
+    '--health-port', '0',
+    '--health-bind-address', '127.0.0.1',
+    '--grace-period', '2s',
+    ...(o.extra ?? []),
+  ]);
+}

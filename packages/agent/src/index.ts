@@ -5,3 +5,4 @@ export * from './backoff.js';
 export * from './handlers.js';
 export * from './http-handler.js';
 export * from './discovery.js';
+export * from './join.js';

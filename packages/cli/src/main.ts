@@ -8,6 +8,7 @@ import { runAgent } from './commands/agent.js';
 import { runDemo } from './commands/demo.js';
 import { prepareKubeconfig, type KubeconfigFlags } from './commands/kubeconfig.js';
 import { runServer } from './commands/server.js';
+import { createTokenCommand } from './commands/token.js';
 import { fetchClusterCA, fetchClusters, formatStatus } from './commands/status.js';
 import { Settings, SettingError } from './options.js';
 
@@ -91,6 +92,9 @@ program
   .option('--key <file>', 'server key (PEM)')
   .option('--client-ca <file>', 'the client CA: verifies agent and client certificates (certs init writes client-ca.crt)')
   .option('--ca <file>', 'older name of --client-ca')
+  .option('--client-ca-key <file>', 'the client CA key: accept join tokens and sign agent certificates with it (default: joins off)')
+  .option('--join-revocations <file>', 'revoked join token ids, one a line, reloaded when it changes (agents that joined with one are not renewed)')
+  .option('--agent-cert-ttl <duration>', 'lifetime of the agent certificates signed for joins and renewals (agents renew at two thirds)', '720h')
   .option('--bind-address <addr>', 'address the proxy, agent, health, gRPC and ANP agent ports bind', '0.0.0.0')
   .option('--proxy-port <port>', 'client frontend (CONNECT and L7)', '8090')
   .option('--agent-port <port>', 'agent gateway (wss, mTLS)', '8091')
@@ -138,6 +142,9 @@ program
   .option('--cert <file>', 'agent certificate (PEM)')
   .option('--key <file>', 'agent key (PEM)')
   .option('--ca <file>', 'the hub CA, which signed the server\'s certificate (certs init: ca.crt)')
+  .option('--join-token <token>', 'join with this token instead of --cert/--key/--ca (kubetunnel token create prints it)')
+  .option('--ca-cert-hash <sha256:hex>', 'with --join-token: the hub CA\'s public-key hash, which the server\'s TLS chain must carry')
+  .option('--state-dir <dir>', 'with --join-token: where the agent keeps its key, certificate and the hub CA (mode 0600), and renews them', '/var/lib/kubetunnel')
   .option('--apiserver <url>', 'member apiserver (default: in-cluster https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT)')
   .option('--apiserver-ca <file>', 'member apiserver CA (default: the service-account CA)')
   .option('--apiserver-token-file <file>', 'token for L7 requests (default: the service-account token)')
@@ -153,6 +160,21 @@ program
   .action(async (_o, cmd: Command) => {
     const agent = await runAgent(settings(cmd), process.env);
     onSignals('agent', () => agent.drain());
+  });
+
+const token = program.command('token').description('join tokens: let an agent join a cluster without certificate files');
+token
+  .command('create')
+  .description('sign a join token for one cluster with the client CA and print the agent flags that use it')
+  .requiredOption('--dir <dir>', 'directory holding the client CA (client-ca.key) and the hub CA (ca.crt)')
+  .requiredOption('--cluster <name>', 'the cluster the token lets an agent join as')
+  .option('--ttl <duration>', 'how long the token is valid (agents keep their certificates after it expires)', '24h')
+  .option('--uses <n>', 'how many agents may join with it through each server replica (default: any number until it expires, as a DaemonSet needs)')
+  .option('--server <url>', 'the agent gateway URL to show in the printed command', 'wss://HUB:8091')
+  .action((o: { dir: string; cluster: string; ttl: string; uses?: string; server: string }) => {
+    const r = createTokenCommand(o);
+    for (const w of r.warnings) process.stderr.write(`warning: ${w}\n`);
+    process.stdout.write(r.text);
   });
 
 program

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import https from 'node:https';
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
-import type { TLSSocket } from 'node:tls';
+import type { PeerCertificate, TLSSocket } from 'node:tls';
 import { WebSocketServer, type WebSocket } from 'ws';
 import {
   AGENT_PATH,
@@ -23,6 +23,7 @@ import {
   type Reason,
 } from '@kubetunnel/shared';
 import type { ServerConfig } from './config.js';
+import type { AgentCertificates } from './join.js';
 import type { ServerMetrics } from './metrics.js';
 import type { AgentTunnel, ClusterRegistry } from './registry.js';
 import { SocketSet } from './sockets.js';
@@ -109,6 +110,8 @@ export class AgentGateway {
     private readonly registry: ClusterRegistry,
     private readonly metrics: ServerMetrics,
     private readonly log: Logger,
+    /** Joins, renewals and certificate expiry of tunnels. */
+    private readonly certs?: AgentCertificates,
   ) {
     this.server = https.createServer({
       ...SERVER_TLS_POLICY,
@@ -116,7 +119,9 @@ export class AgentGateway {
       key: config.key,
       ca: config.ca,
       requestCert: true,
-      rejectUnauthorized: true,
+      // With joins on, an agent without a certificate may reach POST /join;
+      // every upgrade is then checked for an authorized certificate below.
+      rejectUnauthorized: !certs?.enabled,
       maxHeaderSize: config.maxHeaderSize,
       ALPNProtocols: ['http/1.1'],
     });
@@ -131,7 +136,8 @@ export class AgentGateway {
     });
     this.server.on('secureConnection', (s) => this.sockets.add(s));
     this.server.on('tlsClientError', (err) => this.log.debug({ err: err.message }, 'agent TLS handshake refused'));
-    this.server.on('request', (_req, res) => {
+    this.server.on('request', (req: IncomingMessage, res) => {
+      if (this.certs?.handleRequest(req, res)) return;
       res.writeHead(426, { 'Content-Type': 'text/plain', Upgrade: 'websocket' });
       res.end(`agents connect with a WebSocket upgrade to ${AGENT_PATH}\n`);
     });
@@ -148,6 +154,11 @@ export class AgentGateway {
     if (parseOriginForm(req.url)?.path !== AGENT_PATH) return refuse(404, `agents register at ${AGENT_PATH}`);
     const offered = (req.headers['sec-websocket-protocol'] ?? '').split(',').map((s) => s.trim());
     if (!offered.includes(SUBPROTOCOL)) return refuse(400, `unsupported tunnel protocol; this server speaks ${SUBPROTOCOL}`);
+    const tlsSocket = req.socket as TLSSocket;
+    if (!tlsSocket.authorized) {
+      const why = String(tlsSocket.authorizationError ?? 'no client certificate');
+      return refuse(401, why === 'CERT_HAS_EXPIRED' ? 'the agent certificate has expired' : `client certificate refused: ${why}`);
+    }
     const checked = checkRegistration(req);
     if (!checked.ok) return refuse(checked.status, checked.reason);
     // An agent that already holds a tunnel here, come back through a balancer:
@@ -157,10 +168,11 @@ export class AgentGateway {
       this.metrics.registrations.inc({ result: 'already-held' });
       return respondRaw(socket, 409, `agent already holds a tunnel to server ${this.config.serverId}`, { [H.serverId]: this.config.serverId });
     }
-    this.wss.handleUpgrade(req, socket, head, (ws) => this.register(ws, checked.claim));
+    const peer = tlsSocket.getPeerCertificate();
+    this.wss.handleUpgrade(req, socket, head, (ws) => this.register(ws, checked.claim, peer));
   }
 
-  private register(ws: WebSocket, claim: Claim): void {
+  private register(ws: WebSocket, claim: Claim, peer: PeerCertificate): void {
     const sessionId = randomBytes(6).toString('hex');
     const log = this.log.child({ cluster: claim.cluster, agentId: claim.agentId, sessionId });
     const session = new Session(new WsTransport(ws), { role: 'server', ...this.config.session });
@@ -175,6 +187,7 @@ export class AgentGateway {
       log,
       ...(claim.apiserverCA ? { apiserverCA: claim.apiserverCA } : {}),
     };
+    this.certs?.attach(tunnel, session, peer);
     registerTunnel(this.registry, this.metrics, this.config.gracePeriodMs, tunnel, { allowDest: claim.allowDest, l7: claim.l7 });
   }
 

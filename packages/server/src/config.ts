@@ -52,6 +52,12 @@ export interface ServerConfig {
   anpAgentPort?: number;
   /** L7 through ANP agents: per cluster, the apiserver and a credential the hub impersonates callers with (--member-kubeconfig). */
   memberKubeconfigs?: ReadonlyMap<string, MemberCredential>;
+  /** PEM of the client CA key (--client-ca-key): the server accepts join tokens and signs agent certificates. */
+  clientCaKey?: string;
+  /** File of revoked join token ids (--join-revocations), reloaded when it changes. */
+  joinRevocationsFile?: string;
+  /** Lifetime of the agent certificates this server signs (--agent-cert-ttl; default 30 days). */
+  agentCertTtlMs?: number;
   /** Connection limits per listener; a listener left out gets defaultLimits of its kind. */
   limits?: Partial<Record<ListenerName, ListenerLimits>>;
 }

@@ -15,3 +15,4 @@ export * from './l7.js';
 export * from './grpc/packets.js';
 export { grpcStatusOf, type CallerSource } from './grpc/proxy-service.js';
 export { readMemberKubeconfig, readMemberKubeconfigs, type MemberCredential } from './grpc/anp-l7.js';
+export * from './join.js';

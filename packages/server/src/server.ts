@@ -14,6 +14,7 @@ import { Frontend } from './frontend.js';
 import { AnpAgentService } from './grpc/agent-service.js';
 import { GrpcFrontend } from './grpc/frontend.js';
 import { TlsMaterial, type GrpcServerOptions } from './grpc/listeners.js';
+import { AgentCertificates } from './join.js';
 import { l7Handlers } from './l7.js';
 import { allowAll, policyAuthorizer } from './policy.js';
 import { ServerMetrics } from './metrics.js';
@@ -77,6 +78,8 @@ interface Parts {
   grpcTls: TlsMaterial;
   grpcFrontend: GrpcFrontend | undefined;
   anpAgents: AnpAgentService | undefined;
+  /** Agent certificates: joins, renewals, and the expiry of every agent tunnel. */
+  certs: AgentCertificates;
   guards: ListenerGuard[];
   /** Draining: /readyz says so. */
   readiness: { draining: boolean };
@@ -100,7 +103,17 @@ function frontendDeps(config: ServerConfig, registry: ClusterRegistry, metrics: 
 
 function buildParts(config: ServerConfig, registry: ClusterRegistry, metrics: ServerMetrics, log: Logger): Parts {
   const deps = frontendDeps(config, registry, metrics, log);
-  const gateway = new AgentGateway(config, registry, metrics, log.child({ component: 'agent-gateway' }));
+  const certs = new AgentCertificates(
+    {
+      clientCA: config.ca,
+      ...(config.clientCaKey ? { clientCaKey: config.clientCaKey } : {}),
+      ...(config.joinRevocationsFile ? { revocationsFile: config.joinRevocationsFile } : {}),
+      ...(config.agentCertTtlMs ? { agentCertTtlMs: config.agentCertTtlMs } : {}),
+    },
+    metrics,
+    log.child({ component: 'join' }),
+  );
+  const gateway = new AgentGateway(config, registry, metrics, log.child({ component: 'agent-gateway' }), certs);
   const l7 = l7Handlers({
     ...deps,
     log: log.child({ frontend: 'l7' }),
@@ -128,6 +141,7 @@ function buildParts(config: ServerConfig, registry: ClusterRegistry, metrics: Se
     health,
     admin,
     grpcTls,
+    certs,
     grpcFrontend: grpcFrontendOf(config, deps, grpcTls, guards.grpcHardening('grpc', 'frontend'), log),
     anpAgents: anpAgentsOf(config, registry, metrics, grpcTls, guards.grpcHardening('anp-agent', 'agent-gateway'), log),
     guards: guards.all,
@@ -244,6 +258,7 @@ async function listenAll(config: ServerConfig, parts: Parts, log: Logger): Promi
     for (const s of bound) s.close();
     grpcFrontend?.close();
     anpAgents?.close();
+    parts.certs.close();
     throw err;
   }
 }
@@ -283,7 +298,7 @@ function running(config: ServerConfig, parts: Parts, addresses: ServerAddresses,
 
 /** Closes every part once (later calls get the same promise); resolves when every listener has closed. */
 function closer(parts: Parts, log: Logger): () => Promise<void> {
-  const { frontend, gateway, health, admin, grpcFrontend, anpAgents, guards } = parts;
+  const { frontend, gateway, certs, health, admin, grpcFrontend, anpAgents, guards } = parts;
   const listeners: Server[] = [frontend.server, gateway.server, health, admin];
   let closed: Promise<void> | undefined;
   return () => {
@@ -291,6 +306,7 @@ function closer(parts: Parts, log: Logger): () => Promise<void> {
       frontend.close();
       grpcFrontend?.close();
       gateway.close();
+      certs.close();
       anpAgents?.close();
       for (const g of guards) g.destroyPending();
       for (const s of [health, admin]) {

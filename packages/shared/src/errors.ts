@@ -40,6 +40,15 @@ export const Reasons = {
   NO_AGENT: { code: 34, http: 503, grpc: 14, ws: 1013, text: 'cluster has no live agent' },
   BAD_IDENTITY: { code: 35, http: 403, grpc: 7, ws: 1008, text: 'identity cannot be carried to the member cluster' },
   IDENTITY_TOO_LARGE: { code: 36, http: 431, grpc: 8, ws: 1009, text: 'identity too large for the tunnel' },
+  // Joining with a token and renewing agent certificates
+  JOIN_DISABLED: { code: 40, http: 404, grpc: 12, ws: 1008, text: 'this server does not sign agent certificates (started without --client-ca-key)' },
+  TOKEN_INVALID: { code: 41, http: 401, grpc: 16, ws: 1008, text: 'join token is malformed, altered, or not signed by this hub\'s client CA' },
+  TOKEN_EXPIRED: { code: 42, http: 403, grpc: 7, ws: 1008, text: 'join token has expired' },
+  TOKEN_REVOKED: { code: 43, http: 403, grpc: 7, ws: 1008, text: 'join token has been revoked' },
+  TOKEN_USED_UP: { code: 44, http: 403, grpc: 7, ws: 1008, text: 'join token has been used as many times as it allows' },
+  TOKEN_WRONG_CLUSTER: { code: 45, http: 403, grpc: 7, ws: 1008, text: 'join token is for another cluster' },
+  BAD_CSR: { code: 46, http: 400, grpc: 3, ws: 1008, text: 'malformed certificate request' },
+  CERT_EXPIRED: { code: 47, http: 401, grpc: 16, ws: 4401, text: 'agent certificate expired' },
 } as const;
 
 export type Reason = keyof typeof Reasons;

@@ -1,8 +1,8 @@
 import { Resolver } from 'node:dns/promises';
 import fs from 'node:fs';
 import os from 'node:os';
-import { LOG_LEVELS, createLogger, defaultLimits, isValidClusterName, isValidHostPort } from '@kubetunnel/shared';
-import { parseServerSource, startAgent, type Agent, type AgentConfig } from '@kubetunnel/agent';
+import { LOG_LEVELS, createLogger, defaultLimits, isValidClusterName, isValidHostPort, parseCaCertHash } from '@kubetunnel/shared';
+import { CertRenewer, obtainCredentials, parseServerSource, startAgent, type Agent, type AgentConfig, type Credentials, type JoinSettings } from '@kubetunnel/agent';
 import { SettingError, type Settings } from '../options.js';
 import { watchTlsFiles } from '../reload.js';
 
@@ -27,8 +27,28 @@ function dnsServers(s: Settings): string[] {
   return list;
 }
 
-/** Builds and checks the agent's config; in-cluster defaults come from the pod's environment. */
-export function agentConfig(s: Settings, env: NodeJS.ProcessEnv): AgentConfig {
+/**
+ * The join settings, when the agent joins with a token (--join-token,
+ * --ca-cert-hash, --state-dir) rather than using --cert/--key/--ca files;
+ * undefined in file mode.
+ */
+export function joinSettings(s: Settings): JoinSettings | undefined {
+  const files = ['cert', 'key', 'ca'].filter((f) => s.string(f));
+  const token = s.string('join-token');
+  const hash = s.string('ca-cert-hash');
+  if (files.length > 0) {
+    if (token || hash) throw new SettingError(token ? 'join-token' : 'ca-cert-hash', 'give --cert/--key/--ca or --join-token/--ca-cert-hash, not both');
+    return undefined;
+  }
+  if (!token && !hash) return undefined;
+  if (!hash) throw new SettingError('ca-cert-hash', 'is required with --join-token (kubetunnel token create prints it)');
+  const parsed = parseCaCertHash(hash);
+  if (!parsed) throw new SettingError('ca-cert-hash', `want sha256: and 64 hex digits, got ${JSON.stringify(hash)}`);
+  return { ...(token ? { token } : {}), caCertHash: parsed, stateDir: s.require('state-dir') };
+}
+
+/** Builds and checks the agent's config; in-cluster defaults come from the pod's environment. `tls`: credentials from a join. */
+export function agentConfig(s: Settings, env: NodeJS.ProcessEnv, tls?: Credentials): AgentConfig {
   const servers = s.list('server');
   if (servers.length === 0) throw new SettingError('server', 'is required (wss://HOST:8091 or dns:///NAME:8091)');
   for (const u of servers) {
@@ -59,9 +79,9 @@ export function agentConfig(s: Settings, env: NodeJS.ProcessEnv): AgentConfig {
     servers,
     cluster,
     agentId: s.string('agent-id') || os.hostname(),
-    cert: s.requireFile('cert'),
-    key: s.requireFile('key'),
-    ca: s.requireFile('ca'),
+    cert: tls?.cert ?? s.requireFile('cert'),
+    key: tls?.key ?? s.requireFile('key'),
+    ca: tls?.ca ?? s.requireFile('ca'),
     apiserver,
     allowDest,
     healthPort: s.port('health-port'),
@@ -81,10 +101,33 @@ export function agentConfig(s: Settings, env: NodeJS.ProcessEnv): AgentConfig {
 
 export async function runAgent(s: Settings, env: NodeJS.ProcessEnv): Promise<Agent> {
   const log = createLogger(s.choice('log-level', LOG_LEVELS));
-  const config = agentConfig(s, env);
-  const { cert: _c, key: _k, ca: _ca, apiserverCA, ...rest } = config;
-  log.info({ config: { ...rest, apiserver: config.apiserver.href, apiserverCA: apiserverCA ? 'set' : 'none' } }, 'starting kubetunnel agent');
+  const join = joinSettings(s);
+  if (!join) {
+    const config = agentConfig(s, env);
+    logStart(log, config, 'certificate files');
+    const agent = await startAgent(config, log);
+    watchTlsFiles({ cert: s.require('cert'), key: s.require('key'), ca: s.require('ca') }, (pem) => agent.updateTls(pem), log);
+    return agent;
+  }
+  // Check every other setting before joining (the join may wait for the server).
+  const placeholder = { cert: '', key: '', ca: '' };
+  const draft = agentConfig(s, env, placeholder);
+  const target = { servers: draft.servers, dnsServers: draft.dnsServers ?? [], cluster: draft.cluster, agentId: draft.agentId };
+  const joinLog = log.child({ component: 'join', cluster: draft.cluster, agentId: draft.agentId });
+  const creds = (await obtainCredentials(target, join, joinLog))!;
+  const config = agentConfig(s, env, creds);
+  logStart(log, config, `join (state in ${join.stateDir})`);
   const agent = await startAgent(config, log);
-  watchTlsFiles({ cert: s.require('cert'), key: s.require('key'), ca: s.require('ca') }, (pem) => agent.updateTls(pem), log);
+  const renewer = new CertRenewer(agent.connector, (c) => agent.updateTls(c), target, join, creds, joinLog);
+  renewer.start();
+  const drain = agent.drain.bind(agent);
+  const close = agent.close.bind(agent);
+  agent.drain = (graceMs) => (renewer.stop(), drain(graceMs));
+  agent.close = () => (renewer.stop(), close());
   return agent;
+}
+
+function logStart(log: ReturnType<typeof createLogger>, config: AgentConfig, credentials: string): void {
+  const { cert: _c, key: _k, ca: _ca, apiserverCA, ...rest } = config;
+  log.info({ config: { ...rest, apiserver: config.apiserver.href, apiserverCA: apiserverCA ? 'set' : 'none', credentials } }, 'starting kubetunnel agent');
 }

@@ -124,6 +124,16 @@ export function serverConfig(s: Settings): ServerConfig {
     config.grpcUds = grpcUds;
   }
   config.grpcUdsIdentity = { user: s.require('grpc-uds-user'), groups: s.list('grpc-uds-group') };
+  const clientCaKey = s.file('client-ca-key');
+  if (clientCaKey !== undefined) config.clientCaKey = clientCaKey;
+  const revocations = s.string('join-revocations');
+  if (revocations) config.joinRevocationsFile = revocations;
+  const ttl = s.string('agent-cert-ttl');
+  if (ttl !== undefined) {
+    const ms = s.duration('agent-cert-ttl');
+    if (ms < 1000) throw new SettingError('agent-cert-ttl', `want at least 1s, got ${ttl}`);
+    config.agentCertTtlMs = ms;
+  }
   const anpAgentPort = s.optionalPort('anp-agent-port');
   if (anpAgentPort !== undefined) config.anpAgentPort = anpAgentPort;
   const members = s.list('member-kubeconfig');
@@ -139,8 +149,8 @@ export function serverConfig(s: Settings): ServerConfig {
 
 /** The effective config for the start-up log: no key material, no tokens. */
 export function printable(config: ServerConfig): Record<string, unknown> {
-  const { cert: _c, key: _k, ca: _ca, tokens, policy, ...rest } = config;
-  return { ...rest, tokens: `${tokens.size} static tokens`, policy: policy ? `${policy.length} rules` : 'none' };
+  const { cert: _c, key: _k, ca: _ca, clientCaKey, tokens, policy, ...rest } = config;
+  return { ...rest, joins: clientCaKey ? 'on' : 'off', tokens: `${tokens.size} static tokens`, policy: policy ? `${policy.length} rules` : 'none' };
 }
 
 export async function runServer(s: Settings): Promise<KubetunnelServer> {

@@ -140,7 +140,10 @@ export function certsInit(dir: string, opts: { sans?: string[] }): CertsResult {
     if (existingHub) warnings.push(ONE_CA_WARNING); // agents and clients of the older layout keep working
     else files.push(...writePem(dir, 'client-ca', createCA({ commonName: 'kubetunnel client CA' })));
   }
-  files.push(...writePem(dir, 'server', issueServerCert(hub, { sans, commonName: 'kubetunnel-server' })));
+  // server.crt is the chain (the server certificate, then the hub CA): the server
+  // sends both, so an agent joining with --ca-cert-hash finds the hub CA in the handshake.
+  const server = issueServerCert(hub, { sans, commonName: 'kubetunnel-server' });
+  files.push(...writePem(dir, 'server', { key: server.key, cert: server.cert + hub.cert }));
   return { files, warnings };
 }
 
