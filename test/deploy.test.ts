@@ -135,7 +135,7 @@ const byKind = (objs: Obj[], kind: string, name?: string) => objs.filter((o) => 
 
 describe('deploy/', () => {
   it('has the overlays the README names', () => {
-    expect(OVERLAYS).toEqual(expect.arrayContaining(['overlays/hub', 'overlays/agent-daemonset', 'overlays/agent-deployment']));
+    expect(OVERLAYS).toEqual(expect.arrayContaining(['overlays/hub', 'overlays/agent-daemonset', 'overlays/agent-deployment', 'overlays/agent-join']));
   });
 
   it.each(KUSTOMIZATIONS)('%s renders with kubectl kustomize and every object is valid', async (dir) => {
@@ -205,8 +205,32 @@ describe('deploy/', () => {
     }
   });
 
+  it('the join overlay: the agent joins with a token from a Secret and keeps its certificate on the node, with no certificate files', async () => {
+    const objs = await renderOnce('overlays/agent-join');
+    const [ds] = byKind(objs, 'DaemonSet', 'kubetunnel-agent');
+    const pod = ds!.spec.template.spec;
+    const [agent] = pod.containers as Obj[];
+    expect(agent!.args[0]).toBe('agent');
+    expect((agent!.args as string[]).filter((a) => /^--(cert|key|ca)=/.test(a))).toEqual([]);
+    const stateDir = (agent!.args as string[]).find((a) => a.startsWith('--state-dir='))!.split('=')[1];
+    expect(agent!.envFrom).toContainEqual({ secretRef: { name: 'kubetunnel-join' } });
+    const cm = byKind(objs, 'ConfigMap').find((o) => agent!.envFrom.some((f: Obj) => f.configMapRef?.name === o.metadata.name))!;
+    expect(cm.data.KUBETUNNEL_CA_CERT_HASH).toMatch(/^sha256:[0-9a-f]{64}$/);
+    expect(await flagsOf('agent')).toContain(flagOfEnv('KUBETUNNEL_JOIN_TOKEN'));
+    // The state directory is on the node (a replaced pod keeps its certificate) and writable by the agent's user.
+    const mount = (agent!.volumeMounts as Obj[]).find((m) => m.mountPath === stateDir)!;
+    const volume = (pod.volumes as Obj[]).find((v) => v.name === mount.name)!;
+    expect(volume.hostPath).toMatchObject({ path: stateDir, type: 'DirectoryOrCreate' });
+    expect(mount.readOnly).not.toBe(true);
+    expect(pod.volumes.some((v: Obj) => v.secret?.secretName === 'kubetunnel-agent-tls')).toBe(false);
+    const [init] = pod.initContainers as Obj[];
+    expect(init!.volumeMounts).toContainEqual({ name: mount.name, mountPath: stateDir });
+    expect(init!.command.join(' ')).toContain(`chownSync('${stateDir}', ${pod.securityContext.runAsUser}, ${pod.securityContext.runAsGroup})`);
+    expect(init!.securityContext.capabilities).toEqual({ drop: ['ALL'], add: ['CHOWN'] });
+  });
+
   it('the agent may impersonate only users and groups listed by name, and do nothing else', async () => {
-    for (const dir of ['overlays/agent-daemonset', 'overlays/agent-deployment']) {
+    for (const dir of ['overlays/agent-daemonset', 'overlays/agent-deployment', 'overlays/agent-join']) {
       const objs = await renderOnce(dir);
       const [role] = byKind(objs, 'ClusterRole', 'kubetunnel-agent-impersonator');
       for (const rule of role!.rules as Obj[]) {
