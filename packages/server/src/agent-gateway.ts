@@ -23,6 +23,7 @@ import {
   type Reason,
 } from '@kubetunnel/shared';
 import type { ServerConfig } from './config.js';
+import { HandshakeLimit, defaultMaxConcurrentHandshakes } from './handshake-limit.js';
 import type { ServerMetrics } from './metrics.js';
 import type { AgentTunnel, ClusterRegistry } from './registry.js';
 import { SocketSet } from './sockets.js';
@@ -76,6 +77,8 @@ export class AgentGateway {
   readonly server: https.Server;
   private readonly wss: WebSocketServer;
   private readonly sockets = new SocketSet();
+  /** Bounds registrations in progress at once (reconnect storms). */
+  readonly handshakes: HandshakeLimit;
 
   constructor(
     private readonly config: ServerConfig,
@@ -102,13 +105,18 @@ export class AgentGateway {
     this.wss.on('headers', (headers) => {
       headers.push(`${H.serverId}: ${config.serverId}`, `${H.serverCount}: ${config.serverCount}`);
     });
+    this.handshakes = new HandshakeLimit(this.server, config.maxConcurrentHandshakes ?? defaultMaxConcurrentHandshakes(), metrics.registry, log);
     this.server.on('secureConnection', (s) => this.sockets.add(s));
     this.server.on('tlsClientError', (err) => this.log.debug({ err: err.message }, 'agent TLS handshake refused'));
     this.server.on('request', (_req, res) => {
       res.writeHead(426, { 'Content-Type': 'text/plain', Upgrade: 'websocket' });
       res.end(`agents connect with a WebSocket upgrade to ${AGENT_PATH}\n`);
     });
-    this.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => this.onUpgrade(req, socket, head));
+    this.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+      if (!this.handshakes.admit(req.socket)) return;
+      this.onUpgrade(req, socket, head);
+      this.handshakes.finished(req.socket);
+    });
   }
 
   private onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {

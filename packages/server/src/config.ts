@@ -49,6 +49,12 @@ export interface ServerConfig {
   grpcUdsIdentity?: Identity;
   /** Konnectivity AgentService (ANP proxy-agents) on this TLS port; undefined: off. */
   anpAgentPort?: number;
+  /**
+   * Agent connections admitted to register at once, from TCP accept to the
+   * answer to their upgrade; past it they are answered 503 with Retry-After
+   * (see handshake-limit.ts). Default: defaultMaxConcurrentHandshakes().
+   */
+  maxConcurrentHandshakes?: number;
   /** Connection limits per listener; a listener left out gets defaultLimits of its kind. */
   limits?: Partial<Record<ListenerName, ListenerLimits>>;
 }

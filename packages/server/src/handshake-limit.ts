@@ -1,0 +1,256 @@
+import os from 'node:os';
+import type https from 'node:https';
+import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import client from 'prom-client';
+import { respondRaw, type Logger } from '@kubetunnel/shared';
+
+/**
+ * The default of --max-concurrent-handshakes: 16 per core, at most 64. A
+ * server process does its TLS on one thread; the other cores carry the
+ * kernel's network work and the garbage collector, so a bigger machine
+ * registers somewhat faster, but not in proportion. What the limit bounds
+ * is the handshake work queued in the event loop at once (at most twice the
+ * limit, see HandshakeLimit), and with it the delay a storm adds to every
+ * other connection: about 2 ms of CPU per agent handshake (measured, RSA-2048
+ * certificates) times 2 × 64 is a quarter of a second at worst.
+ */
+export function defaultMaxConcurrentHandshakes(): number {
+  return Math.min(64, 16 * os.availableParallelism());
+}
+
+/** Longest Retry-After the gateway asks for (seconds). */
+const MAX_RETRY_AFTER_S = 30;
+/** Window over which the registration rate and the demand are measured. */
+const WINDOW_MS = 1000;
+/** How often limited connections are summed up in one log line. */
+const LOG_INTERVAL_MS = 10_000;
+
+const DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+
+const keyOf = (s: { remoteAddress?: string | undefined; remotePort?: number | undefined }) =>
+  s.remoteAddress === undefined ? undefined : `${s.remoteAddress}|${s.remotePort}`;
+
+interface Conn {
+  raw: Socket;
+  acceptedAt: number;
+  /** Holds one of the `max` registration slots (else: over the limit, bound for a 503 unless a slot frees first). */
+  admitted: boolean;
+}
+
+/** Counts in fixed windows: this one and the one before it. */
+class Windowed {
+  private start = 0;
+  private current = 0;
+  private previous = 0;
+
+  private roll(now: number): void {
+    const start = now - (now % WINDOW_MS);
+    if (start === this.start) return;
+    this.previous = start - this.start === WINDOW_MS ? this.current : 0;
+    this.current = 0;
+    this.start = start;
+  }
+
+  add(now: number): void {
+    this.roll(now);
+    this.current++;
+  }
+
+  /** Events in the last WINDOW_MS, the previous window weighted by how much of it that covers. */
+  rate(now: number): number {
+    this.roll(now);
+    const into = (now - this.start) / WINDOW_MS;
+    return this.current + this.previous * (1 - into);
+  }
+}
+
+/**
+ * A bound on agent registrations in progress at once on the agent gateway,
+ * against reconnect storms. The CPU of a registration is almost all in the
+ * TLS handshake (a private-key signature and the client's certificate
+ * chain), which Node does on the event loop as soon as a connection is
+ * accepted; a thousand agents coming back at once would otherwise queue a
+ * thousand handshakes in front of every other connection of the server.
+ *
+ * - At most `max` connections are admitted: counted from TCP accept until
+ *   their upgrade request has been answered (registered or refused) or they
+ *   close.
+ * - A connection accepted past that is over the limit. Up to `max` of them
+ *   at a time complete TLS and, at their upgrade request, take a slot if one
+ *   has freed meanwhile, or are answered 503 with Retry-After: the agent
+ *   waits at least that long (with jitter) before it dials this server
+ *   again, so the TLS work of a refusal is not repeated at once.
+ * - Past those, a connection is closed at accept, before any TLS work; the
+ *   agent retries with its own backoff.
+ *
+ * So at most 2 × max handshakes are ever in the event loop's queue at once.
+ * Retry-After spreads the refused agents over the time the server needs for
+ * them: the 503s of the last second divided by the registrations of the
+ * last second (at least `max` a second), in seconds, from 1 to 30.
+ */
+export class HandshakeLimit {
+  private readonly conns = new Map<string, Conn>();
+  private admittedCount = 0;
+  private overCount = 0;
+  private peak = 0;
+  private readonly done = new Windowed();
+  private readonly refused = new Windowed();
+  private readonly limited: client.Counter<'response'>;
+  private readonly seconds: client.Histogram;
+  private readonly logCounts = { '503': 0, closed: 0 };
+  private logTimer: NodeJS.Timeout | undefined;
+
+  constructor(
+    server: https.Server,
+    readonly max: number,
+    registry: client.Registry,
+    private readonly log: Logger,
+  ) {
+    if (!Number.isInteger(max) || max < 1) throw new Error(`max concurrent handshakes must be a whole number of at least 1, got ${max}`);
+    const registers = [registry];
+    this.limited = new client.Counter({
+      name: 'kubetunnel_agent_handshakes_limited_total',
+      help: 'Agent connections past --max-concurrent-handshakes: answered 503 with Retry-After at their upgrade (503), or closed at accept before any TLS work (closed).',
+      labelNames: ['response'],
+      registers,
+    });
+    this.seconds = new client.Histogram({
+      name: 'kubetunnel_agent_handshake_duration_seconds',
+      help: 'Agent connections admitted to register: from TCP accept to the answer to their upgrade request (TLS handshake included).',
+      buckets: DURATION_BUCKETS,
+      registers,
+    });
+    const self = this;
+    new client.Gauge({
+      name: 'kubetunnel_agent_handshakes',
+      help: 'Agent connections between TCP accept and the answer to their upgrade: admitted (at most --max-concurrent-handshakes), over (past it: 503 unless a slot frees first).',
+      labelNames: ['state'],
+      registers,
+      collect() {
+        this.set({ state: 'admitted' }, self.admittedCount);
+        this.set({ state: 'over' }, self.overCount);
+      },
+    });
+    new client.Gauge({
+      name: 'kubetunnel_agent_handshakes_admitted_peak',
+      help: 'The most agent connections admitted at once since the server started (never above --max-concurrent-handshakes).',
+      registers,
+      collect() {
+        this.set(self.peak);
+      },
+    });
+    new client.Gauge({
+      name: 'kubetunnel_agent_handshakes_limit',
+      help: 'The limit on agent connections admitted at once (--max-concurrent-handshakes).',
+      registers,
+      collect() {
+        this.set(max);
+      },
+    });
+    // After Node's own listener, which has wrapped the socket in TLS.
+    server.on('connection', (raw: Socket) => this.accept(raw));
+    server.once('close', () => this.flushLog());
+  }
+
+  /** Admitted connections now. */
+  get admitted(): number {
+    return this.admittedCount;
+  }
+
+  private accept(raw: Socket): void {
+    const key = keyOf(raw);
+    if (key === undefined) return; // gone already
+    const admitted = this.admittedCount < this.max;
+    if (!admitted && this.overCount >= this.max) {
+      this.note('closed');
+      raw.destroy();
+      return;
+    }
+    const conn: Conn = { raw, acceptedAt: performance.now(), admitted };
+    this.conns.set(key, conn);
+    if (admitted) this.take();
+    else this.overCount++;
+    raw.once('close', () => this.release(key, conn));
+  }
+
+  private take(): void {
+    this.admittedCount++;
+    if (this.admittedCount > this.peak) this.peak = this.admittedCount;
+  }
+
+  private release(key: string, conn: Conn): void {
+    if (this.conns.get(key) !== conn) return;
+    this.conns.delete(key);
+    if (conn.admitted) this.admittedCount--;
+    else this.overCount--;
+  }
+
+  /**
+   * At an upgrade request: true if the connection holds a slot, or takes one
+   * that has freed; otherwise answers 503 with Retry-After and returns false.
+   */
+  admit(socket: Duplex & { remoteAddress?: string; remotePort?: number }): boolean {
+    const key = keyOf(socket);
+    const conn = key === undefined ? undefined : this.conns.get(key);
+    if (!conn) return true; // accepted before the limit was in place, or a later request on the connection
+    if (conn.admitted) return true;
+    if (this.admittedCount < this.max) {
+      this.overCount--;
+      conn.admitted = true;
+      this.take();
+      return true;
+    }
+    const retryAfter = this.retryAfter();
+    this.note('503');
+    this.release(key!, conn);
+    socket.on('error', () => {});
+    respondRaw(socket, 503, `too many agents registering at once; try again in ${retryAfter} s`, { 'Retry-After': String(retryAfter) });
+    return false;
+  }
+
+  /** The upgrade request of an admitted connection has been answered: its slot is free. */
+  finished(socket: { remoteAddress?: string; remotePort?: number }): void {
+    const key = keyOf(socket);
+    const conn = key === undefined ? undefined : this.conns.get(key);
+    if (!conn?.admitted) return;
+    this.seconds.observe((performance.now() - conn.acceptedAt) / 1000);
+    this.done.add(performance.now());
+    this.release(key!, conn);
+  }
+
+  /** Seconds for the agents refused lately to come back at the rate the server registers them. */
+  private retryAfter(): number {
+    const now = performance.now();
+    const rate = Math.max(this.done.rate(now), this.max);
+    return Math.min(MAX_RETRY_AFTER_S, Math.max(1, Math.ceil((this.refused.rate(now) + 1) / rate)));
+  }
+
+  private note(response: '503' | 'closed'): void {
+    this.limited.inc({ response });
+    // Agents answered 503 come back after Retry-After (at least a second):
+    // their count a second is the demand. Closed ones retry on their own.
+    if (response === '503') this.refused.add(performance.now());
+    if (this.logTimer === undefined) {
+      this.log.info({ max: this.max, response }, 'agent connections over the handshake limit');
+      this.logTimer = setTimeout(() => this.flushLog(true), LOG_INTERVAL_MS);
+      this.logTimer.unref();
+      return;
+    }
+    this.logCounts[response]++;
+  }
+
+  private flushLog(rearm = false): void {
+    clearTimeout(this.logTimer);
+    this.logTimer = undefined;
+    const { '503': refused, closed } = this.logCounts;
+    if (refused + closed === 0) return;
+    this.log.info({ max: this.max, refused503: refused, closedAtAccept: closed }, 'agent connections over the handshake limit');
+    this.logCounts['503'] = 0;
+    this.logCounts.closed = 0;
+    if (rearm) {
+      this.logTimer = setTimeout(() => this.flushLog(true), LOG_INTERVAL_MS);
+      this.logTimer.unref();
+    }
+  }
+}
