@@ -2,9 +2,9 @@
  * The agent gateway's bound on registrations in progress at once
  * (--max-concurrent-handshakes), with a server and agents in this process
  * over real TLS and WebSockets: past the limit an agent's upgrade is
- * answered 503 with Retry-After (or, further past it, its connection is
- * closed at accept), the metrics count it, the agent waits as long as it
- * was asked, and every agent ends up registered.
+ * answered 503 with Retry-After (or, further past it, its connection waits
+ * before TLS for a slot), the metrics count it, the agent waits as long as
+ * it was asked, and every agent ends up registered.
  */
 import { once } from 'node:events';
 import tls from 'node:tls';
@@ -152,18 +152,21 @@ describe('--max-concurrent-handshakes', () => {
         startAgent(testAgentConfig(server, ca, agentPem, 'member-1', 'https://127.0.0.1:1', { agentId: `storm-${i}` }), silentLogger()),
       ),
     );
-    // Past the limit: the first ones answered 503, the ones past those closed at accept.
-    const limited = (response: string) => metric('kubetunnel_agent_handshakes_limited_total', { response });
-    while ((await limited('503')) < 1 || (await limited('closed')) < 1) await new Promise((r) => setTimeout(r, 20));
+    // Past the limit: the first ones answered 503, the ones past those waiting before TLS.
+    const refused = () => metric('kubetunnel_agent_handshakes_limited_total', { response: '503' });
+    while ((await refused()) < 1 || (await metric('kubetunnel_agent_handshakes', { state: 'queued' })) < 1) await new Promise((r) => setTimeout(r, 20));
+    expect(await metric('kubetunnel_agent_handshakes', { state: 'over' })).toBeLessThanOrEqual(LIMIT);
     expect(server.registry.get('member-1')?.agents.size ?? 0).toBe(0);
 
     for (const s of held) s.destroy();
     await registered(N);
     expect(await metric('kubetunnel_agent_handshakes_admitted_peak')).toBe(LIMIT);
     expect(await metric('kubetunnel_agent_registrations_total', { result: 'ok' })).toBe(N);
+    expect(await metric('kubetunnel_agent_handshakes_queued_total')).toBeGreaterThanOrEqual(1);
     // Nothing left in progress.
     expect(await metric('kubetunnel_agent_handshakes', { state: 'admitted' })).toBe(0);
     expect(await metric('kubetunnel_agent_handshakes', { state: 'over' })).toBe(0);
+    expect(await metric('kubetunnel_agent_handshakes', { state: 'queued' })).toBe(0);
   });
 
   it('a storm with nothing held: the peak stays at the limit and every agent registers', async () => {

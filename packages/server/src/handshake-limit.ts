@@ -23,6 +23,8 @@ export function defaultMaxConcurrentHandshakes(): number {
 const MAX_RETRY_AFTER_S = 30;
 /** Window over which the registration rate and the demand are measured. */
 const WINDOW_MS = 1000;
+/** Connections that may wait before TLS; past it they are closed at accept. */
+const MAX_QUEUED = 4096;
 /** How often limited connections are summed up in one log line. */
 const LOG_INTERVAL_MS = 10_000;
 
@@ -34,8 +36,11 @@ const keyOf = (s: { remoteAddress?: string | undefined; remotePort?: number | un
 interface Conn {
   raw: Socket;
   acceptedAt: number;
-  /** Holds one of the `max` registration slots (else: over the limit, bound for a 503 unless a slot frees first). */
-  admitted: boolean;
+  /**
+   * admitted: holds one of the `max` slots; over: past the limit, in TLS,
+   * bound for a 503 unless a slot frees first; queued: waiting before TLS.
+   */
+  state: 'admitted' | 'over' | 'queued';
 }
 
 /** Counts in fixed windows: this one and the one before it. */
@@ -70,8 +75,8 @@ class Windowed {
  * against reconnect storms. The CPU of a registration is almost all in the
  * TLS handshake (a private-key signature and the client's certificate
  * chain), which Node does on the event loop as soon as a connection is
- * accepted; a thousand agents coming back at once would otherwise queue a
- * thousand handshakes in front of every other connection of the server.
+ * handed to TLS; a thousand agents coming back at once would otherwise queue
+ * a thousand handshakes in front of every other connection of the server.
  *
  * - At most `max` connections are admitted: counted from TCP accept until
  *   their upgrade request has been answered (registered or refused) or they
@@ -81,24 +86,34 @@ class Windowed {
  *   has freed meanwhile, or are answered 503 with Retry-After: the agent
  *   waits at least that long (with jitter) before it dials this server
  *   again, so the TLS work of a refusal is not repeated at once.
- * - Past those, a connection is closed at accept, before any TLS work; the
- *   agent retries with its own backoff.
+ * - Past those, a connection waits before TLS, its ClientHello unread (no
+ *   CPU spent on it), and is handed to TLS when an admitted slot frees,
+ *   oldest first. The wait is bounded by the listener's handshake timeout
+ *   and pending limit (guard.ts), and the queue by MAX_QUEUED; past it a
+ *   connection is closed at accept.
  *
- * So at most 2 × max handshakes are ever in the event loop's queue at once.
+ * So at most 2 × max handshakes are ever in the event loop's work at once.
  * Retry-After spreads the refused agents over the time the server needs for
- * them: the 503s of the last second divided by the registrations of the
- * last second (at least `max` a second), in seconds, from 1 to 30.
+ * them: the connections waiting plus the 503s of the last second, divided
+ * by the registrations of the last second (at least `max` a second), in
+ * seconds, from 1 to 30.
  */
 export class HandshakeLimit {
   private readonly conns = new Map<string, Conn>();
   private admittedCount = 0;
   private overCount = 0;
+  /** Connections waiting before TLS, oldest first. */
+  private readonly queue = new Set<Conn>();
+  /** Node's own connection listener: wraps an accepted socket in TLS and starts the handshake. */
+  private readonly startTls: (raw: Socket) => void;
   private peak = 0;
   private readonly done = new Windowed();
   private readonly refused = new Windowed();
   private readonly limited: client.Counter<'response'>;
+  private readonly queuedTotal: client.Counter;
   private readonly seconds: client.Histogram;
   private readonly logCounts = { '503': 0, closed: 0 };
+  private readonly server: https.Server;
   private logTimer: NodeJS.Timeout | undefined;
 
   constructor(
@@ -108,11 +123,25 @@ export class HandshakeLimit {
     private readonly log: Logger,
   ) {
     if (!Number.isInteger(max) || max < 1) throw new Error(`max concurrent handshakes must be a whole number of at least 1, got ${max}`);
+    // The TLS server's own listener is taken out so that a connection past
+    // the limits is handed to TLS only when there is room (Node documents
+    // emitting 'connection' to hand a socket to a TLS server; this does the
+    // same through the listener itself).
+    const own = server.listeners('connection');
+    if (own.length !== 1) throw new Error('HandshakeLimit: attach it to a new TLS server, before anything else listens for connections');
+    this.server = server;
+    this.startTls = own[0] as (raw: Socket) => void;
+    server.removeListener('connection', this.startTls);
     const registers = [registry];
     this.limited = new client.Counter({
       name: 'kubetunnel_agent_handshakes_limited_total',
-      help: 'Agent connections past --max-concurrent-handshakes: answered 503 with Retry-After at their upgrade (503), or closed at accept before any TLS work (closed).',
+      help: 'Agent connections past --max-concurrent-handshakes refused: answered 503 with Retry-After at their upgrade (503), or closed at accept with the wait queue full (closed).',
       labelNames: ['response'],
+      registers,
+    });
+    this.queuedTotal = new client.Counter({
+      name: 'kubetunnel_agent_handshakes_queued_total',
+      help: 'Agent connections past --max-concurrent-handshakes that waited before TLS for a slot.',
       registers,
     });
     this.seconds = new client.Histogram({
@@ -124,12 +153,13 @@ export class HandshakeLimit {
     const self = this;
     new client.Gauge({
       name: 'kubetunnel_agent_handshakes',
-      help: 'Agent connections between TCP accept and the answer to their upgrade: admitted (at most --max-concurrent-handshakes), over (past it: 503 unless a slot frees first).',
+      help: 'Agent connections between TCP accept and the answer to their upgrade: admitted (at most --max-concurrent-handshakes), over (past it, in TLS: 503 unless a slot frees first), queued (waiting before TLS).',
       labelNames: ['state'],
       registers,
       collect() {
         this.set({ state: 'admitted' }, self.admittedCount);
         this.set({ state: 'over' }, self.overCount);
+        this.set({ state: 'queued' }, self.queue.size);
       },
     });
     new client.Gauge({
@@ -148,7 +178,6 @@ export class HandshakeLimit {
         this.set(max);
       },
     });
-    // After Node's own listener, which has wrapped the socket in TLS.
     server.on('connection', (raw: Socket) => this.accept(raw));
     server.once('close', () => this.flushLog());
   }
@@ -160,18 +189,25 @@ export class HandshakeLimit {
 
   private accept(raw: Socket): void {
     const key = keyOf(raw);
-    if (key === undefined) return; // gone already
-    const admitted = this.admittedCount < this.max;
-    if (!admitted && this.overCount >= this.max) {
+    if (key === undefined) return void raw.destroy(); // gone already
+    let state: Conn['state'] = 'admitted';
+    if (this.admittedCount >= this.max) state = this.overCount < this.max ? 'over' : 'queued';
+    if (state === 'queued' && this.queue.size >= MAX_QUEUED) {
       this.note('closed');
       raw.destroy();
       return;
     }
-    const conn: Conn = { raw, acceptedAt: performance.now(), admitted };
+    const conn: Conn = { raw, acceptedAt: performance.now(), state };
     this.conns.set(key, conn);
-    if (admitted) this.take();
-    else this.overCount++;
     raw.once('close', () => this.release(key, conn));
+    if (state === 'queued') {
+      this.queue.add(conn);
+      this.queuedTotal.inc();
+      return;
+    }
+    if (state === 'admitted') this.take();
+    else this.overCount++;
+    this.startTls.call(this.server, raw);
   }
 
   private take(): void {
@@ -182,8 +218,22 @@ export class HandshakeLimit {
   private release(key: string, conn: Conn): void {
     if (this.conns.get(key) !== conn) return;
     this.conns.delete(key);
-    if (conn.admitted) this.admittedCount--;
+    if (conn.state === 'queued') return void this.queue.delete(conn);
+    if (conn.state === 'admitted') this.admittedCount--;
     else this.overCount--;
+    this.next();
+  }
+
+  /** Hands waiting connections to TLS while there are free slots, oldest first. */
+  private next(): void {
+    for (const conn of this.queue) {
+      if (this.admittedCount >= this.max) return;
+      this.queue.delete(conn);
+      if (conn.raw.destroyed) continue;
+      conn.state = 'admitted';
+      this.take();
+      this.startTls.call(this.server, conn.raw);
+    }
   }
 
   /**
@@ -194,10 +244,10 @@ export class HandshakeLimit {
     const key = keyOf(socket);
     const conn = key === undefined ? undefined : this.conns.get(key);
     if (!conn) return true; // accepted before the limit was in place, or a later request on the connection
-    if (conn.admitted) return true;
+    if (conn.state === 'admitted') return true;
     if (this.admittedCount < this.max) {
       this.overCount--;
-      conn.admitted = true;
+      conn.state = 'admitted';
       this.take();
       return true;
     }
@@ -213,7 +263,7 @@ export class HandshakeLimit {
   finished(socket: { remoteAddress?: string; remotePort?: number }): void {
     const key = keyOf(socket);
     const conn = key === undefined ? undefined : this.conns.get(key);
-    if (!conn?.admitted) return;
+    if (conn?.state !== 'admitted') return;
     this.seconds.observe((performance.now() - conn.acceptedAt) / 1000);
     this.done.add(performance.now());
     this.release(key!, conn);
@@ -223,7 +273,7 @@ export class HandshakeLimit {
   private retryAfter(): number {
     const now = performance.now();
     const rate = Math.max(this.done.rate(now), this.max);
-    return Math.min(MAX_RETRY_AFTER_S, Math.max(1, Math.ceil((this.refused.rate(now) + 1) / rate)));
+    return Math.min(MAX_RETRY_AFTER_S, Math.max(1, Math.ceil((this.queue.size + this.refused.rate(now) + 1) / rate)));
   }
 
   private note(response: '503' | 'closed'): void {
