@@ -275,6 +275,8 @@ async function main(): Promise<boolean> {
       longestPinnedMs: longestPinned * CPU_SAMPLE_MS,
       pinnedMs: storm.filter((c) => c.server >= PINNED).length * CPU_SAMPLE_MS,
       stormMs: storm.length * CPU_SAMPLE_MS,
+      /** Server CPU seconds from the new server's start to all back, per registration (503s and waits included). */
+      msPerRegistration: Math.round(((storm.reduce((s, c) => s + c.server, 0) * CPU_SAMPLE_MS) / Math.max(1, server.registered.length)) * 100) / 100,
     },
     agentsCpuStormMean: Math.round((storm.reduce((s, c) => s + c.agents, 0) / Math.max(1, storm.length)) * 100) / 100,
     probe: {
