@@ -12,8 +12,9 @@ import { respondRaw, type Logger } from '@kubetunnel/shared';
  * registers somewhat faster, but not in proportion. What the limit bounds
  * is the handshake work queued in the event loop at once (at most twice the
  * limit, see HandshakeLimit), and with it the delay a storm adds to every
- * other connection: about 2 ms of CPU per agent handshake (measured, RSA-2048
- * certificates) times 2 × 64 is a quarter of a second at worst.
+ * other connection: about 3 ms of server CPU per agent handshake (measured
+ * on the 2-core benchmark machine: mutual TLS with RSA-2048 certificates and
+ * one request) times 2 × 32 is about 0.2 s at worst there.
  */
 export function defaultMaxConcurrentHandshakes(): number {
   return Math.min(64, 16 * os.availableParallelism());
@@ -179,6 +180,12 @@ export class HandshakeLimit {
       },
     });
     server.on('connection', (raw: Socket) => this.accept(raw));
+    // A plain request (answered 426) is no registration: it holds no slot.
+    server.on('request', (req: { socket: { remoteAddress?: string; remotePort?: number } }) => {
+      const key = keyOf(req.socket);
+      const conn = key === undefined ? undefined : this.conns.get(key);
+      if (conn?.state === 'admitted') this.release(key!, conn);
+    });
     server.once('close', () => this.flushLog());
   }
 
