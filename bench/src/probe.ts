@@ -22,14 +22,20 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 async function main(): Promise<void> {
   process.stdin.resume();
-  process.stdin.once('end', () => (stopping = true));
+  // On the end of input, report at once: a request under way is not waited for.
+  process.stdin.once('end', () => {
+    stopping = true;
+    process.stdout.write(JSON.stringify({ samples }) + '\n', () => process.exit(0));
+  });
   let socket: tls.TLSSocket | undefined;
   let announced = false;
   while (!stopping) {
     const started = performance.now();
     try {
-      socket ??= await connectUpstream(job.route, job.upstreamCA);
-      socket.on('error', () => {});
+      if (!socket) {
+        socket = await connectUpstream(job.route, job.upstreamCA);
+        socket.on('error', () => {});
+      }
       const t = performance.now();
       await get(socket, '/small');
       samples.push([Date.now(), performance.now() - t]);
@@ -46,8 +52,6 @@ async function main(): Promise<void> {
     }
   }
   socket?.destroy();
-  console.log(JSON.stringify({ samples }));
-  process.exit(0);
 }
 
 main().catch((err: unknown) => {
