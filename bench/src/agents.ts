@@ -19,6 +19,8 @@ interface Job {
   apiserver: string;
   /** Makes agent ids unique across processes. */
   idPrefix?: string;
+  /** Reconnect backoff (default 200 ms doubling up to 5 s). */
+  backoff?: { initialMs: number; maxMs: number };
 }
 
 const job = JSON.parse(process.argv[2]!) as Job;
@@ -45,7 +47,7 @@ async function main(): Promise<void> {
           healthPort: 0,
           healthHost: '127.0.0.1',
           gracePeriodMs: 1000,
-          backoff: { initialMs: 200, maxMs: 5000 },
+          backoff: job.backoff ?? { initialMs: 200, maxMs: 5000 },
           dialTimeoutMs: 5000,
         },
         silentLogger(),

@@ -130,3 +130,24 @@ const began = performance.now();
 export function progress(msg: string): void {
   process.stderr.write(`[bench ${((performance.now() - began) / 1000).toFixed(1).padStart(6)}s] ${msg}\n`);
 }
+
+/**
+ * Ports free now, below the kernel's ephemeral range: a process restarted on
+ * its port must not find it taken by an outgoing connection (as test/ha.ts).
+ */
+export async function lowFreePorts(n: number): Promise<number[]> {
+  const [low] = fs.readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/).map(Number);
+  const top = Math.min(low ?? 32768, 32768) - 1;
+  const ports: number[] = [];
+  while (ports.length < n) {
+    const port = 10_000 + Math.floor(Math.random() * (top - 10_000));
+    if (ports.includes(port)) continue;
+    const free = await new Promise<boolean>((resolve) => {
+      const s = net.createServer();
+      s.once('error', () => resolve(false));
+      s.listen(port, '127.0.0.1', () => s.close(() => resolve(true)));
+    });
+    if (free) ports.push(port);
+  }
+  return ports;
+}

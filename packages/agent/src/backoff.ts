@@ -27,3 +27,18 @@ export class Backoff {
     this.attempt = 0;
   }
 }
+
+/** Longest Retry-After an agent honours (seconds): a wrong or hostile value must not park it for hours. */
+const MAX_RETRY_AFTER_S = 300;
+
+/**
+ * The wait a 503 with `Retry-After: S` asks for, with jitter: uniform in
+ * [S, 2S] seconds, so that agents refused together do not come back
+ * together. Undefined when the header is missing or not a number of seconds.
+ */
+export function retryAfterMs(header: string | string[] | undefined, random: () => number = Math.random): number | undefined {
+  const text = Array.isArray(header) ? header[0] : header;
+  if (text === undefined || !/^\s*\d+\s*$/.test(text)) return undefined;
+  const seconds = Math.min(Number(text), MAX_RETRY_AFTER_S);
+  return Math.round(seconds * 1000 * (1 + random()));
+}

@@ -11,7 +11,7 @@ import {
   type IncomingOpen,
   type Logger,
 } from '@kubetunnel/shared';
-import { Backoff } from './backoff.js';
+import { Backoff, retryAfterMs } from './backoff.js';
 import { DialAttempt } from './dial-attempt.js';
 import type { AgentConfig } from './config.js';
 import { dnsLookup, parseServerSource, resolveEndpoints, type Endpoint, type Lookup, type ServerSource } from './discovery.js';
@@ -69,7 +69,7 @@ export class Connector extends EventEmitter {
     private readonly onOpen: (incoming: IncomingOpen, log: Logger) => void,
     private readonly log: Logger,
     /** The jitter source of the backoff (tests fix it). */
-    random: () => number = Math.random,
+    private readonly random: () => number = Math.random,
   ) {
     super();
     this.backoff = new Backoff(config.backoff.initialMs, config.backoff.maxMs, random);
@@ -234,6 +234,18 @@ export class Connector extends EventEmitter {
       attempt.to('failed', () => {
         const delay = this.rebalance.next();
         this.log.debug({ server: url, serverId: res.headers[H.serverId], retryInMs: delay }, 'landed on a server already held');
+        return delay;
+      });
+      return;
+    }
+    const retryAfter = res.statusCode === 503 ? retryAfterMs(res.headers['retry-after'], this.random) : undefined;
+    if (retryAfter !== undefined) {
+      // The server is busy (too many agents registering at once): wait as long as it asks, at least.
+      req.destroy();
+      this.sockets.delete(ws);
+      attempt.to('failed', () => {
+        const delay = Math.max(retryAfter, this.backoff.next());
+        this.log.info({ server: url, retryInMs: delay }, 'server busy; dialing again after its Retry-After');
         return delay;
       });
       return;

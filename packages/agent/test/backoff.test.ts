@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { Backoff } from '../src/backoff.js';
+import { Backoff, retryAfterMs } from '../src/backoff.js';
 
 describe('Backoff', () => {
   it('caps double from the initial wait up to the maximum; the wait is the jitter share of the cap', () => {
@@ -28,5 +28,22 @@ describe('Backoff', () => {
     let last = 0;
     for (let i = 0; i < 200; i++) last = b.next();
     expect(last).toBe(30_000);
+  });
+});
+
+describe('retryAfterMs', () => {
+  it('is the Retry-After seconds with jitter up to twice as long', () => {
+    expect(retryAfterMs('3', () => 0)).toBe(3000);
+    expect(retryAfterMs('3', () => 1)).toBe(6000);
+    expect(retryAfterMs(' 2 ', () => 0.5)).toBe(3000);
+    expect(retryAfterMs(['1', '9'], () => 0)).toBe(1000);
+  });
+
+  it('is undefined without a number of seconds, and capped at five minutes', () => {
+    expect(retryAfterMs(undefined)).toBeUndefined();
+    expect(retryAfterMs('soon')).toBeUndefined();
+    expect(retryAfterMs('Wed, 21 Oct 2026 07:28:00 GMT')).toBeUndefined();
+    expect(retryAfterMs('-1')).toBeUndefined();
+    expect(retryAfterMs('99999999', () => 0)).toBe(300_000);
   });
 });

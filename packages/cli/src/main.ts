@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Command, Option } from 'commander';
 import { Defaults, LOG_LEVELS, certsAgent, certsApiserver, certsClient, certsInit, replaceFile } from '@kubetunnel/shared';
-import { parseTokenFile } from '@kubetunnel/server';
+import { defaultMaxConcurrentHandshakes, parseTokenFile } from '@kubetunnel/server';
 import { startStandinApiserver } from '@kubetunnel/standin-apiserver';
 import { runAgent } from './commands/agent.js';
 import { runDemo } from './commands/demo.js';
@@ -121,6 +121,7 @@ program
   .option('--max-pending-connections <n>', 'proxy connections in the TLS handshake or before their first request; past it the oldest is closed', String(Defaults.maxPendingConnections))
   .option('--max-pending-per-source <n>', 'the same, per client address, on the proxy and agent ports (0: no limit)', String(Defaults.maxPendingPerSource))
   .option('--max-agent-connections <n>', 'agent connections open at once on the agent port', String(Defaults.maxAgentConnections))
+  .option('--max-concurrent-handshakes <n>', 'agent connections registering at once (TLS handshake to upgrade); past it agents are answered 503 with Retry-After', String(defaultMaxConcurrentHandshakes()))
   .option('--handshake-timeout <duration>', 'time a TLS handshake may take on the proxy and agent ports', seconds(Defaults.handshakeTimeoutMs))
   .option('--header-timeout <duration>', 'time a request head may take to arrive, on every port', seconds(Defaults.headerTimeoutMs))
   .option('--idle-timeout <duration>', 'how long an idle keep-alive connection stays open, on every port', seconds(Defaults.idleTimeoutMs))

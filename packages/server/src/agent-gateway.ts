@@ -24,6 +24,7 @@ import {
 } from '@kubetunnel/shared';
 import type { ServerConfig } from './config.js';
 import type { AgentCertificates } from './join.js';
+import { HandshakeLimit, defaultMaxConcurrentHandshakes } from './handshake-limit.js';
 import type { ServerMetrics } from './metrics.js';
 import type { AgentTunnel, ClusterRegistry } from './registry.js';
 import { SocketSet } from './sockets.js';
@@ -104,6 +105,8 @@ export class AgentGateway {
   readonly server: https.Server;
   private readonly wss: WebSocketServer;
   private readonly sockets = new SocketSet();
+  /** Bounds registrations in progress at once (reconnect storms). */
+  readonly handshakes: HandshakeLimit;
 
   constructor(
     private readonly config: ServerConfig,
@@ -134,6 +137,7 @@ export class AgentGateway {
     this.wss.on('headers', (headers) => {
       headers.push(`${H.serverId}: ${config.serverId}`, `${H.serverCount}: ${config.serverCount}`);
     });
+    this.handshakes = new HandshakeLimit(this.server, config.maxConcurrentHandshakes ?? defaultMaxConcurrentHandshakes(), metrics.registry, log);
     this.server.on('secureConnection', (s) => this.sockets.add(s));
     this.server.on('tlsClientError', (err) => this.log.debug({ err: err.message }, 'agent TLS handshake refused'));
     this.server.on('request', (req: IncomingMessage, res) => {
@@ -141,7 +145,11 @@ export class AgentGateway {
       res.writeHead(426, { 'Content-Type': 'text/plain', Upgrade: 'websocket' });
       res.end(`agents connect with a WebSocket upgrade to ${AGENT_PATH}\n`);
     });
-    this.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => this.onUpgrade(req, socket, head));
+    this.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+      if (!this.handshakes.admit(req.socket)) return;
+      this.onUpgrade(req, socket, head);
+      this.handshakes.finished(req.socket);
+    });
   }
 
   private onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {

@@ -58,6 +58,12 @@ export interface ServerConfig {
   joinRevocationsFile?: string;
   /** Lifetime of the agent certificates this server signs (--agent-cert-ttl; default 30 days). */
   agentCertTtlMs?: number;
+  /**
+   * Agent connections admitted to register at once, from TCP accept to the
+   * answer to their upgrade; past it they are answered 503 with Retry-After
+   * (see handshake-limit.ts). Default: defaultMaxConcurrentHandshakes().
+   */
+  maxConcurrentHandshakes?: number;
   /** Connection limits per listener; a listener left out gets defaultLimits of its kind. */
   limits?: Partial<Record<ListenerName, ListenerLimits>>;
 }

@@ -9,6 +9,7 @@ export * from './dial.js';
 export * from './frontend.js';
 export * from './admin.js';
 export * from './metrics.js';
+export * from './handshake-limit.js';
 export * from './server.js';
 export * from './policy.js';
 export * from './l7.js';

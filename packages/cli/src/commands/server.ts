@@ -105,6 +105,7 @@ export function serverConfig(s: Settings): ServerConfig {
     maxHeaderSize: Defaults.maxHeaderSize,
     maxStreamsPerClient: s.int('max-streams-per-client', 1, 1_000_000),
     limits: serverLimits(s),
+    maxConcurrentHandshakes: s.int('max-concurrent-handshakes', 1, 100_000),
   };
   const policyText = s.file('policy');
   if (policyText !== undefined) {
