@@ -2,7 +2,7 @@ import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
 import { createHealthServer, defaultLimits, guardListener, type Logger } from '@kubetunnel/shared';
 import type { AgentConfig } from './config.js';
-import { Connector } from './connector.js';
+import { Connector, type TunnelTls } from './connector.js';
 import { handleOpen } from './handlers.js';
 import { ImpersonatingProxy } from './http-handler.js';
 
@@ -10,7 +10,7 @@ export interface Agent {
   connector: Connector;
   healthAddress: AddressInfo;
   /** New certificate, key and CA for the next tunnels dialed. */
-  updateTls(tls: { cert: string; key: string; ca: string }): void;
+  updateTls(tls: TunnelTls): void;
   /** Streams open through this agent (tests assert it returns to 0). */
   openStreams(): number;
   /** SIGTERM: GOAWAY on every tunnel, let streams finish within the grace period, then close. */
@@ -53,7 +53,7 @@ export async function startAgent(config: AgentConfig, log: Logger): Promise<Agen
     healthAddress,
     openStreams: () => counters.open,
     updateTls(tls) {
-      Object.assign(config, tls);
+      connector.updateTls(tls);
       log.info('TLS certificate, key and CA reloaded; new tunnels use them');
     },
     async drain(graceMs = config.gracePeriodMs) {

@@ -29,6 +29,13 @@ const STABLE_MS = 10_000;
 /** Longest wait before dialing again through a balancer that led to a replica already held. */
 const REBALANCE_MAX_MS = 2_000;
 
+/** What an agent dials its servers with: its client certificate and key, and the hub CA it trusts. */
+export interface TunnelTls {
+  cert: string;
+  key: string;
+  ca: string;
+}
+
 /**
  * Keeps one tunnel to every server replica. It dials each --server URL (a
  * URL may be a load balancer over several replicas) until it holds a tunnel
@@ -63,6 +70,8 @@ export class Connector extends EventEmitter {
   private nextUrl = 0;
   private refreshTimer: NodeJS.Timeout | undefined;
   private closed = false;
+  /** The client certificate, key and hub CA of the next dials; replaced by updateTls (a reload or a renewal). */
+  private tls: TunnelTls;
 
   constructor(
     private readonly config: AgentConfig,
@@ -72,6 +81,7 @@ export class Connector extends EventEmitter {
     private readonly random: () => number = Math.random,
   ) {
     super();
+    this.tls = { cert: config.cert, key: config.key, ca: config.ca };
     this.backoff = new Backoff(config.backoff.initialMs, config.backoff.maxMs, random);
     this.rebalance = new Backoff(config.backoff.initialMs, Math.min(config.backoff.maxMs, REBALANCE_MAX_MS), random);
     this.sources = config.servers.map((text) => {
@@ -192,6 +202,11 @@ export class Connector extends EventEmitter {
     });
   }
 
+  /** New certificate, key and CA for the tunnels dialed from now on; tunnels open now keep theirs. */
+  updateTls(tls: TunnelTls): void {
+    this.tls = { ...tls };
+  }
+
   /** The registration headers of a dial: who this agent is, and the replicas it holds already. */
   private registrationHeaders(): Record<string, string> {
     const c = this.config;
@@ -207,11 +222,8 @@ export class Connector extends EventEmitter {
   }
 
   private openWebSocket(endpoint: Endpoint): WebSocket {
-    const c = this.config;
     return new WebSocket(new URL(AGENT_PATH, endpoint.url), SUBPROTOCOL, {
-      cert: c.cert,
-      key: c.key,
-      ca: c.ca,
+      ...this.tls,
       headers: this.registrationHeaders(),
       perMessageDeflate: false,
       maxPayload: Defaults.maxWsPayload,

@@ -8,11 +8,13 @@
 import { EventEmitter, once } from 'node:events';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
+import type { TLSSocket } from 'node:tls';
 import type { Duplex } from 'node:stream';
 import type { IncomingMessage } from 'node:http';
 import { pino } from 'pino';
 import { WebSocket, WebSocketServer } from 'ws';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { X509Certificate } from 'node:crypto';
 import { RegistrationHeaders as H, SUBPROTOCOL, createCA, issueAgentCert, issueServerCert, respondRaw } from '@kubetunnel/shared';
 import { Connector } from '../src/connector.js';
 import type { AgentConfig } from '../src/config.js';
@@ -34,17 +36,20 @@ interface Hub {
   dialTimes: number[];
   /** WebSockets the hub accepted, in order. */
   accepted: WebSocket[];
+  /** The SHA-256 fingerprint of the client certificate each handshake came with. */
+  clientCerts: string[];
   close(): Promise<void>;
 }
 
 async function startHub(answer: (n: number) => Answer): Promise<Hub> {
-  const server = https.createServer({ cert: serverPem.cert, key: serverPem.key });
+  const server = https.createServer({ cert: serverPem.cert, key: serverPem.key, ca: ca.cert, requestCert: true, rejectUnauthorized: true });
   const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false });
   const hub: Hub = {
     port: 0,
     dials: 0,
     dialTimes: [],
     accepted: [],
+    clientCerts: [],
     async close() {
       for (const ws of hub.accepted) ws.terminate();
       wss.close();
@@ -55,6 +60,7 @@ async function startHub(answer: (n: number) => Answer): Promise<Hub> {
   server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
     socket.on('error', () => {});
     hub.dialTimes.push(performance.now());
+    hub.clientCerts.push((req.socket as TLSSocket).getPeerCertificate().fingerprint256);
     const a = answer(hub.dials++);
     if (!('accept' in a)) return respondRaw(socket, a.status, a.reason);
     const id = a.serverId;
@@ -181,6 +187,21 @@ describe('Connector dials', () => {
     // max() of a 200 ms backoff with the jitter at half: 150 ms (the failure backoff would wait 10).
     expect(hub.dialTimes[1]! - hub.dialTimes[0]!).toBeGreaterThanOrEqual(100);
     expect(connector.sessions().map((s) => s.serverId)).toEqual(['s1']);
+  });
+
+  it('updateTls: the dials after it present the new certificate; the config it was built with is left as it was', async () => {
+    const { log, until } = logLines();
+    const renewed = issueAgentCert(ca, { cluster: 'member-1' });
+    const fingerprint = (pem: string) => new X509Certificate(pem).fingerprint256;
+    hub = await startHub((n) => (n === 0 ? { status: 409, reason: 'already held' } : { accept: true, serverId: 's1' }));
+    const built = config(hub.port);
+    connector = new Connector(built, () => {}, log, half);
+    connector.start();
+    await until('landed on a server already held');
+    connector.updateTls({ cert: renewed.cert, key: renewed.key, ca: ca.cert });
+    await until('tunnel up');
+    expect(hub.clientCerts).toEqual([fingerprint(agentPem.cert), fingerprint(renewed.cert)]);
+    expect(built.cert).toBe(agentPem.cert);
   });
 
   it('a handshake that completes at a replica already held is closed at once; only the tunnel it then gets stays', async () => {
