@@ -14,26 +14,8 @@ import path from 'node:path';
 import tls from 'node:tls';
 import { Proc, clustersJson } from './harness.js';
 
-/**
- * Ports free now, taken below the kernel's ephemeral range: a process that
- * restarts on its port must not find it taken by some outgoing connection.
- */
-export async function freePorts(n: number): Promise<number[]> {
-  const [low] = fs.readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/).map(Number);
-  const top = Math.min(low ?? 32768, 32768) - 1;
-  const ports: number[] = [];
-  while (ports.length < n) {
-    const port = 10_000 + Math.floor(Math.random() * (top - 10_000));
-    if (ports.includes(port)) continue;
-    const free = await new Promise<boolean>((resolve) => {
-      const s = net.createServer();
-      s.once('error', () => resolve(false));
-      s.listen(port, '127.0.0.1', () => s.close(() => resolve(true)));
-    });
-    if (free) ports.push(port);
-  }
-  return ports;
-}
+/** Ports below the ephemeral range, so a process restarted on its port finds it free (shared with the benchmarks). */
+export { lowFreePorts as freePorts } from '../bench/src/procs.js';
 
 export interface Backend {
   name: string;

@@ -368,3 +368,58 @@ export function joinAgentProc(o: {
     ...(o.extra ?? []),
   ]);
 }
+
+/** A hub that accepts join tokens (--client-ca-key, a revocation file), stand-in members without agents, and the agents a test starts. */
+export interface JoinHub {
+  dir: string;
+  certDir: string;
+  /** The --join-revocations file (empty at start). */
+  revocations: string;
+  server: ServerProc;
+  standins: Map<string, { apiserver: StandinApiserver; caFile: string; url: string }>;
+  /** Agents started by the test; stopAgents() stops them after each test. */
+  agents: Proc[];
+  /** Stops the agents, then asserts the server holds no stream. */
+  stopAgents(): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** The member token of JoinHub's stand-ins (user alice, group developers), and the hub token (hub-token) of the same identity. */
+export const JOIN_MEMBER_TOKEN = 'member-token';
+
+export async function startJoinHub(members: string[], serverArgs: string[] = []): Promise<JoinHub> {
+  const dir = tmpDir();
+  const certDir = path.join(dir, 'certs');
+  await cli('certs', 'init', '--dir', certDir);
+  fs.writeFileSync(path.join(dir, 'tokens.csv'), 'hub-token,alice,1,"developers"\n');
+  const revocations = path.join(dir, 'revoked-tokens');
+  fs.writeFileSync(revocations, '');
+  const server = await startServerProc(certDir, [
+    '--token-file', path.join(dir, 'tokens.csv'),
+    '--client-ca-key', path.join(certDir, 'client-ca.key'),
+    '--join-revocations', revocations,
+    ...serverArgs,
+  ]);
+  const standins = new Map<string, { apiserver: StandinApiserver; caFile: string; url: string }>();
+  for (const name of members) standins.set(name, await startStandin(dir, name, { [JOIN_MEMBER_TOKEN]: { user: 'alice', groups: ['developers'] } }));
+  const agents: Proc[] = [];
+  const stopAgents = async () => {
+    for (const a of agents.splice(0)) await a.stop();
+    await expectIdle(server.adminUrl);
+  };
+  return {
+    dir,
+    certDir,
+    revocations,
+    server,
+    standins,
+    agents,
+    stopAgents,
+    async close() {
+      for (const a of agents.splice(0)) await a.stop();
+      await server.proc.stop();
+      for (const s of standins.values()) await s.apiserver.close();
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}

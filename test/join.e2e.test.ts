@@ -11,28 +11,27 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { caCertHash } from '@kubetunnel/shared';
-import type { StandinApiserver } from '@kubetunnel/standin-apiserver';
 import {
   type LogLine,
   type Proc,
   type ServerProc,
   cli,
   createJoinToken,
-  expectIdle,
   joinAgentProc,
   run,
   startServerProc,
-  startStandin,
-  tmpDir,
+  JOIN_MEMBER_TOKEN,
+  type JoinHub,
+  startJoinHub,
 } from './harness.js';
 
-const MEMBER_TOKEN = 'member-token';
+let hub: JoinHub;
 let dir: string;
 let certDir: string;
 let revocations: string;
 let server: ServerProc;
-const standins = new Map<string, { apiserver: StandinApiserver; caFile: string; url: string }>();
-const agents: Proc[] = [];
+let standins: JoinHub['standins'];
+let agents: Proc[];
 
 const registered = (cluster: string, agentId: string) => (l: LogLine) => l.msg === 'agent registered' && l.cluster === cluster && l.agentId === agentId;
 const refusedJoin = (l: LogLine) => l.msg === 'join refused by the server';
@@ -44,31 +43,13 @@ function agent(o: Omit<Parameters<typeof joinAgentProc>[0], 'server' | 'apiserve
 }
 
 beforeAll(async () => {
-  dir = tmpDir();
-  certDir = path.join(dir, 'certs');
-  await cli('certs', 'init', '--dir', certDir);
-  fs.writeFileSync(path.join(dir, 'tokens.csv'), 'hub-token,alice,1,"developers"\n');
-  revocations = path.join(dir, 'revoked-tokens');
-  fs.writeFileSync(revocations, '# revoked join token ids\n');
-  server = await startServerProc(certDir, [
-    '--token-file', path.join(dir, 'tokens.csv'),
-    '--client-ca-key', path.join(certDir, 'client-ca.key'),
-    '--join-revocations', revocations,
-  ]);
-  for (const name of ['member-a', 'member-b']) standins.set(name, await startStandin(dir, name, { [MEMBER_TOKEN]: { user: 'alice', groups: ['developers'] } }));
+  hub = await startJoinHub(['member-a', 'member-b']);
+  ({ dir, certDir, revocations, server, standins, agents } = hub);
 });
 
-afterAll(async () => {
-  for (const a of agents) await a.stop();
-  await server?.proc.stop();
-  for (const s of standins.values()) await s.apiserver.close();
-  fs.rmSync(dir, { recursive: true, force: true });
-});
+afterAll(() => hub?.close());
 
-afterEach(async () => {
-  for (const a of agents.splice(0)) await a.stop();
-  await expectIdle(server.adminUrl);
-});
+afterEach(() => hub.stopAgents());
 
 describe('joining with a token', () => {
   it('a token from the CLI lets an agent with no certificate files join, register, and serve kubectl', async () => {
@@ -96,7 +77,7 @@ describe('joining with a token', () => {
     const kubeconfig = path.join(dir, 'kubeconfig');
     await cli(
       'kubeconfig', '--server', `https://127.0.0.1:${server.proxy}`, '--ca', path.join(certDir, 'ca.crt'),
-      '--token', 'hub-token', '--member-token', MEMBER_TOKEN, '--admin', server.adminUrl, '--clusters', 'member-a', '--out', kubeconfig,
+      '--token', 'hub-token', '--member-token', JOIN_MEMBER_TOKEN, '--admin', server.adminUrl, '--clusters', 'member-a', '--out', kubeconfig,
     );
     const namespaces = await run('kubectl', ['--kubeconfig', kubeconfig, '--context', 'member-a', 'get', 'namespaces']);
     expect(namespaces).toMatch(/kube-system/);

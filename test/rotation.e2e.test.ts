@@ -12,32 +12,30 @@ import { once } from 'node:events';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import type { StandinApiserver } from '@kubetunnel/standin-apiserver';
 import {
   type LogLine,
   type Proc,
   type ServerProc,
   cli,
   createJoinToken,
-  expectIdle,
   joinAgentProc,
   run,
-  startServerProc,
-  startStandin,
-  tmpDir,
+  JOIN_MEMBER_TOKEN,
+  type JoinHub,
+  startJoinHub,
 } from './harness.js';
 
 /** Agent certificates live this long here: renewal comes 6 s after each issuing. */
 const TTL = '9s';
-const MEMBER_TOKEN = 'member-token';
 const DOWNLOAD = 100_000_000;
+let hub: JoinHub;
 let dir: string;
 let certDir: string;
 let revocations: string;
 let server: ServerProc;
 let kubeconfig: string;
-const standins = new Map<string, { apiserver: StandinApiserver; caFile: string; url: string }>();
-const agents: Proc[] = [];
+let standins: JoinHub['standins'];
+let agents: Proc[];
 
 const renewedOnAgent = (l: LogLine) => l.msg === 'agent certificate renewed';
 
@@ -65,38 +63,19 @@ async function metric(name: string, labels: string): Promise<number> {
 }
 
 beforeAll(async () => {
-  dir = tmpDir();
-  certDir = path.join(dir, 'certs');
-  await cli('certs', 'init', '--dir', certDir);
-  fs.writeFileSync(path.join(dir, 'tokens.csv'), 'hub-token,alice,1,"developers"\n');
-  revocations = path.join(dir, 'revoked-tokens');
-  fs.writeFileSync(revocations, '');
-  server = await startServerProc(certDir, [
-    '--token-file', path.join(dir, 'tokens.csv'),
-    '--client-ca-key', path.join(certDir, 'client-ca.key'),
-    '--join-revocations', revocations,
-    '--agent-cert-ttl', TTL,
-  ]);
-  for (const name of ['member-r', 'member-s']) standins.set(name, await startStandin(dir, name, { [MEMBER_TOKEN]: { user: 'alice', groups: ['developers'] } }));
+  hub = await startJoinHub(['member-r', 'member-s'], ['--agent-cert-ttl', TTL]);
+  ({ dir, certDir, revocations, server, standins, agents } = hub);
 });
 
-afterAll(async () => {
-  for (const a of agents) await a.stop();
-  await server?.proc.stop();
-  for (const s of standins.values()) await s.apiserver.close();
-  fs.rmSync(dir, { recursive: true, force: true });
-});
+afterAll(() => hub?.close());
 
-afterEach(async () => {
-  for (const a of agents.splice(0)) await a.stop();
-  await expectIdle(server.adminUrl);
-});
+afterEach(() => hub.stopAgents());
 
 async function writeKubeconfig(cluster: string): Promise<string> {
   kubeconfig = path.join(dir, `kubeconfig-${cluster}`);
   await cli(
     'kubeconfig', '--server', `https://127.0.0.1:${server.proxy}`, '--ca', path.join(certDir, 'ca.crt'),
-    '--token', 'hub-token', '--member-token', MEMBER_TOKEN, '--admin', server.adminUrl, '--clusters', cluster, '--out', kubeconfig,
+    '--token', 'hub-token', '--member-token', JOIN_MEMBER_TOKEN, '--admin', server.adminUrl, '--clusters', cluster, '--out', kubeconfig,
   );
   return kubeconfig;
 }
@@ -122,7 +101,7 @@ describe('agent certificate rotation', () => {
       '--proxy-header', 'X-Cluster-Name: member-r',
       '--proxy-user', 'alice:hub-token',
       '--cacert', standins.get('member-r')!.caFile,
-      '-H', `Authorization: Bearer ${MEMBER_TOKEN}`,
+      '-H', `Authorization: Bearer ${JOIN_MEMBER_TOKEN}`,
       `https://kubernetes.default.svc/standin/bytes/${DOWNLOAD}`,
     ]);
     const digest = createHash('sha256');

@@ -133,7 +133,7 @@ export function progress(msg: string): void {
 
 /**
  * Ports free now, below the kernel's ephemeral range: a process restarted on
- * its port must not find it taken by an outgoing connection (as test/ha.ts).
+ * its port must not find it taken by an outgoing connection (test/ha.ts uses it too).
  */
 export async function lowFreePorts(n: number): Promise<number[]> {
   const [low] = fs.readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/).map(Number);
