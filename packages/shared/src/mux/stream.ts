@@ -37,7 +37,11 @@ export type StreamState = 'opening' | 'open' | 'localClosed' | 'remoteClosed' | 
 /** What moves a stream from one state to the next. */
 type StreamEvent = 'OPEN_OK' | 'FIN_SENT' | 'FIN_RECEIVED' | 'RESET' | 'DESTROYED';
 
-/** Every transition there is; an event a state has no entry for is a protocol violation. */
+/**
+ * Every transition there is. An event a state has no entry for throws a
+ * ProtocolError: from the peer (OPEN_OK twice) it ends the session; this
+ * side's own events (FIN_SENT) never reach such an entry.
+ */
 const NEXT: { readonly [S in StreamState]: { readonly [E in StreamEvent]?: StreamState } } = {
   opening: { OPEN_OK: 'open', FIN_RECEIVED: 'remoteClosed', RESET: 'reset', DESTROYED: 'closed' },
   open: { FIN_SENT: 'localClosed', FIN_RECEIVED: 'remoteClosed', RESET: 'reset', DESTROYED: 'closed' },
