@@ -45,6 +45,9 @@ export interface OpenOptions {
   signal?: AbortSignal;
 }
 
+/** The frames that name one stream of a session (all but OPEN and stream 0's own). */
+type StreamFrame = Exclude<Frame, { streamId: 0 } | { type: typeof FrameType.OPEN }>;
+
 interface Incoming {
   controller: AbortController;
   window: number;
@@ -374,7 +377,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
   }
 
   /** A frame for one stream: an OPEN not yet answered, a live stream, or one that has ended here. */
-  private onStreamFrame(frame: Exclude<Frame, { streamId: 0 } | { type: typeof FrameType.OPEN }>): void {
+  private onStreamFrame(frame: StreamFrame): void {
     const id = frame.streamId;
     const entry = this.incoming.get(id);
     if (entry) {
@@ -390,6 +393,12 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
       this.onLateFrame(frame);
       return;
     }
+    this.deliver(stream, frame);
+  }
+
+  /** A frame for a stream of this session: its answer to our OPEN, or what the stream handles itself. */
+  private deliver(stream: MuxStream, frame: StreamFrame): void {
+    const id = stream.id;
     switch (frame.type) {
       case FrameType.OPEN_OK: {
         const p = this.pending.get(id);
