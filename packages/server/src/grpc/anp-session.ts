@@ -107,7 +107,8 @@ export class AnpSession extends EventEmitter implements StreamHost {
     if (options.signal?.aborted) return Promise.reject(new TunnelError('CANCELLED'));
     const address = request.target === APISERVER_TARGET ? this.apiserverAddress : request.target;
     const random = String(this.nextRandom++);
-    const stream = new MuxStream(this, this.nextStreamId++, request);
+    // No per-stream credit on this protocol (HTTP/2 flow control holds the call).
+    const stream = new MuxStream(this, this.nextStreamId++, request, 'unmetered');
     this.send(packets.dialReq(address, random));
     return awaitOpen(this.pending, random, stream, {
       timeoutMs: options.timeoutMs ?? Defaults.openTimeoutMs,
@@ -154,8 +155,6 @@ export class AnpSession extends EventEmitter implements StreamHost {
         }
         if (conn.remoteClosed || d.data.length === 0) return;
         const s = conn.stream;
-        // No credit on this protocol: account for it as granted.
-        s.recvCredit += d.data.length;
         this.bytesIn += d.data.length;
         s.onData(d.data);
         if (s.readableLength > RECEIVE_BOUND && !this.callPaused) {
@@ -211,14 +210,14 @@ export class AnpSession extends EventEmitter implements StreamHost {
     this.call.resume();
   }
 
-  release(stream: MuxStream, resetCode: number | undefined): void {
+  release(stream: MuxStream): void {
     this.ready.delete(stream);
     const conn = this.byStream.get(stream);
     if (!conn) return;
     this.byStream.delete(stream);
     this.conns.delete(conn.connectID);
-    // Reset, or closed by us without a FIN having told the agent: close its end.
-    if (!conn.remoteClosed && !conn.closeSent && !this.closed && (resetCode !== undefined || !stream.finSent)) this.send(packets.closeReq(conn.connectID));
+    // Reset, or closed by us without a FIN having told the agent (a FIN sent is a CLOSE_REQ sent, see flush): close its end.
+    if (!conn.remoteClosed && !conn.closeSent && !this.closed) this.send(packets.closeReq(conn.connectID));
     this.sendWindow();
     this.maybeIdle();
   }
@@ -236,7 +235,6 @@ export class AnpSession extends EventEmitter implements StreamHost {
         continue;
       }
       for (;;) {
-        s.sendCredit = MAX_WINDOW;
         const done: Array<(err?: Error | null) => void> = [];
         const data = s.takeData(64 * 1024, done);
         if (data) {

@@ -2,10 +2,10 @@ import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { Defaults } from '../constants.js';
 import { Reasons, TunnelError, reasonFromCode, type Reason } from '../errors.js';
-import { FrameDecoder, ProtocolError, encodeFrame, writeHeader } from '../protocol/codec.js';
-import { FrameType, HEADER_SIZE, MAX_STREAM_ID, MAX_WINDOW, type Frame, type OpenRequest } from '../protocol/frame.js';
+import { FrameDecoder, ProtocolError } from '../protocol/codec.js';
+import { FrameType, MAX_STREAM_ID, type Frame, type OpenRequest } from '../protocol/frame.js';
 import { awaitOpen, closeWhenIdle, type PendingOpen } from './pending.js';
-import { poolFor, type BufferPool } from './pool.js';
+import { Scheduler } from './scheduler.js';
 import { MuxStream, type StreamHost } from './stream.js';
 import type { FrameTransport } from './transport.js';
 
@@ -45,74 +45,76 @@ export interface OpenOptions {
   signal?: AbortSignal;
 }
 
+/** The frames that name one stream of a session (all but OPEN and stream 0's own). */
+type StreamFrame = Exclude<Frame, { streamId: 0 } | { type: typeof FrameType.OPEN }>;
+
 interface Incoming {
   controller: AbortController;
   window: number;
   request: OpenRequest;
 }
 
+/** What a Session emits, with each event's arguments. */
+export interface SessionEvents {
+  /** The peer asks to open a stream: accept or reject it (an OPEN no listener takes is refused). */
+  open: [incoming: IncomingOpen];
+  /** The peer sent GOAWAY: open nothing more on this session. */
+  goaway: [reason: TunnelError];
+  /** The session ended; `err` says why (undefined: closed on purpose, without error). */
+  close: [err: Error | undefined];
+  /** A stream's consumer threw while the session delivered a frame to it: that stream was reset, the session goes on. */
+  streamError: [streamId: number, err: Error];
+  /** A stream ended and left the session. */
+  streamClosed: [stream: MuxStream];
+  /** We sent GOAWAY, and no stream is open or being opened any more. */
+  idle: [];
+}
+
 /**
  * A tunnel session: many streams over one frame transport, with per-stream
- * credit-based flow control, round-robin scheduling of DATA across streams,
- * back pressure to the transport, liveness pings and draining.
- *
- * Events: 'open' (IncomingOpen), 'goaway' (TunnelError), 'close' (Error | undefined),
- * 'streamError' (streamId, Error): a stream's consumer threw while the session
- * delivered a frame to it; that stream was reset, the session goes on.
+ * credit-based flow control, round-robin scheduling of DATA across streams
+ * (the Scheduler), back pressure to the transport, liveness pings and
+ * draining. Its events are the SessionEvents.
  *
  * Failures are kept where they belong: a peer's protocol violation
  * (ProtocolError) ends the session; a peer exceeding one stream's window
  * (FLOW_CONTROL) ends that stream; an exception from a stream's consumer ends
  * that stream. A peer that makes us hold more than a bound (control frames it
  * does not read, a PING flood, a stalled socket) is disconnected with a reason.
+ *
+ * Every field is private to the session and written only by the methods
+ * named beside it; what others may know is read through getters.
  */
-export class Session extends EventEmitter implements StreamHost {
+export class Session extends EventEmitter<SessionEvents> implements StreamHost {
   readonly initialWindow: number;
   readonly maxWindow: number;
-  private readonly maxFrameSize: number;
-  private readonly maxMessageSize: number;
-  private readonly highWater: number;
   private readonly openTimeoutMs: number;
   private readonly pingTimeoutMs: number;
   private readonly maxStreams: number;
   private readonly maxPendingIncoming: number;
-  private readonly maxControlFrames: number;
-  private readonly maxControlBytes: number;
   private readonly maxPingsPerSecond: number;
-  private readonly sendStallTimeoutMs: number;
   private readonly transport: FrameTransport;
   private readonly decoder: FrameDecoder;
-  /** Buffers messages are assembled in (a message may overrun maxMessageSize by one frame). */
-  private readonly pool: BufferPool;
+  /** Everything sent goes through it. */
+  private readonly scheduler: Scheduler;
 
+  /** Streams opened or accepted and not yet released: added by open/accept, removed by release and close. */
   private readonly streams = new Map<number, MuxStream>();
+  /** Our OPENs awaiting an answer: added by open (awaitOpen), removed as they settle. */
   private readonly pending = new Map<number, PendingOpen>();
+  /** The peer's OPENs not yet accepted or rejected: added by onOpen, removed as they settle, by a RESET, failStream and close. */
   private readonly incoming = new Map<number, Incoming>();
+  /** The id our next OPEN gets (open). */
   private nextId: number;
+  /** The highest id the peer has opened (onOpen). */
   private maxRemoteId = 0;
 
-  /** Encoded control frames, sent before any DATA. */
-  private control: Buffer[] = [];
-  private controlBytes = 0;
-  /** The queued PONG (only the latest PING needs an answer). */
-  private queuedPong: Buffer | undefined;
-  /** Queued WINDOW frames by stream: a new grant adds to the queued one. */
-  private readonly queuedWindows = new Map<number, Buffer>();
-  private ready: MuxStream[] = [];
-  private readonly inReady = new WeakSet<MuxStream>();
-  /** Bytes handed to the transport whose send has not completed. */
-  outstanding = 0;
-  /** When a send last completed (or the transport last went from idle to busy). */
-  private lastSendProgress = 0;
-  private stallTimer: NodeJS.Timeout | undefined;
-  private flushQueued = false;
-  private flushing = false;
-  private immediate: NodeJS.Immediate | undefined;
-
+  /** The PING liveness timers and the nonce and time of the PING in flight: written by ping, the PONG in dispatch, and close. */
   private pingTimer: NodeJS.Timeout | undefined;
   private pingDeadline: NodeJS.Timeout | undefined;
   private pingNonce = 0n;
   private pingSentAt = 0;
+  /** PINGs received in the second from pingCountFrom (onPing). */
   private pingsReceived = 0;
   private pingCountFrom = 0;
 
@@ -130,35 +132,43 @@ export class Session extends EventEmitter implements StreamHost {
   private lateFramesUsed = 0;
   private lateAtPing = { credit: 0, frames: 0 };
 
-  closed = false;
-  /** We sent GOAWAY: the peer should open nothing more. */
-  draining = false;
-  /** The peer sent GOAWAY: open nothing more on it. */
-  peerDraining = false;
-  rttMs: number | undefined;
-  bytesIn = 0;
-  bytesOut = 0;
+  /** Set once, by close. */
+  private _closed = false;
+  /** We sent GOAWAY (goAway). */
+  private _draining = false;
+  /** The peer sent GOAWAY (dispatch). */
+  private _peerDraining = false;
+  /** Round trip of the last PING answered (dispatch, on PONG). */
+  private _rttMs: number | undefined;
+  /** DATA payload bytes received (dispatch). */
+  private _bytesIn = 0;
 
   constructor(transport: FrameTransport, options: SessionOptions) {
     super();
     this.transport = transport;
     this.initialWindow = options.initialWindow ?? Defaults.initialWindow;
     this.maxWindow = Math.max(this.initialWindow, options.maxWindow ?? Defaults.maxWindow);
-    this.maxFrameSize = options.maxFrameSize ?? Defaults.maxFrameSize;
-    this.maxMessageSize = options.maxMessageSize ?? Defaults.maxMessageSize;
-    this.highWater = options.transportHighWater ?? Defaults.transportHighWater;
     this.openTimeoutMs = options.openTimeoutMs ?? Defaults.openTimeoutMs;
     this.pingTimeoutMs = options.pingTimeoutMs ?? Defaults.pingTimeoutMs;
     this.maxStreams = options.maxStreams ?? Defaults.maxStreamsPerSession;
     this.maxPendingIncoming = options.maxPendingIncoming ?? Defaults.maxPendingIncoming;
-    this.maxControlFrames = options.maxControlFrames ?? Defaults.maxControlFrames;
-    this.maxControlBytes = options.maxControlBytes ?? Defaults.maxControlBytes;
     this.maxPingsPerSecond = options.maxPingsPerSecond ?? Defaults.maxPingsPerSecond;
-    this.sendStallTimeoutMs = options.sendStallTimeoutMs ?? Defaults.sendStallTimeoutMs;
     this.nextId = options.role === 'server' ? 1 : 2;
+    const maxFrameSize = options.maxFrameSize ?? Defaults.maxFrameSize;
     // Control frames (OPEN with identity) may exceed a DATA frame.
-    this.decoder = new FrameDecoder({ maxPayload: Math.max(this.maxFrameSize, 64 * 1024) });
-    this.pool = poolFor(this.maxMessageSize + this.maxFrameSize + 2 * HEADER_SIZE);
+    this.decoder = new FrameDecoder({ maxPayload: Math.max(maxFrameSize, 64 * 1024) });
+    this.scheduler = new Scheduler(
+      transport,
+      {
+        maxFrameSize,
+        maxMessageSize: options.maxMessageSize ?? Defaults.maxMessageSize,
+        highWater: options.transportHighWater ?? Defaults.transportHighWater,
+        maxControlFrames: options.maxControlFrames ?? Defaults.maxControlFrames,
+        maxControlBytes: options.maxControlBytes ?? Defaults.maxControlBytes,
+        sendStallTimeoutMs: options.sendStallTimeoutMs ?? Defaults.sendStallTimeoutMs,
+      },
+      (err) => this.close(err),
+    );
 
     transport.on('message', this.onMessage);
     transport.on('close', this.onTransportClose);
@@ -187,14 +197,49 @@ export class Session extends EventEmitter implements StreamHost {
 
   /** True when a new stream may be opened on this session. */
   get usable(): boolean {
-    return !this.closed && !this.draining && !this.peerDraining && this.nextId <= MAX_STREAM_ID;
+    return !this._closed && !this._draining && !this._peerDraining && this.nextId <= MAX_STREAM_ID;
+  }
+
+  /** Ended: no stream is open or will be. */
+  get closed(): boolean {
+    return this._closed;
+  }
+
+  /** We sent GOAWAY: the peer should open nothing more. */
+  get draining(): boolean {
+    return this._draining;
+  }
+
+  /** The peer sent GOAWAY: open nothing more on it. */
+  get peerDraining(): boolean {
+    return this._peerDraining;
+  }
+
+  /** Round trip of the last PING answered, in ms; undefined before the first. */
+  get rttMs(): number | undefined {
+    return this._rttMs;
+  }
+
+  /** DATA payload bytes received. */
+  get bytesIn(): number {
+    return this._bytesIn;
+  }
+
+  /** DATA payload bytes sent. */
+  get bytesOut(): number {
+    return this.scheduler.bytesOut;
+  }
+
+  /** Bytes handed to the transport whose send has not completed. */
+  get outstanding(): number {
+    return this.scheduler.outstanding;
   }
 
   // ------------------------------------------------------------ opening
 
   open(request: OpenRequest, options: OpenOptions = {}): Promise<MuxStream> {
-    if (this.closed) return Promise.reject(new TunnelError('SESSION_CLOSED'));
-    if (this.draining || this.peerDraining) return Promise.reject(new TunnelError('GOING_AWAY'));
+    if (this._closed) return Promise.reject(new TunnelError('SESSION_CLOSED'));
+    if (this._draining || this._peerDraining) return Promise.reject(new TunnelError('GOING_AWAY'));
     if (this.streams.size >= this.maxStreams) return Promise.reject(new TunnelError('TOO_MANY_STREAMS'));
     if (this.nextId > MAX_STREAM_ID) {
       this.goAway('GOING_AWAY', 'stream ids exhausted');
@@ -203,11 +248,10 @@ export class Session extends EventEmitter implements StreamHost {
     if (options.signal?.aborted) return Promise.reject(new TunnelError('CANCELLED'));
     const id = this.nextId;
     this.nextId += 2;
-    const stream = new MuxStream(this, id, request);
-    stream.recvCredit = this.initialWindow;
+    const stream = new MuxStream(this, id, request, this.initialWindow);
     this.streams.set(id, stream);
     this.sendControl({ type: FrameType.OPEN, streamId: id, window: this.initialWindow, request });
-    if (this.closed) return Promise.reject(new TunnelError('SESSION_CLOSED'));
+    if (this._closed) return Promise.reject(new TunnelError('SESSION_CLOSED'));
 
     return awaitOpen(this.pending, id, stream, {
       timeoutMs: options.timeoutMs ?? this.openTimeoutMs,
@@ -223,7 +267,7 @@ export class Session extends EventEmitter implements StreamHost {
       throw new ProtocolError('BAD_STREAM_ID', `peer opened stream ${id} out of order`);
     this.maxRemoteId = id;
     const refuse = (reason: Reason, message: string) => this.refuseOpen(id, Reasons[reason].code, message);
-    if (this.draining) return refuse('GOING_AWAY', 'session is draining');
+    if (this._draining) return refuse('GOING_AWAY', 'session is draining');
     if (this.streams.size + this.incoming.size >= this.maxStreams) return refuse('TOO_MANY_STREAMS', 'stream limit reached');
     if (this.incoming.size >= this.maxPendingIncoming) return refuse('TOO_MANY_STREAMS', 'too many opens in progress');
     if (this.listenerCount('open') === 0) return refuse('INTERNAL', 'this side accepts no streams');
@@ -240,16 +284,15 @@ export class Session extends EventEmitter implements StreamHost {
       request: frame.request,
       signal: entry.controller.signal,
       accept: () => {
-        if (!settle() || this.closed) throw new TunnelError('CANCELLED', 'the opener went away');
-        const stream = new MuxStream(this, id, frame.request);
-        stream.recvCredit = this.initialWindow;
+        if (!settle() || this._closed) throw new TunnelError('CANCELLED', 'the opener went away');
+        const stream = new MuxStream(this, id, frame.request, this.initialWindow);
         this.streams.set(id, stream);
         this.sendControl({ type: FrameType.OPEN_OK, streamId: id, window: this.initialWindow });
         stream.onOpened(entry.window);
         return stream;
       },
       reject: (reason, message) => {
-        if (settle() && !this.closed) refuse(reason, message ?? Reasons[reason].text);
+        if (settle() && !this._closed) refuse(reason, message ?? Reasons[reason].text);
       },
     };
     this.emit('open', incoming);
@@ -264,7 +307,7 @@ export class Session extends EventEmitter implements StreamHost {
   // ------------------------------------------------------------ receiving
 
   private readonly onMessage = (message: Buffer): void => {
-    if (this.closed) return;
+    if (this._closed) return;
     let frames: Frame[];
     try {
       frames = this.decoder.push(message);
@@ -274,7 +317,7 @@ export class Session extends EventEmitter implements StreamHost {
       return;
     }
     for (const frame of frames) {
-      if (this.closed) return;
+      if (this._closed) return;
       try {
         this.dispatch(frame);
       } catch (err) {
@@ -310,32 +353,31 @@ export class Session extends EventEmitter implements StreamHost {
     this.streams.get(id)?.destroy(failure);
   }
 
+  /** One frame from the peer: the session's own (stream id 0, and OPEN), or a stream's. */
   private dispatch(frame: Frame): void {
     switch (frame.type) {
       case FrameType.PING:
         this.onPing(frame.payload);
         return;
       case FrameType.PONG:
-        if (this.pingDeadline && frame.payload === this.pingNonce) {
-          this.rttMs = performance.now() - this.pingSentAt;
-          clearTimeout(this.pingDeadline);
-          this.pingDeadline = undefined;
-          // Every frame sent before our PING has arrived: what was in flight for streams ended by then has too.
-          this.lateCreditUsed = Math.max(this.lateCreditUsed, this.lateAtPing.credit);
-          this.lateFramesUsed = Math.max(this.lateFramesUsed, this.lateAtPing.frames);
-        }
+        this.onPong(frame.payload);
         return;
       case FrameType.GOAWAY:
-        if (!this.peerDraining) {
-          this.peerDraining = true;
+        if (!this._peerDraining) {
+          this._peerDraining = true;
           this.emit('goaway', new TunnelError(reasonFromCode(frame.code), frame.message));
         }
         return;
       case FrameType.OPEN:
         this.onOpen(frame);
         return;
+      default:
+        this.onStreamFrame(frame);
     }
+  }
 
+  /** A frame for one stream: an OPEN not yet answered, a live stream, or one that has ended here. */
+  private onStreamFrame(frame: StreamFrame): void {
     const id = frame.streamId;
     const entry = this.incoming.get(id);
     if (entry) {
@@ -351,6 +393,12 @@ export class Session extends EventEmitter implements StreamHost {
       this.onLateFrame(frame);
       return;
     }
+    this.deliver(stream, frame);
+  }
+
+  /** A frame for a stream of this session: its answer to our OPEN, or what the stream handles itself. */
+  private deliver(stream: MuxStream, frame: StreamFrame): void {
+    const id = stream.id;
     switch (frame.type) {
       case FrameType.OPEN_OK: {
         const p = this.pending.get(id);
@@ -366,8 +414,8 @@ export class Session extends EventEmitter implements StreamHost {
         return;
       }
       case FrameType.DATA:
-        if (stream.state !== 'open') throw new ProtocolError('BAD_STREAM_ID', `DATA before OPEN_OK on ${id}`);
-        this.bytesIn += frame.data.length;
+        if (stream.state === 'opening') throw new ProtocolError('BAD_STREAM_ID', `DATA before OPEN_OK on ${id}`);
+        this._bytesIn += frame.data.length;
         stream.onData(frame.data);
         return;
       case FrameType.WINDOW:
@@ -409,12 +457,17 @@ export class Session extends EventEmitter implements StreamHost {
       this.close(new TunnelError('PING_FLOOD', `more than ${this.maxPingsPerSecond} PINGs in a second`));
       return;
     }
-    if (this.queuedPong) {
-      // Not yet sent: answer this PING with the same frame instead.
-      this.queuedPong.writeBigUInt64BE(nonce, HEADER_SIZE);
-      return;
-    }
-    this.queuedPong = this.enqueue(encodeFrame({ type: FrameType.PONG, streamId: 0, payload: nonce }));
+    this.scheduler.pong(nonce);
+  }
+
+  private onPong(nonce: bigint): void {
+    if (!this.pingDeadline || nonce !== this.pingNonce) return;
+    this._rttMs = performance.now() - this.pingSentAt;
+    clearTimeout(this.pingDeadline);
+    this.pingDeadline = undefined;
+    // Every frame sent before our PING has arrived: what was in flight for streams ended by then has too.
+    this.lateCreditUsed = Math.max(this.lateCreditUsed, this.lateAtPing.credit);
+    this.lateFramesUsed = Math.max(this.lateFramesUsed, this.lateAtPing.frames);
   }
 
   /** True if `id` was opened on this session at some point. */
@@ -425,177 +478,38 @@ export class Session extends EventEmitter implements StreamHost {
   // ------------------------------------------------------------ sending
 
   private sendControl(frame: Frame): void {
-    this.enqueue(encodeFrame(frame));
-  }
-
-  /**
-   * Queues an encoded control frame. The queue only grows while the peer does
-   * not read (the transport is at its high-water mark); past its bound the
-   * session closes rather than hold more for a peer that does not take it.
-   */
-  private enqueue(frame: Buffer): Buffer {
-    if (this.closed) return frame;
-    if (this.control.length >= this.maxControlFrames || this.controlBytes + frame.length > this.maxControlBytes) {
-      this.close(
-        new TunnelError('CONTROL_QUEUE_FULL', `${this.control.length} control frames (${this.controlBytes} bytes) queued for a peer that does not read them`),
-      );
-      return frame;
-    }
-    this.control.push(frame);
-    this.controlBytes += frame.length;
-    this.requestFlush();
-    return frame;
+    this.scheduler.queueControl(frame);
   }
 
   /** StreamHost: the stream has DATA or FIN to send. */
   schedule(stream: MuxStream): void {
-    if (this.closed || this.inReady.has(stream) || !stream.sendable) return;
-    this.inReady.add(stream);
-    this.ready.push(stream);
-    this.requestFlush();
+    this.scheduler.schedule(stream);
   }
 
   /** StreamHost: grant receive window (added to a WINDOW for the stream still queued, if any). */
   sendWindow(stream: MuxStream, increment: number): void {
-    const queued = this.queuedWindows.get(stream.id);
-    if (queued) {
-      const total = queued.readUInt32BE(HEADER_SIZE) + increment;
-      if (total <= MAX_WINDOW) {
-        queued.writeUInt32BE(total, HEADER_SIZE);
-        return;
-      }
-    }
-    const frame = this.enqueue(encodeFrame({ type: FrameType.WINDOW, streamId: stream.id, increment }));
-    if (!this.closed) this.queuedWindows.set(stream.id, frame);
+    this.scheduler.window(stream.id, increment);
   }
 
   /** StreamHost: a stream was destroyed. */
   release(stream: MuxStream, resetCode: number | undefined, message: string): void {
     if (this.streams.get(stream.id) !== stream) return;
     this.streams.delete(stream.id);
-    if (!stream.resetReceived) {
-      // The peer may not know yet: what it had credit for may still arrive.
-      if (!stream.finReceived) this.lateCreditGranted += stream.recvCredit;
+    if (stream.state !== 'reset') {
+      // The peer may not know yet: what it had credit for (none after its FIN) may still arrive.
+      this.lateCreditGranted += stream.recvCredit;
       this.lateFramesGranted += Defaults.lateFramesPerClosedStream;
     }
     if (resetCode !== undefined)
       this.sendControl({ type: FrameType.RESET, streamId: stream.id, code: resetCode, message });
     this.emit('streamClosed', stream);
-    if (this.draining && this.streams.size === 0 && this.incoming.size === 0) this.emit('idle');
+    if (this._draining && this.streams.size === 0 && this.incoming.size === 0) this.emit('idle');
   }
-
-  /**
-   * Frames what is queued, soon. With nothing in flight the frames go out at
-   * the end of the current callback (a small request pays no extra loop
-   * turn); while the transport is busy they wait for the check phase, so the
-   * writes of every socket read in this loop turn share one message.
-   */
-  private requestFlush(): void {
-    if (this.flushQueued || this.closed) return;
-    this.flushQueued = true;
-    if (this.outstanding === 0) process.nextTick(this.onFlushDue);
-    else this.immediate = setImmediate(this.onFlushDue);
-  }
-
-  private readonly onFlushDue = (): void => {
-    if (!this.flushQueued) return;
-    this.flushQueued = false;
-    if (this.immediate) clearImmediate(this.immediate);
-    this.immediate = undefined;
-    this.flush();
-  };
-
-  private flush(): void {
-    if (this.flushing || this.closed) return;
-    this.flushing = true;
-    try {
-      while (this.outstanding < this.highWater && !this.closed) {
-        if (!this.sendBatch()) break;
-      }
-    } finally {
-      this.flushing = false;
-    }
-  }
-
-  /** Frames one message: control frames first, then DATA round-robin. */
-  private sendBatch(): boolean {
-    const parts: Buffer[] = [];
-    const done: Array<(err?: Error | null) => void> = [];
-    let size = 0;
-    while (this.control.length > 0 && size < this.maxMessageSize) {
-      const b = this.control.shift()!;
-      this.controlBytes -= b.length;
-      if (b === this.queuedPong) this.queuedPong = undefined;
-      else if (b[0] === FrameType.WINDOW) {
-        const id = b.readUInt32BE(2);
-        if (this.queuedWindows.get(id) === b) this.queuedWindows.delete(id);
-      }
-      parts.push(b);
-      size += b.length;
-    }
-    while (size < this.maxMessageSize && this.ready.length > 0) {
-      const s = this.ready.shift()!;
-      this.inReady.delete(s);
-      if (s.state !== 'open' || this.streams.get(s.id) !== s) continue;
-      const data = s.takeData(this.maxFrameSize, done);
-      if (data) {
-        const header = Buffer.allocUnsafe(HEADER_SIZE);
-        writeHeader(header, 0, FrameType.DATA, s.id, data.length);
-        parts.push(header, data);
-        size += HEADER_SIZE + data.length;
-        this.bytesOut += data.length;
-      }
-      if (s.takeFin()) {
-        const fin = encodeFrame({ type: FrameType.FIN, streamId: s.id });
-        parts.push(fin);
-        size += fin.length;
-      }
-      if (s.sendable) {
-        this.inReady.add(s);
-        this.ready.push(s);
-      }
-    }
-    if (parts.length === 0) return false;
-    let message = parts[0]!;
-    let borrowed: Buffer | undefined;
-    if (parts.length > 1 && size <= this.pool.size) {
-      borrowed = this.pool.take();
-      let at = 0;
-      for (const part of parts) at += part.copy(borrowed, at);
-      message = borrowed.subarray(0, size);
-    } else if (parts.length > 1) {
-      message = Buffer.concat(parts, size);
-    }
-    if (this.outstanding === 0) this.lastSendProgress = performance.now();
-    this.outstanding += message.length;
-    this.stallTimer ??= setTimeout(this.onStallCheck, this.sendStallTimeoutMs);
-    this.transport.send(message, (err) => {
-      if (borrowed) this.pool.give(borrowed);
-      this.outstanding -= message.length;
-      this.lastSendProgress = performance.now();
-      if (err) this.close(new TunnelError('SESSION_CLOSED', err.message));
-      else if (this.outstanding < this.highWater && (this.control.length > 0 || this.ready.length > 0)) this.flush();
-    });
-    for (const cb of done) cb();
-    return true;
-  }
-
-  /** Ends the session if the transport has completed no send for sendStallTimeoutMs while sends are outstanding. */
-  private readonly onStallCheck = (): void => {
-    this.stallTimer = undefined;
-    if (this.closed || this.outstanding === 0) return;
-    const idle = performance.now() - this.lastSendProgress;
-    if (idle >= this.sendStallTimeoutMs) {
-      this.close(new TunnelError('PEER_NOT_READING', `${this.outstanding} bytes unsent for ${Math.round(idle)} ms`));
-      return;
-    }
-    this.stallTimer = setTimeout(this.onStallCheck, this.sendStallTimeoutMs - idle);
-  };
 
   // ------------------------------------------------------------ liveness
 
   private ping(): void {
-    if (this.closed || this.pingDeadline) return;
+    if (this._closed || this.pingDeadline) return;
     // Random: a peer cannot answer a PING it has not received.
     this.pingNonce = randomBytes(8).readBigUInt64BE(0);
     this.pingSentAt = performance.now();
@@ -611,18 +525,17 @@ export class Session extends EventEmitter implements StreamHost {
 
   /** Sends GOAWAY: the peer should open no more streams here. */
   goAway(reason: Reason = 'GOING_AWAY', message = 'draining'): void {
-    if (this.draining || this.closed) return;
-    this.draining = true;
+    if (this._draining || this._closed) return;
+    this._draining = true;
     this.sendControl({ type: FrameType.GOAWAY, streamId: 0, code: Reasons[reason].code, message });
   }
 
   /** GOAWAY, then close once every stream has ended or the grace period is over. */
   drain(graceMs: number): Promise<void> {
     this.goAway();
-    if (this.closed) return Promise.resolve();
+    if (this._closed) return Promise.resolve();
     return closeWhenIdle(this, this.streams.size === 0 && this.incoming.size === 0, graceMs);
   }
-
 
   private readonly onTransportClose = (err?: Error): void => {
     this.close(err && !(err instanceof TunnelError) ? new TunnelError('SESSION_CLOSED', err.message) : err);
@@ -630,15 +543,13 @@ export class Session extends EventEmitter implements StreamHost {
 
   /** Ends the session: every stream and pending open fails with `err`. */
   close(err?: Error): void {
-    if (this.closed) return;
+    if (this._closed) return;
     // Let queued frames (a final GOAWAY, RESETs) go out before the close frame.
-    if (this.control.length > 0 && !this.flushing) this.flush();
-    this.closed = true;
+    this.scheduler.flushControl();
+    this._closed = true;
+    this.scheduler.stop();
     clearInterval(this.pingTimer);
     clearTimeout(this.pingDeadline);
-    clearTimeout(this.stallTimer);
-    this.stallTimer = undefined;
-    if (this.immediate) clearImmediate(this.immediate);
     this.pingDeadline = undefined;
     const failure = err instanceof TunnelError ? err : new TunnelError('SESSION_CLOSED', err?.message);
     for (const p of [...this.pending.values()]) p.reject(failure);
@@ -646,11 +557,6 @@ export class Session extends EventEmitter implements StreamHost {
     this.incoming.clear();
     for (const s of [...this.streams.values()]) s.abort(failure);
     this.streams.clear();
-    this.control = [];
-    this.controlBytes = 0;
-    this.queuedPong = undefined;
-    this.queuedWindows.clear();
-    this.ready = [];
     this.transport.off('message', this.onMessage);
     const reason = err instanceof TunnelError ? err.reason : err ? 'SESSION_CLOSED' : undefined;
     this.transport.close(reason ? Reasons[reason].ws : 1000, err?.message ?? 'closed');

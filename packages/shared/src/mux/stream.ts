@@ -4,10 +4,6 @@ import { ProtocolError } from '../protocol/codec.js';
 import { MAX_WINDOW, type OpenRequest } from '../protocol/frame.js';
 
 /** What a stream needs from its session: scheduling and frames out. */
-/** A window drained this fast (ms) is too small: it doubles. Small, so a fast
- * stream never has more than a few ms of data queued ahead of its neighbours. */
-const AUTOTUNE_MS = 4;
-
 export interface StreamHost {
   readonly initialWindow: number;
   /** The most a stream's window may grow to. */
@@ -16,9 +12,53 @@ export interface StreamHost {
   schedule(stream: MuxStream): void;
   /** Grant `increment` more bytes of receive window to the peer. */
   sendWindow(stream: MuxStream, increment: number): void;
-  /** The stream is gone; RESET the peer with `code` unless it is undefined. */
+  /**
+   * The stream is gone (called once, from destroy, after the stream reached
+   * 'closed' or 'reset'); RESET the peer with `code` unless it is undefined.
+   */
   release(stream: MuxStream, resetCode: number | undefined, message: string): void;
 }
+
+/**
+ * Where a stream is in its life (as yamux's streamState; ws's readyState).
+ *
+ *   opening ─OPEN_OK─▶ open ─FIN sent─────▶ localClosed ─FIN received─▶ closed
+ *      │                 └──FIN received─▶ remoteClosed ─FIN sent─────▶ closed
+ *      └─FIN received (before OPEN_OK)─▶ remoteClosed
+ *
+ * From any state but 'reset': RESET received, or the session under it ended,
+ * leads to 'reset' (the peer sends nothing more, nothing is sent back); the
+ * stream destroyed here leads to 'closed' (with a RESET to the peer unless
+ * FIN went both ways). A stream this side accepts goes from 'opening' to
+ * 'open' as it is created.
+ */
+export type StreamState = 'opening' | 'open' | 'localClosed' | 'remoteClosed' | 'closed' | 'reset';
+
+/** What moves a stream from one state to the next. */
+type StreamEvent = 'OPEN_OK' | 'FIN_SENT' | 'FIN_RECEIVED' | 'RESET' | 'DESTROYED';
+
+/**
+ * Every transition there is. An event a state has no entry for throws a
+ * ProtocolError: from the peer (OPEN_OK twice) it ends the session; this
+ * side's own events (FIN_SENT) never reach such an entry.
+ */
+const NEXT: { readonly [S in StreamState]: { readonly [E in StreamEvent]?: StreamState } } = {
+  opening: { OPEN_OK: 'open', FIN_RECEIVED: 'remoteClosed', RESET: 'reset', DESTROYED: 'closed' },
+  open: { FIN_SENT: 'localClosed', FIN_RECEIVED: 'remoteClosed', RESET: 'reset', DESTROYED: 'closed' },
+  localClosed: { FIN_RECEIVED: 'closed', RESET: 'reset', DESTROYED: 'closed' },
+  remoteClosed: { OPEN_OK: 'remoteClosed', FIN_SENT: 'closed', RESET: 'reset', DESTROYED: 'closed' },
+  closed: { RESET: 'reset', DESTROYED: 'closed' },
+  reset: { RESET: 'reset', DESTROYED: 'reset' },
+};
+
+/**
+ * A window drained this fast (ms) is too small: it doubles. Small, so a fast
+ * stream never has more than a few ms of data queued ahead of its neighbours.
+ */
+const AUTOTUNE_MS = 4;
+
+/** A payload that is at least 1/PIN_RATIO of the memory it views is kept as is. */
+const PIN_RATIO = 2;
 
 /**
  * A received payload is a view into its whole WebSocket message (up to
@@ -33,8 +73,6 @@ function unpinned(data: Buffer, takenNow: boolean): Buffer {
   if (takenNow || data.length * PIN_RATIO >= data.buffer.byteLength) return data;
   return Buffer.from(data);
 }
-/** A payload that is at least 1/PIN_RATIO of the memory it views is kept as is. */
-const PIN_RATIO = 2;
 
 interface Pending {
   buf: Buffer;
@@ -45,63 +83,105 @@ interface Pending {
  * One stream of a session: a Node Duplex whose writes are framed as DATA
  * under the peer's credit, and whose reads grant credit back as they drain.
  *
- * Flow control invariant on the receive side: bytes buffered here plus credit
- * the peer still holds never exceed the initial window.
+ * Receive side: the peer may send `recvCredit` more bytes; grant() tops that
+ * up to `window` minus what is buffered unread here, so buffered bytes plus
+ * the peer's credit stay within the current window (which only grows, up to
+ * the host's maxWindow).
+ *
+ * The host (the session) drives the stream through the methods below
+ * `called by the host`; it never writes a field of the stream. Who writes
+ * each field is said beside it.
  */
 export class MuxStream extends Duplex {
   readonly id: number;
   readonly request: OpenRequest;
-  /** 'opening' until OPEN_OK (for streams this side opened). */
-  state: 'opening' | 'open' | 'closed' = 'opening';
 
-  /** Bytes the peer lets us send. */
-  sendCredit = 0;
-  /** Bytes we let the peer send that it has not sent yet. */
-  recvCredit = 0;
-  bytesIn = 0;
-  bytesOut = 0;
-  /** Receive window: starts at the session's initial window, grows for fast readers. */
-  window: number;
+  /** Written only by to(). */
+  private _state: StreamState = 'opening';
+  /** Bytes the peer lets us send. Added to by onOpened/onWindow (peer's frames); spent by takeData. */
+  private _sendCredit = 0;
+  /** Bytes the peer may still send. Set by the constructor; added to by grant; spent by onData; zeroed by onFin. */
+  private _recvCredit: number;
+  /** Bytes received (onData). */
+  private _bytesIn = 0;
+  /** Bytes framed for sending (takeData). */
+  private _bytesOut = 0;
+  /** Receive window: starts at the host's initial window, grown by grant for fast readers. */
+  private _window: number;
+  /** The peer's credit is neither checked nor spent either way (constructor): the host's transport has flow control of its own. */
+  private readonly unmetered: boolean;
+  /** Autotuning marks, written by grant. */
   private consumedAtMark = 0;
   private markAt = performance.now();
 
   private readonly host: StreamHost;
+  /** Writes not yet framed: added by _write/_writev, taken by takeData, failed by _destroy. */
   private queue: Pending[] = [];
   private queueOffset = 0;
+  /** end()'s callback while FIN waits behind queued data: set by _final, called by takeFin, failed by _destroy. */
   private finCallback: ((err?: Error | null) => void) | undefined;
-  /** FIN sent / received. */
-  finSent = false;
-  finReceived = false;
-  /** The peer sent RESET (or the session failed): the peer sends nothing more for this stream. */
-  resetReceived = false;
 
-  constructor(host: StreamHost, id: number, request: OpenRequest) {
+  /**
+   * `credit`: the receive window granted to the peer in our OPEN or OPEN_OK,
+   * or 'unmetered' for a host whose transport carries no per-stream credit.
+   */
+  constructor(host: StreamHost, id: number, request: OpenRequest, credit: number | 'unmetered') {
     super({
       allowHalfOpen: true,
       readableHighWaterMark: host.initialWindow / 2,
       writableHighWaterMark: 64 * 1024,
     });
     this.host = host;
-    this.window = host.initialWindow;
     this.id = id;
+    this.request = request;
+    this._window = host.initialWindow;
+    this.unmetered = credit === 'unmetered';
+    this._recvCredit = credit === 'unmetered' ? 0 : credit;
     // A stream's failure is reported to whoever consumes it (pipeline, their
     // own 'error' listener); it must never crash the process on its own.
     this.on('error', () => {});
-    this.request = request;
   }
 
-  /** Bytes queued for sending (accepted by _write, not yet framed). */
-  get queuedBytes(): number {
-    let n = -this.queueOffset;
-    for (const p of this.queue) n += p.buf.length;
-    return n;
+  get state(): StreamState {
+    return this._state;
+  }
+
+  /** Bytes the peer lets us send now. */
+  get sendCredit(): number {
+    return this._sendCredit;
+  }
+
+  /** Bytes the peer may still send us. */
+  get recvCredit(): number {
+    return this._recvCredit;
+  }
+
+  get bytesIn(): number {
+    return this._bytesIn;
+  }
+
+  get bytesOut(): number {
+    return this._bytesOut;
+  }
+
+  /** The current receive window (see grant). */
+  get window(): number {
+    return this._window;
   }
 
   /** True when the scheduler has something to send for this stream now. */
   get sendable(): boolean {
-    if (this.state !== 'open') return false;
-    if (this.queue.length > 0) return this.sendCredit > 0;
-    return this.finCallback !== undefined && !this.finSent;
+    // Only an open sending side frames anything (not before OPEN_OK, after FIN sent, or once ended).
+    if (this._state !== 'open' && this._state !== 'remoteClosed') return false;
+    if (this.queue.length > 0) return this._sendCredit > 0 || this.unmetered;
+    return this.finCallback !== undefined;
+  }
+
+  /** The one place the state changes. */
+  private to(event: StreamEvent): void {
+    const next = NEXT[this._state][event];
+    if (next === undefined) throw new ProtocolError('BAD_STATE', `${event} on stream ${this.id} in state ${this._state}`);
+    this._state = next;
   }
 
   // ------------------------------------------------ Duplex implementation
@@ -141,24 +221,22 @@ export class MuxStream extends Duplex {
       this.finCallback = undefined;
       fin?.(failure);
     }
-    const wasOpen = this.state !== 'closed';
-    this.state = 'closed';
-    if (wasOpen) {
-      const clean = this.finSent && this.finReceived;
-      const code = clean || this.resetReceived ? undefined : Reasons[err instanceof TunnelError ? err.reason : 'CANCELLED'].code;
-      this.host.release(this, code, err?.message ?? 'cancelled');
-    }
+    // Nothing to tell the peer after FIN both ways or a RESET from it.
+    const told = this._state === 'closed' || this._state === 'reset';
+    this.to('DESTROYED');
+    const code = told ? undefined : Reasons[err instanceof TunnelError ? err.reason : 'CANCELLED'].code;
+    this.host.release(this, code, err?.message ?? 'cancelled');
     cb(err);
   }
 
-  // ------------------------------------------------ called by the session
+  // ------------------------------------------------ called by the host
 
   /**
    * Takes up to `max` bytes of queued data that the peer has credit for.
    * Returns the bytes and the write callbacks now complete.
    */
   takeData(max: number, done: Array<(err?: Error | null) => void>): Buffer | undefined {
-    const limit = Math.min(max, this.sendCredit);
+    const limit = this.unmetered ? max : Math.min(max, this._sendCredit);
     if (limit <= 0 || this.queue.length === 0) return undefined;
     const head = this.queue[0]!;
     const avail = head.buf.length - this.queueOffset;
@@ -184,24 +262,25 @@ export class MuxStream extends Duplex {
       out = head.buf.subarray(this.queueOffset, this.queueOffset + limit);
       this.queueOffset += limit;
     }
-    this.sendCredit -= out.length;
-    this.bytesOut += out.length;
+    if (!this.unmetered) this._sendCredit -= out.length;
+    this._bytesOut += out.length;
     return out;
   }
 
   /** True once the queue is empty and end() was called: FIN goes next. */
   takeFin(): boolean {
-    if (this.queue.length > 0 || this.finCallback === undefined || this.finSent) return false;
-    this.finSent = true;
+    if (this.queue.length > 0 || this.finCallback === undefined) return false;
+    this.to('FIN_SENT');
     const cb = this.finCallback;
     this.finCallback = undefined;
     process.nextTick(cb);
     return true;
   }
 
+  /** The peer accepted the stream (OPEN_OK), or this side did: the peer's window is `window`. */
   onOpened(window: number): void {
-    this.state = 'open';
-    this.sendCredit = window;
+    this.to('OPEN_OK');
+    this._sendCredit = window;
     this.host.schedule(this);
   }
 
@@ -212,33 +291,37 @@ export class MuxStream extends Duplex {
    * runs inside push) and is this stream's failure only.
    */
   onData(data: Buffer): void {
-    if (this.finReceived) throw new ProtocolError('BAD_STATE', `DATA after FIN on stream ${this.id}`);
-    if (data.length > this.recvCredit) throw new TunnelError('FLOW_CONTROL', 'peer sent beyond its window');
-    this.recvCredit -= data.length;
-    this.bytesIn += data.length;
+    if (this._state === 'remoteClosed' || this._state === 'closed') throw new ProtocolError('BAD_STATE', `DATA after FIN on stream ${this.id}`);
+    if (!this.unmetered) {
+      if (data.length > this._recvCredit) throw new TunnelError('FLOW_CONTROL', 'peer sent beyond its window');
+      this._recvCredit -= data.length;
+    }
+    this._bytesIn += data.length;
     this.push(unpinned(data, this.readableFlowing === true && this.readableLength === 0));
   }
 
   onWindow(increment: number): void {
-    if (this.sendCredit + increment > MAX_WINDOW) throw new TunnelError('FLOW_CONTROL', 'window overflow');
-    this.sendCredit += increment;
+    if (this._sendCredit + increment > MAX_WINDOW) throw new TunnelError('FLOW_CONTROL', 'window overflow');
+    this._sendCredit += increment;
     if (this.queue.length > 0) this.host.schedule(this);
   }
 
   onFin(): void {
-    if (this.finReceived) throw new ProtocolError('BAD_STATE', `second FIN on stream ${this.id}`);
-    this.finReceived = true;
+    if (this._state === 'remoteClosed' || this._state === 'closed') throw new ProtocolError('BAD_STATE', `second FIN on stream ${this.id}`);
+    this.to('FIN_RECEIVED');
+    // The peer sends no more: the credit it held is void.
+    this._recvCredit = 0;
     this.push(null);
   }
 
   onReset(code: number, message: string): void {
-    this.resetReceived = true;
+    this.to('RESET');
     this.destroy(new TunnelError(reasonFromCode(code), message || Reasons[reasonFromCode(code)].text));
   }
 
   /** The session failed: end without sending anything. */
   abort(err: Error): void {
-    this.resetReceived = true;
+    this.to('RESET');
     this.destroy(err);
   }
 
@@ -251,21 +334,21 @@ export class MuxStream extends Duplex {
    * bandwidth-delay product of a busy loopback). A slow or stalled reader
    * never drains a window that fast, so it keeps the initial window.
    */
-  grant(): void {
-    if (this.state === 'closed' || this.finReceived) return;
-    const consumed = this.bytesIn - this.readableLength;
-    if (consumed - this.consumedAtMark >= this.window) {
+  private grant(): void {
+    if (this._state !== 'opening' && this._state !== 'open' && this._state !== 'localClosed') return;
+    const consumed = this._bytesIn - this.readableLength;
+    if (consumed - this.consumedAtMark >= this._window) {
       const now = performance.now();
-      if (now - this.markAt < AUTOTUNE_MS) this.window = Math.min(this.window * 2, this.host.maxWindow);
+      if (now - this.markAt < AUTOTUNE_MS) this._window = Math.min(this._window * 2, this.host.maxWindow);
       this.consumedAtMark = consumed;
       this.markAt = now;
     }
-    const window = this.window;
-    const want = window - this.readableLength - this.recvCredit;
+    const window = this._window;
+    const want = window - this.readableLength - this._recvCredit;
     // Grant in large steps (no silly window); always grant when the peer has
     // no credit at all, or nothing would ever call _read again.
-    if (want > 0 && (this.recvCredit === 0 || want >= window / 4)) {
-      this.recvCredit += want;
+    if (want > 0 && (this._recvCredit === 0 || want >= window / 4)) {
+      this._recvCredit += want;
       this.host.sendWindow(this, want);
     }
   }

@@ -47,10 +47,6 @@ export const FrameType = {
 } as const;
 export type FrameType = (typeof FrameType)[keyof typeof FrameType];
 
-export const frameTypeName: Record<number, string> = Object.fromEntries(
-  Object.entries(FrameType).map(([k, v]) => [v, k]),
-);
-
 /** Who the caller is, for L7 streams the agent completes with impersonation. */
 export interface Identity {
   user: string;
