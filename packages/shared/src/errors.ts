@@ -18,7 +18,7 @@ export const Reasons = {
   OPEN_TIMEOUT: { code: 7, http: 504, grpc: 4, ws: 1011, text: 'dial timed out' },
   TOO_MANY_STREAMS: { code: 8, http: 503, grpc: 8, ws: 1013, text: 'too many streams' },
   INTERNAL: { code: 9, http: 500, grpc: 13, ws: 1011, text: 'internal error' },
-  // Code 10 is retired (an idle timeout that nothing raised): never give it to another reason.
+  IDLE_TIMEOUT: { code: 10, http: 504, grpc: 4, ws: 1000, text: 'idle timeout' },
   // A peer that misbehaves: it is disconnected (WebSocket 1008, policy violation)
   CONTROL_QUEUE_FULL: { code: 11, http: 503, grpc: 8, ws: 1008, text: 'tunnel peer does not read the frames owed to it' },
   PING_FLOOD: { code: 12, http: 503, grpc: 8, ws: 1008, text: 'tunnel peer sent PINGs faster than allowed' },
