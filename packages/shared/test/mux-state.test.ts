@@ -7,7 +7,7 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { TunnelError } from '../src/errors.js';
 import { FrameType, decodeMessage, encodeFrames, type Frame } from '../src/protocol/index.js';
-import { MemoryTransport, Session, type IncomingOpen, type MuxStream } from '../src/mux/index.js';
+import { MemoryTransport, MuxStream, Session, type IncomingOpen, type StreamHost } from '../src/mux/index.js';
 import { closed, expectNoLeaks, expectPairIdle, liveResources, memoryPair, readAll, type Pair } from './helpers.js';
 
 const tcp = { kind: 'tcp' as const, target: 'apiserver' };
@@ -141,5 +141,31 @@ describe('read-only surface', () => {
     for (const gone of ['finSent', 'finReceived', 'resetReceived', 'queuedBytes']) expect(gone in s).toBe(false);
     s.destroy();
     await closed(agentSide);
+  });
+});
+
+describe('an unmetered stream (a host whose transport has its own flow control)', () => {
+  it('tells its host on every read that its reader drained, not only the first time', async () => {
+    const drained: number[] = [];
+    const host: StreamHost = {
+      initialWindow: 256 * 1024,
+      maxWindow: 16 * 1024 * 1024,
+      schedule: () => {},
+      sendWindow: (_s, increment) => drained.push(increment),
+      release: () => {},
+    };
+    const stream = new MuxStream(host, 1, tcp, 'unmetered');
+    stream.onOpened(0);
+    const chunk = Buffer.alloc(64 * 1024, 1);
+    for (let round = 1; round <= 3; round++) {
+      const before = drained.length;
+      // The host's peer sends past the buffer's high-water mark, then the reader takes it all.
+      for (let i = 0; i < 8; i++) stream.onData(chunk);
+      while (stream.read() !== null);
+      await new Promise<void>((resolve) => setImmediate(resolve));
+      expect(drained.length, `round ${round}`).toBeGreaterThan(before);
+    }
+    expect(new Set(drained)).toEqual(new Set([0]));
+    stream.destroy();
   });
 });

@@ -10,7 +10,7 @@ export interface StreamHost {
   readonly maxWindow: number;
   /** The stream has DATA or FIN to send. */
   schedule(stream: MuxStream): void;
-  /** Grant `increment` more bytes of receive window to the peer. */
+  /** Grant `increment` more bytes of receive window to the peer (an unmetered stream: 0 on every read, its reader drained). */
   sendWindow(stream: MuxStream, increment: number): void;
   /**
    * The stream is gone (called once, from destroy, after the stream reached
@@ -336,6 +336,9 @@ export class MuxStream extends Duplex {
    */
   private grant(): void {
     if (this._state !== 'opening' && this._state !== 'open' && this._state !== 'localClosed') return;
+    // No credit to keep (the transport has its own flow control): every read
+    // tells the host, which resumes a transport it paused for this reader.
+    if (this.unmetered) return this.host.sendWindow(this, 0);
     const consumed = this._bytesIn - this.readableLength;
     if (consumed - this.consumedAtMark >= this._window) {
       const now = performance.now();
