@@ -7,6 +7,7 @@ import { WebSocketServer, type WebSocket } from 'ws';
 import {
   AGENT_PATH,
   Defaults,
+  Reasons,
   RegistrationHeaders as H,
   SUBPROTOCOL,
   Session,
@@ -23,6 +24,7 @@ import {
   type Reason,
 } from '@kubetunnel/shared';
 import type { ServerConfig } from './config.js';
+import { httpAnswer, refusal, refused, type Outcome, type Refusal } from './refusal.js';
 import type { AgentCertificates } from './join.js';
 import { HandshakeLimit, defaultMaxConcurrentHandshakes } from './handshake-limit.js';
 import type { ServerMetrics } from './metrics.js';
@@ -40,31 +42,35 @@ interface Claim {
   l7: boolean;
 }
 
-type Checked = { ok: true; claim: Claim } | { ok: false; status: number; reason: string };
 
 function header(req: IncomingMessage, name: string): string | undefined {
   const v = req.headers[name];
   return Array.isArray(v) ? undefined : v;
 }
 
+/** The registrations metric's result for a refused agent: `forbidden` (its certificate is not entitled to the claim), else `invalid`. */
+export function registrationResult(r: Refusal): 'forbidden' | 'invalid' {
+  return Reasons[r.reason].http === 403 ? 'forbidden' : 'invalid';
+}
+
 /** Reads and checks a registration's claim, and that the certificate is entitled to it. */
-export function checkRegistration(req: IncomingMessage): Checked {
+export function checkRegistration(req: IncomingMessage): Outcome<{ claim: Claim }> {
   const cert = (req.socket as TLSSocket).getPeerCertificate();
   const cluster = header(req, H.cluster) ?? '';
   const agentId = header(req, H.agentId) ?? '';
-  if (!isValidClusterName(cluster)) return { ok: false, status: 400, reason: 'missing or invalid cluster name' };
-  if (!isValidAgentId(agentId)) return { ok: false, status: 400, reason: 'missing or invalid agent id' };
+  if (!isValidClusterName(cluster)) return refused('BAD_REQUEST', 'missing or invalid cluster name');
+  if (!isValidAgentId(agentId)) return refused('BAD_REQUEST', 'missing or invalid agent id');
   const bound = agentClusterOf(cert);
-  if (bound === undefined) return { ok: false, status: 403, reason: 'not an agent certificate' };
-  if (bound !== cluster) return { ok: false, status: 403, reason: `certificate is for cluster ${bound}, not ${cluster}` };
+  if (bound === undefined) return refused('FORBIDDEN', 'not an agent certificate');
+  if (bound !== cluster) return refused('FORBIDDEN', `certificate is for cluster ${bound}, not ${cluster}`);
   const allowDest = (header(req, H.allowDest) ?? '').split(',').map((s) => s.trim()).filter(Boolean);
   const bad = allowDest.find((d) => !isValidHostPort(d));
-  if (bad !== undefined) return { ok: false, status: 400, reason: `invalid allow-dest entry ${JSON.stringify(bad)}` };
+  if (bad !== undefined) return refused('BAD_REQUEST', `invalid allow-dest entry ${JSON.stringify(bad)}`);
   const claim: Claim = { cluster, agentId, allowDest, l7: header(req, H.l7) === '1' };
   const ca = header(req, H.apiserverCA);
   if (ca) {
     const pem = Buffer.from(ca, 'base64').toString('utf8');
-    if (!pem.startsWith('-----BEGIN CERTIFICATE-----')) return { ok: false, status: 400, reason: 'apiserver CA is not a PEM certificate' };
+    if (!pem.startsWith('-----BEGIN CERTIFICATE-----')) return refused('BAD_REQUEST', 'apiserver CA is not a PEM certificate');
     claim.apiserverCA = pem;
   }
   return { ok: true, claim };
@@ -154,21 +160,22 @@ export class AgentGateway {
 
   private onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     socket.on('error', () => {});
-    const refuse = (status: number, reason: string) => {
-      this.metrics.registrations.inc({ result: status === 403 ? 'forbidden' : 'invalid' });
-      this.log.warn({ status, reason, remote: req.socket.remoteAddress }, 'agent registration refused');
-      respondRaw(socket, status, reason);
+    const refuse = (r: Refusal) => {
+      this.metrics.registrations.inc({ result: registrationResult(r) });
+      const { status, headers } = httpAnswer(r, 'origin');
+      this.log.warn({ status, reason: r.reason, message: r.message, remote: req.socket.remoteAddress }, 'agent registration refused');
+      respondRaw(socket, status, r.message, headers);
     };
-    if (parseOriginForm(req.url)?.path !== AGENT_PATH) return refuse(404, `agents register at ${AGENT_PATH}`);
+    if (parseOriginForm(req.url)?.path !== AGENT_PATH) return refuse(refusal('NOT_FOUND', `agents register at ${AGENT_PATH}`));
     const offered = (req.headers['sec-websocket-protocol'] ?? '').split(',').map((s) => s.trim());
-    if (!offered.includes(SUBPROTOCOL)) return refuse(400, `unsupported tunnel protocol; this server speaks ${SUBPROTOCOL}`);
+    if (!offered.includes(SUBPROTOCOL)) return refuse(refusal('BAD_REQUEST', `unsupported tunnel protocol; this server speaks ${SUBPROTOCOL}`));
     const tlsSocket = req.socket as TLSSocket;
     if (!tlsSocket.authorized) {
       const why = String(tlsSocket.authorizationError ?? 'no client certificate');
-      return refuse(401, why === 'CERT_HAS_EXPIRED' ? 'the agent certificate has expired' : `client certificate refused: ${why}`);
+      return refuse(refusal('UNAUTHENTICATED', why === 'CERT_HAS_EXPIRED' ? 'the agent certificate has expired' : `client certificate refused: ${why}`));
     }
     const checked = checkRegistration(req);
-    if (!checked.ok) return refuse(checked.status, checked.reason);
+    if (!checked.ok) return refuse(checked.refusal);
     // An agent that already holds a tunnel here, come back through a balancer:
     // not a new registration (it would replace the live tunnel).
     const held = String(req.headers[H.heldServers] ?? '').split(',').map((s) => s.trim());

@@ -3,6 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { Reasons, type Reason } from '@kubetunnel/shared';
 import { grpcStatusOf } from '../src/grpc/proxy-service.js';
 import { httpAnswer, refusal } from '../src/refusal.js';
+import { registrationResult } from '../src/agent-gateway.js';
 
 describe('a refusal is answered by its reason, at each edge', () => {
   it.each<[Reason, number, number, grpc.status]>([
@@ -14,6 +15,7 @@ describe('a refusal is answered by its reason, at each edge', () => {
     ['NO_AGENT', 503, 503, grpc.status.UNAVAILABLE],
     ['BAD_IDENTITY', 403, 403, grpc.status.PERMISSION_DENIED],
     ['IDENTITY_TOO_LARGE', 431, 431, grpc.status.RESOURCE_EXHAUSTED],
+    ['NOT_FOUND', 404, 404, grpc.status.UNIMPLEMENTED],
     ['TOO_MANY_STREAMS', 503, 503, grpc.status.RESOURCE_EXHAUSTED],
     ['CANCELLED', 503, 503, grpc.status.CANCELLED],
     ['GOING_AWAY', 503, 503, grpc.status.UNAVAILABLE],
@@ -51,5 +53,12 @@ describe('a refusal is answered by its reason, at each edge', () => {
       expect(g >= 1 && g <= 16, `${r} grpc ${g}`).toBe(true);
       expect((ws >= 1000 && ws <= 1014 && ws !== 1004 && ws !== 1005 && ws !== 1006) || (ws >= 4000 && ws <= 4999), `${r} ws ${ws}`).toBe(true);
     }
+  });
+});
+
+describe('a refused agent registration (kubetunnel or ANP agent)', () => {
+  it('is counted forbidden when its certificate is not entitled to the claim, else invalid', () => {
+    expect(registrationResult(refusal('FORBIDDEN'))).toBe('forbidden');
+    for (const r of ['BAD_REQUEST', 'UNAUTHENTICATED', 'NOT_FOUND'] as const) expect(registrationResult(refusal(r))).toBe('invalid');
   });
 });

@@ -40,6 +40,7 @@ export const Reasons = {
   NO_AGENT: { code: 34, http: 503, grpc: 14, ws: 1013, text: 'cluster has no live agent' },
   BAD_IDENTITY: { code: 35, http: 403, grpc: 7, ws: 1008, text: 'identity cannot be carried to the member cluster' },
   IDENTITY_TOO_LARGE: { code: 36, http: 431, grpc: 8, ws: 1009, text: 'identity too large for the tunnel' },
+  NOT_FOUND: { code: 37, http: 404, grpc: 12, ws: 1008, text: 'no such endpoint' },
   // Joining with a token and renewing agent certificates
   JOIN_DISABLED: { code: 40, http: 404, grpc: 12, ws: 1008, text: 'this server does not sign agent certificates (started without --client-ca-key)' },
   TOKEN_INVALID: { code: 41, http: 401, grpc: 16, ws: 1008, text: 'join token is malformed, altered, or not signed by this hub\'s client CA' },

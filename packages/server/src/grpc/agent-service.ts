@@ -1,11 +1,13 @@
 import { randomBytes } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import { agentClusterOf, isValidAgentId, type Logger } from '@kubetunnel/shared';
-import { registerTunnel } from '../agent-gateway.js';
+import { registerTunnel, registrationResult } from '../agent-gateway.js';
 import type { ServerMetrics } from '../metrics.js';
+import { refused, type Outcome } from '../refusal.js';
 import type { AgentTunnel, ClusterRegistry } from '../registry.js';
 import { AnpL7, type MemberCredential } from './anp-l7.js';
 import { AnpSession } from './anp-session.js';
+import { grpcStatusOf } from './proxy-service.js';
 import { bindTcp, createGrpcServer, shutdownNow, type GrpcServerOptions, type TlsMaterial } from './listeners.js';
 import { AgentServiceDef, type Packet } from './packets.js';
 
@@ -22,7 +24,7 @@ export interface AnpAgentServiceOptions {
   members?: ReadonlyMap<string, MemberCredential>;
 }
 
-type Claim = { ok: true; cluster: string; agentId: string } | { ok: false; code: grpc.status; reason: string };
+type Claim = Outcome<{ cluster: string; agentId: string }>;
 
 function single(md: grpc.Metadata, key: string): string | string[] | undefined {
   const v = md.get(key).map((x) => (Buffer.isBuffer(x) ? x.toString('utf8') : x));
@@ -37,16 +39,16 @@ function single(md: grpc.Metadata, key: string): string | string[] | undefined {
  */
 export function checkAnpAgent(call: grpc.ServerDuplexStream<Packet, Packet>, clusterDomain?: string): Claim {
   const cluster = agentClusterOf(call.getAuthContext().sslPeerCertificate);
-  if (!cluster) return { ok: false, code: grpc.status.PERMISSION_DENIED, reason: 'not an agent certificate' };
+  if (!cluster) return refused('FORBIDDEN', 'not an agent certificate');
   const id = single(call.metadata, 'agentid');
   if (typeof id !== 'string' || !isValidAgentId(id))
-    return { ok: false, code: grpc.status.INVALID_ARGUMENT, reason: 'want exactly one valid agentID metadata value' };
+    return refused('BAD_REQUEST', 'want exactly one valid agentID metadata value');
   const ids = single(call.metadata, 'agentidentifiers');
-  if (Array.isArray(ids)) return { ok: false, code: grpc.status.INVALID_ARGUMENT, reason: 'more than one agentIdentifiers metadata value' };
+  if (Array.isArray(ids)) return refused('BAD_REQUEST', 'more than one agentIdentifiers metadata value');
   const own = new Set([cluster, ...(clusterDomain ? [`${cluster}.${clusterDomain.replace(/^\.+|\.+$/g, '')}`] : [])]);
   const foreign = new URLSearchParams(ids ?? '').getAll('host').find((h) => !own.has(h.toLowerCase()));
   if (foreign !== undefined)
-    return { ok: false, code: grpc.status.PERMISSION_DENIED, reason: `certificate is for cluster ${cluster}; agentIdentifiers claim host=${foreign}` };
+    return refused('FORBIDDEN', `certificate is for cluster ${cluster}; agentIdentifiers claim host=${foreign}`);
   return { ok: true, cluster, agentId: id };
 }
 
@@ -79,10 +81,11 @@ export class AnpAgentService {
   private connect(call: grpc.ServerDuplexStream<Packet, Packet>): void {
     const claim = checkAnpAgent(call, this.options.clusterDomain);
     if (!claim.ok) {
-      this.metrics.registrations.inc({ result: claim.code === grpc.status.PERMISSION_DENIED ? 'forbidden' : 'invalid' });
-      this.log.warn({ reason: claim.reason, peer: call.getPeer() }, 'ANP agent refused');
+      const r = claim.refusal;
+      this.metrics.registrations.inc({ result: registrationResult(r) });
+      this.log.warn({ reason: r.reason, message: r.message, peer: call.getPeer() }, 'ANP agent refused');
       call.on('error', () => {});
-      call.emit('error', { code: claim.code, details: claim.reason });
+      call.emit('error', { code: grpcStatusOf(r), details: r.message });
       return;
     }
     const md = new grpc.Metadata();
