@@ -6,9 +6,11 @@
  * that dies is started again; SIGTERM drains both; a worker that cannot
  * start stops the server with its error, once.
  */
+import { once } from 'node:events';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
+import tls from 'node:tls';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { type Member, Proc, type ServerProc, cli, expectIdle, rawConnect, run, startMember, startServerProc, stopMembers, tmpDir } from './harness.js';
 
@@ -139,6 +141,29 @@ describe('kubetunnel server --workers 2', () => {
     await untilClusters(everyAgentOnEveryWorker, 'every agent on both workers again');
     const text = await (await fetch(`${server.adminUrl}/metrics`)).text();
     expect(text).toMatch(/^kubetunnel_worker_restarts_total 1$/m);
+  });
+
+  it('new certificate files reach every worker', async () => {
+    const fingerprint = async () => {
+      const s = tls.connect({ host: '127.0.0.1', port: server.proxy, ca: hubCA, servername: 'localhost' });
+      await once(s, 'secureConnect');
+      const f = s.getPeerCertificate().fingerprint256;
+      s.destroy();
+      return f;
+    };
+    const old = await fingerprint();
+    await cli('certs', 'init', '--dir', certDir); // keeps the CAs, writes a new server certificate
+    // Connections go to the workers in turn: 8 in a row with the new certificate means both reloaded.
+    const deadline = Date.now() + 20_000;
+    let fresh = 0;
+    while (fresh < 8) {
+      if (Date.now() > deadline) throw new Error('not every worker serves the new certificate within 20 s');
+      if ((await fingerprint()) !== old) fresh++;
+      else {
+        fresh = 0;
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+    }
   });
 
   it('SIGTERM drains both workers and the server exits 0', async () => {

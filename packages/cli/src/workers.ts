@@ -141,7 +141,7 @@ export async function runPrimary(config: ServerConfig, workers: number, log: Log
   let stopping = false;
   let fatal: ((err: Error) => void) | undefined;
   let nextAsk = 0;
-  const pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }>();
+  const pending = new Map<number, { slot: Slot; resolve: (v: unknown) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }>();
 
   const metrics = new WorkersMetrics(() => {
     const up = upSlots().length;
@@ -155,7 +155,7 @@ export async function runPrimary(config: ServerConfig, workers: number, log: Log
         pending.delete(id);
         reject(new Error(`worker ${slot.index} did not answer within ${IPC_TIMEOUT_MS / 1000}s`));
       }, IPC_TIMEOUT_MS);
-      pending.set(id, { resolve, reject, timer });
+      pending.set(id, { slot, resolve, reject, timer });
       slot.worker.send({ kt: 'ask', id, what, ...(clusterName ? { cluster: clusterName } : {}) } satisfies ToWorker);
     });
   /** The workers that are up and connected, by index. */
@@ -240,6 +240,13 @@ export async function runPrimary(config: ServerConfig, workers: number, log: Log
     });
     worker.on('exit', (code, signal) => {
       if (slots.get(index) === slot) slots.delete(index);
+      // Questions it will never answer.
+      for (const [id, p] of pending)
+        if (p.slot === slot) {
+          pending.delete(id);
+          clearTimeout(p.timer);
+          p.reject(new Error(`worker ${index} exited before it answered`));
+        }
       if (stopping) return;
       if (slot.upAt === undefined) {
         fatal?.(new WorkersFailed(failure ?? `worker ${index} exited (${signal ?? code}) before it was up`));
