@@ -105,7 +105,8 @@ program
   .option('--token-file <file>', 'static tokens (token,user,uid,"group1,group2")')
   .option('--policy <file>', 'which users and groups may reach which clusters (YAML)')
   .option('--server-id <id>', 'this replica\'s id (default: host name)')
-  .option('--server-count <n>', 'number of server replicas', '1')
+  .option('--server-count <n>', 'number of server replicas (pods); agents are told (server count × workers)', '1')
+  .option('--workers <n>', 'data-path processes sharing the ports, each a replica with its own id (<server-id>-w<i>); 1: no worker processes', '1')
   .option('--grace-period <duration>', 'how long draining waits for streams', '30s')
   .option('--registration-grace <duration>', 'after start, how long /readyz stays 503 and an unknown cluster gets 503 with Retry-After rather than 404, while agents reconnect', '10s')
   .option('--shutdown-delay <duration>', 'on SIGTERM, how long /readyz answers 503 before new connections are refused', '5s')
@@ -129,7 +130,10 @@ program
   .addOption(new Option('--log-level <level>', 'log level').choices(LOG_LEVELS).default('info'))
   .action(async (_o, cmd: Command) => {
     const s = settings(cmd);
-    const server = await runServer(s);
+    const server = await runServer(s, (err) => {
+      process.stderr.write(`kubetunnel server: ${err.message}\n`);
+      process.exit(1);
+    });
     onSignals('server', () => server.drain());
   });
 

@@ -64,6 +64,12 @@ export interface ServerConfig {
    * (see handshake-limit.ts). Default: defaultMaxConcurrentHandshakes().
    */
   maxConcurrentHandshakes?: number;
+  /**
+   * Bind the health and admin ports (default true). A worker of
+   * `kubetunnel server --workers N` leaves them to its primary, which answers
+   * for every worker.
+   */
+  controlPorts?: boolean;
   /** Connection limits per listener; a listener left out gets defaultLimits of its kind. */
   limits?: Partial<Record<ListenerName, ListenerLimits>>;
 }

@@ -178,3 +178,40 @@ export function anpDialFailureReason(reason: string): string | undefined {
       return undefined;
   }
 }
+
+/**
+ * The metrics of several workers of one server process (`--workers`), each
+ * given as its registry's getMetricsAsJSON(), as one exposition: counters,
+ * gauges and histograms added up across workers (prom-client's cluster
+ * aggregation).
+ */
+export async function aggregateMetrics(perWorker: Array<Awaited<ReturnType<client.Registry['getMetricsAsJSON']>>>): Promise<string> {
+  if (perWorker.length === 0) return '';
+  return client.AggregatorRegistry.aggregate(perWorker).metrics();
+}
+
+/** The primary's own metrics under `--workers`: its workers and their restarts. */
+export class WorkersMetrics {
+  readonly registry = new client.Registry();
+  readonly restarts: client.Counter;
+
+  constructor(state: () => { up: number; starting: number }) {
+    const registers = [this.registry];
+    this.restarts = new client.Counter({
+      name: 'kubetunnel_worker_restarts_total',
+      help: 'Workers of this server process started again after they died.',
+      registers,
+    });
+    new client.Gauge({
+      name: 'kubetunnel_workers',
+      help: 'Workers of this server process, by state (up, starting).',
+      labelNames: ['state'],
+      registers,
+      collect() {
+        const s = state();
+        this.set({ state: 'up' }, s.up);
+        this.set({ state: 'starting' }, s.starting);
+      },
+    });
+  }
+}

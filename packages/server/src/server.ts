@@ -24,7 +24,9 @@ import { UserStreamLimit } from './stream-limit.js';
 export interface ServerAddresses {
   proxy: AddressInfo;
   agent: AddressInfo;
+  /** Port 0 when not bound (`controlPorts: false`). */
   health: AddressInfo;
+  /** Port 0 when not bound (`controlPorts: false`). */
   admin: AddressInfo;
   /** The Konnectivity ProxyService TLS listener, when on. */
   grpc?: AddressInfo;
@@ -240,12 +242,13 @@ async function listenAll(config: ServerConfig, parts: Parts, log: Logger): Promi
   };
   /** The address of a gRPC listener on the bind address (grpc-js reports only the port). */
   const boundTo = (port: number): AddressInfo => ({ address: config.bindAddress, family: config.bindAddress.includes(':') ? 'IPv6' : 'IPv4', port });
+  const control = config.controlPorts !== false;
   try {
     const addresses: ServerAddresses = {
       proxy: await bind('proxy', frontend.server, config.proxyPort, config.bindAddress),
       agent: await bind('agent', gateway.server, config.agentPort, config.bindAddress),
-      health: await bind('health', health, config.healthPort, config.bindAddress),
-      admin: await bind('admin', admin, config.adminPort, config.adminBindAddress),
+      health: control ? await bind('health', health, config.healthPort, config.bindAddress) : boundTo(0),
+      admin: control ? await bind('admin', admin, config.adminPort, config.adminBindAddress) : boundTo(0),
     };
     if (grpcFrontend) {
       const g = await grpcFrontend.listen();

@@ -4,6 +4,7 @@ import { Defaults, LOG_LEVELS, createLogger, defaultLimits } from '@kubetunnel/s
 import { parsePolicy, parseTokenFile, readMemberKubeconfigs, startServer, type ServerConfig, type KubetunnelServer } from '@kubetunnel/server';
 import { SettingError, type Settings } from '../options.js';
 import { watchTlsFiles } from '../reload.js';
+import { runPrimary, runWorker, workerIndex } from '../workers.js';
 
 /** The setting that names the client CA: --client-ca, or its older name --ca. */
 export function clientCAFlag(s: Settings): 'client-ca' | 'ca' {
@@ -154,12 +155,35 @@ export function printable(config: ServerConfig): Record<string, unknown> {
   return { ...rest, joins: clientCaKey ? 'on' : 'off', tokens: `${tokens.size} static tokens`, policy: policy ? `${policy.length} rules` : 'none' };
 }
 
-export async function runServer(s: Settings): Promise<KubetunnelServer> {
+/** What runServer started: a server, or the primary of its workers. */
+export interface RunningServer {
+  drain(): Promise<void>;
+}
+
+/**
+ * Starts the server: in this process (--workers 1), or as the primary of N
+ * workers (workers.ts) that run this command again as worker i. The flags are
+ * checked here first, so a bad one fails once, before any worker starts.
+ * `onFatal` hears of workers that keep dying after start.
+ */
+export async function runServer(s: Settings, onFatal: (err: Error) => void = () => {}): Promise<RunningServer> {
   const log = createLogger(s.choice('log-level', LOG_LEVELS));
   const config = serverConfig(s);
-  log.info({ config: printable(config) }, 'starting kubetunnel server');
+  const workers = s.int('workers', 1, 1024);
+  const index = workerIndex();
+  if (index !== undefined) {
+    const wlog = log.child({ worker: index });
+    const server = await runWorker(config, index, workers, wlog);
+    watchTlsFiles({ cert: s.require('cert'), key: s.require('key'), ca: s.require(clientCAFlag(s)) }, (pem) => server.updateTls(pem), wlog);
+    return server;
+  }
+  log.info({ config: printable(config), workers }, 'starting kubetunnel server');
   const warning = oneCAWarning(config);
   if (warning) log.warn(warning);
+  if (workers > 1) {
+    if (config.grpcUds !== undefined) throw new SettingError('workers', 'give --workers 1 with --grpc-uds (a Unix socket is not shared between workers)');
+    return runPrimary(config, workers, log, onFatal);
+  }
   const server = await startServer(config, log);
   watchTlsFiles({ cert: s.require('cert'), key: s.require('key'), ca: s.require(clientCAFlag(s)) }, (pem) => server.updateTls(pem), log);
   return server;

@@ -1,0 +1,164 @@
+/**
+ * Aggregate CONNECT throughput with 4 clusters downloading at once, through
+ * `kubetunnel server --workers 1` and `--workers 2` (issue 14). Every party is
+ * its own process: the stand-in upstream, one `kubetunnel agent` per cluster,
+ * the server (and its workers), one load client per cluster. Rounds alternate
+ * between the two settings; the median of each is reported, with the CPU each
+ * party took and the machine's load.
+ *
+ *   npm run build && node bench/dist/workers.js [--rounds 3] [--mib 128]
+ */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import type { ChildProcess } from 'node:child_process';
+import { makeCerts, startAgent, startClient, startUpstream, ROOT, type Server } from './parties.js';
+import { cpuOf, line, progress, start, stop, stopAll } from './procs.js';
+
+const CLUSTERS = ['w1', 'w2', 'w3', 'w4'];
+const TOKEN = 'bench-token';
+const arg = (name: string, def: number) => {
+  const i = process.argv.indexOf(`--${name}`);
+  return i > 0 ? Number(process.argv[i + 1]) : def;
+};
+const ROUNDS = arg('rounds', 3);
+const BYTES = arg('mib', 128) * 1024 * 1024;
+
+/** A process and its descendants (the workers of a server), by pid. */
+function family(pid: number): number[] {
+  const out = [pid];
+  for (let i = 0; i < out.length; i++) {
+    try {
+      const kids = fs.readFileSync(`/proc/${out[i]}/task/${out[i]}/children`, 'utf8').trim();
+      if (kids) out.push(...kids.split(/\s+/).map(Number));
+    } catch {
+      // gone
+    }
+  }
+  return out;
+}
+const cpu = (pids: number[]) => pids.reduce((s, p) => s + (Number.isFinite(safeCpu(p)) ? safeCpu(p) : 0), 0);
+function safeCpu(pid: number): number {
+  try {
+    return cpuOf(pid);
+  } catch {
+    return NaN;
+  }
+}
+
+async function startServer(pki: Awaited<ReturnType<typeof makeCerts>>, tmp: string, workers: number): Promise<Server> {
+  const tokens = path.join(tmp, 'tokens.csv');
+  fs.writeFileSync(tokens, `${TOKEN},bench,1,"bench"\n`);
+  const proc = start(path.join(ROOT, 'packages/cli/bin/kubetunnel.js'), [
+    'server', '--cert', pki.file('server.crt'), '--key', pki.file('server.key'), '--client-ca', pki.file('client-ca.crt'),
+    '--bind-address', '127.0.0.1', '--proxy-port', '0', '--agent-port', '0', '--health-port', '0', '--admin-port', '0',
+    '--token-file', tokens, '--log-level', 'info', '--shutdown-delay', '0s', '--registration-grace', '0s', '--grace-period', '2s',
+    '--workers', String(workers),
+  ]);
+  const ports: Record<string, number> = {};
+  await line(
+    proc,
+    (l) => {
+      if (typeof l.listener === 'string' && typeof l.address === 'string') ports[l.listener] = Number(l.address.slice(l.address.lastIndexOf(':') + 1));
+      return ['proxy', 'agent', 'health', 'admin'].every((n) => ports[n] !== undefined);
+    },
+    'server listeners',
+  );
+  const admin = `http://127.0.0.1:${ports.admin}/clusters`;
+  return {
+    proc,
+    ports: { ...(ports as Omit<Server['ports'], 'grpc'>), grpc: 0 },
+    route: (cluster) => ({ kind: 'proxy', proxyPort: ports.proxy!, cluster, token: TOKEN, hubCA: pki.ca }),
+    grpcRoute: () => {
+      throw new Error('no gRPC port in this run');
+    },
+    async waitAgents(want) {
+      for (;;) {
+        const body = (await (await fetch(admin)).json()) as { clusters: Array<{ name: string; agents: unknown[] }> };
+        if (want(new Map(body.clusters.map((c) => [c.name, c.agents.length])))) return;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    },
+  };
+}
+
+interface Round {
+  workers: number;
+  /** All bytes of the 4 downloads over the time from the first start to the last end, MB/s. */
+  aggregateMBps: number;
+  perClientMBps: number[];
+  /** CPU seconds per wall second (1 = one core) of each party during the downloads. */
+  cores: { server: number; agents: number; upstream: number; clients: number };
+  loadavg: string;
+}
+
+async function round(pki: Awaited<ReturnType<typeof makeCerts>>, tmp: string, upstream: { proc: ChildProcess; port: number }, workers: number): Promise<Round> {
+  const server = await startServer(pki, tmp, workers);
+  const agents = CLUSTERS.map((c) => startAgent(pki, server, c, upstream.port));
+  await server.waitAgents((m) => CLUSTERS.every((c) => (m.get(c) ?? 0) >= workers));
+  const serverPids = family(server.proc.pid!);
+  const before = { server: cpu(serverPids), agents: cpu(agents.map((a) => a.pid!)), upstream: cpu([upstream.proc.pid!]) };
+  const t0 = performance.now();
+  const clients = CLUSTERS.map((c) => startClient<{ mbps: number[] }>({ job: 'bulk', route: server.route(c), upstreamCA: pki.ca, bytes: BYTES, runs: 1 }));
+  // The clients' CPU is read just before each exits: sample it while they run.
+  const clientCpu = new Map<number, number>();
+  const sampler = setInterval(() => {
+    for (const c of clients) {
+      const v = safeCpu(c.proc.pid!);
+      if (Number.isFinite(v)) clientCpu.set(c.proc.pid!, v);
+    }
+  }, 100);
+  const results = await Promise.all(clients.map((c) => c.result));
+  const seconds = (performance.now() - t0) / 1000;
+  clearInterval(sampler);
+  const after = { server: cpu(serverPids), agents: cpu(agents.map((a) => a.pid!)), upstream: cpu([upstream.proc.pid!]) };
+  const loadavg = fs.readFileSync('/proc/loadavg', 'utf8').trim();
+  const r: Round = {
+    workers,
+    aggregateMBps: (BYTES * CLUSTERS.length) / seconds / 1e6,
+    perClientMBps: results.map((x) => Math.round(x.mbps[0]! * 10) / 10),
+    cores: {
+      server: (after.server - before.server) / seconds,
+      agents: (after.agents - before.agents) / seconds,
+      upstream: (after.upstream - before.upstream) / seconds,
+      clients: [...clientCpu.values()].reduce((a, b) => a + b, 0) / seconds,
+    },
+    loadavg,
+  };
+  for (const a of agents) await stop(a);
+  await stop(server.proc);
+  return r;
+}
+
+async function main(): Promise<void> {
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'kubetunnel-bench-workers-'));
+  try {
+    const pki = await makeCerts(path.join(tmp, 'pki'), CLUSTERS);
+    const upstream = await startUpstream(pki);
+    const rounds: Round[] = [];
+    for (let i = 0; i < ROUNDS; i++)
+      for (const workers of [1, 2]) {
+        const r = await round(pki, tmp, upstream, workers);
+        progress(`workers ${workers}: ${r.aggregateMBps.toFixed(0)} MB/s; cores server ${r.cores.server.toFixed(2)} agents ${r.cores.agents.toFixed(2)} upstream ${r.cores.upstream.toFixed(2)} clients ${r.cores.clients.toFixed(2)}; load ${r.loadavg}`);
+        rounds.push(r);
+      }
+    const median = (w: number) => {
+      const xs = rounds.filter((r) => r.workers === w).map((r) => r.aggregateMBps).sort((a, b) => a - b);
+      return xs[Math.floor(xs.length / 2)]!;
+    };
+    const one = median(1);
+    const two = median(2);
+    process.stdout.write(
+      JSON.stringify({ machine: { cpus: os.availableParallelism(), model: os.cpus()[0]?.model }, mibPerClient: BYTES / 1048576, rounds, medianMBps: { 1: one, 2: two }, ratio: two / one, target: 1.6 }, null, 2) + '\n',
+    );
+  } finally {
+    await stopAll();
+    fs.rmSync(tmp, { recursive: true, force: true });
+  }
+}
+
+main().catch(async (err: unknown) => {
+  process.stderr.write(`bench workers: ${(err as Error).stack ?? String(err)}\n`);
+  await stopAll();
+  process.exit(1);
+});
