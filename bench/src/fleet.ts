@@ -5,7 +5,7 @@
  * each agent with its tunnel and its health listener); the server's agent
  * connection limit is raised above the count for the run.
  *
- *   npm run bench:fleet [-- --quick] [-- --sessions N] [-- --processes P] [-- --idle SECONDS]
+ *   npm run bench:fleet [-- --quick] [-- --sessions N] [-- --processes P] [-- --idle SECONDS] [-- --concurrency C]
  *
  * Reports the time from the first pool's start until the server has logged
  * every registration, the server's RSS, and its CPU while idle (nothing but
@@ -41,6 +41,8 @@ const quick = argv.includes('--quick');
 const sessions = option('sessions') ?? (quick ? 200 : 10_000);
 const processes = option('processes') ?? (quick ? 2 : 5);
 const idleSeconds = option('idle') ?? (quick ? 3 : 30);
+/** First dials in flight at once per agent process (agents.ts). */
+const concurrency = option('concurrency') ?? 50;
 /** Time for the sessions to settle after the last registration, before the idle measurement. */
 const SETTLE_MS = quick ? 1000 : 5000;
 
@@ -88,6 +90,16 @@ async function startServer(pki: Pki): Promise<FleetServer> {
   return { proc, agentPort: ports.agent!, registered: () => count };
 }
 
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(signal, () => {
+    progress(`${signal}: stopping`);
+    void stopAll().finally(() => {
+      fs.rmSync(tmp, { recursive: true, force: true });
+      process.exit(130);
+    });
+  });
+}
+
 async function main(): Promise<boolean> {
   progress(`${sessions} agent sessions in ${processes} processes on one server; files in ${tmp}`);
   const pki = await makeCerts(path.join(tmp, 'certs'), ['fleet']);
@@ -104,7 +116,7 @@ async function main(): Promise<boolean> {
     .map((n, i) =>
       start(
         path.join(DIST, 'agents.js'),
-        [JSON.stringify({ server: `wss://localhost:${server.agentPort}`, certDir: pki.dir, clusters: ['fleet'], perCluster: n, apiserver: `https://127.0.0.1:${upstream.port}`, idPrefix: `p${i}-` })],
+        [JSON.stringify({ server: `wss://localhost:${server.agentPort}`, certDir: pki.dir, clusters: ['fleet'], perCluster: n, apiserver: `https://127.0.0.1:${upstream.port}`, idPrefix: `p${i}-`, concurrency })],
         { stdin: true },
       ),
     );
@@ -154,6 +166,7 @@ async function main(): Promise<boolean> {
     loadavg: load,
     sessions,
     processes,
+    concurrencyPerProcess: concurrency,
     pingIntervalMs: Defaults.pingIntervalMs,
     registeredInMs,
     serverCpuDuringRegistrationS: Math.round(registerCpu * 100) / 100,
