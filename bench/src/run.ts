@@ -7,6 +7,9 @@
  *   ssh -R      client -> OpenSSH reverse tunnel -> upstream, TLS end to end inside
  *   node relay  client -> front (TLS, CONNECT) -> back (TLS) -> upstream: the same hops, nothing else (relay.ts)
  *
+ * and, in the L7 scenario (l7.ts), HTTP requests over direct, kubetunnel L7
+ * (/clusters/<name>/...) and two nginx in series (nginx.ts).
+ *
  *   npm run bench [-- --quick] [-- --only bulk,small] [-- --out l7.json]
  *
  * Writes bench/results/latest.json and the tables in docs/benchmarks.md;
