@@ -21,6 +21,14 @@ interface Job {
   idPrefix?: string;
   /** Reconnect backoff (default 200 ms doubling up to 5 s). */
   backoff?: { initialMs: number; maxMs: number };
+  /**
+   * At most this many agents of the process dialing their first tunnel at
+   * once (default: no bound, every agent dials as soon as it is created).
+   * Thousands of agents in one process otherwise spend its CPU on as many
+   * client handshakes at once, each past its dial timeout, where a real
+   * fleet has a machine per agent.
+   */
+  concurrency?: number;
 }
 
 const job = JSON.parse(process.argv[2]!) as Job;
@@ -30,10 +38,13 @@ async function main(): Promise<void> {
   const started = performance.now();
   const agents: Agent[] = [];
   const up: Array<Promise<unknown>> = [];
+  let dialing = 0;
+  let slot: (() => void) | undefined;
   for (const cluster of job.clusters) {
     const cert = fs.readFileSync(path.join(job.certDir, `agent-${cluster}.crt`), 'utf8');
     const key = fs.readFileSync(path.join(job.certDir, `agent-${cluster}.key`), 'utf8');
     for (let i = 0; i < job.perCluster; i++) {
+      while (job.concurrency && dialing >= job.concurrency) await new Promise<void>((r) => (slot = r));
       const agent = await startAgent(
         {
           servers: [job.server],
@@ -53,7 +64,14 @@ async function main(): Promise<void> {
         silentLogger(),
       );
       agents.push(agent);
-      up.push(agent.connector.ready ? Promise.resolve() : once(agent.connector, 'session'));
+      dialing++;
+      const session = agent.connector.ready ? Promise.resolve() : once(agent.connector, 'session');
+      up.push(
+        session.finally(() => {
+          dialing--;
+          slot?.();
+        }),
+      );
     }
   }
   await Promise.all(up);

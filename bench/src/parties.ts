@@ -72,6 +72,8 @@ export async function startRelay(pki: Pki, upstreamPort: number): Promise<Route>
 export interface Server {
   proc: ChildProcess;
   ports: { proxy: number; agent: number; health: number; admin: number; grpc: number };
+  /** The bearer token the server accepts (L7 requests carry it). */
+  token: string;
   /** The route of a CONNECT to `cluster` through this server. */
   route(cluster: string): Route;
   /** The route to `cluster` through this server's Konnectivity ProxyService. */
@@ -101,6 +103,7 @@ export async function startServer(pki: Pki, tmp: string): Promise<Server> {
   return {
     proc,
     ports: ports as Server['ports'],
+    token: TOKEN,
     route: (cluster) => ({ kind: 'proxy', proxyPort: ports.proxy!, cluster, token: TOKEN, hubCA: pki.ca }),
     grpcRoute: (cluster) => ({ kind: 'grpc', grpcPort: ports.grpc!, cluster, token: TOKEN, hubCA: pki.ca }),
     async waitAgents(want) {
@@ -113,10 +116,17 @@ export async function startServer(pki: Pki, tmp: string): Promise<Server> {
   };
 }
 
-/** One `kubetunnel agent` process for `cluster`. */
+/**
+ * One `kubetunnel agent` process for `cluster`. It serves L7 streams too: it
+ * trusts the upstream's CA and sends it a token of its own (the stand-in
+ * upstream reads neither).
+ */
 export function startAgent(pki: Pki, server: Server, cluster: string, upstreamPort: number): ChildProcess {
+  const tokenFile = path.join(pki.dir, 'apiserver-token');
+  if (!fs.existsSync(tokenFile)) fs.writeFileSync(tokenFile, 'bench-agent-token\n', { mode: 0o600 });
   return start(CLI, [
     'agent', '--server', `wss://localhost:${server.ports.agent}`, '--cluster', cluster,
+    '--apiserver-ca', pki.file('ca.crt'), '--apiserver-token-file', tokenFile,
     '--cert', pki.file(`agent-${cluster}.crt`), '--key', pki.file(`agent-${cluster}.key`), '--ca', pki.file('ca.crt'),
     '--apiserver', `https://127.0.0.1:${upstreamPort}`, '--health-port', '0', '--log-level', 'warn', ...GRACE,
   ]);

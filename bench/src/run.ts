@@ -7,11 +7,15 @@
  *   ssh -R      client -> OpenSSH reverse tunnel -> upstream, TLS end to end inside
  *   node relay  client -> front (TLS, CONNECT) -> back (TLS) -> upstream: the same hops, nothing else (relay.ts)
  *
- *   npm run bench [-- --quick] [-- --only bulk,small]
+ * and, in the L7 scenario (l7.ts), HTTP requests over direct, kubetunnel L7
+ * (/clusters/<name>/...) and two nginx in series (nginx.ts).
+ *
+ *   npm run bench [-- --quick] [-- --only bulk,small] [-- --out l7.json]
  *
  * Writes bench/results/latest.json and the tables in docs/benchmarks.md;
  * --quick (the CI smoke run: small counts, checks nothing about speed)
- * writes bench/results/quick.json only, --only bench/results/partial.json.
+ * writes bench/results/quick.json only, --only bench/results/partial.json
+ * (--out NAME: bench/results/NAME instead).
  * Exits non-zero only if a scenario could not complete.
  */
 import fs from 'node:fs';
@@ -20,6 +24,7 @@ import path from 'node:path';
 import { startAgent, makeCerts, ROOT, startRelay, startServer, startUpstream } from './parties.js';
 import { freePort, progress, stopAll, within } from './procs.js';
 import { writeReport, type Report } from './report.js';
+import { l7 } from './l7.js';
 import * as scenario from './scenarios.js';
 import { startSsh, type Ssh } from './ssh.js';
 
@@ -27,11 +32,13 @@ const quick = process.argv.includes('--quick');
 /** --only bulk,small: run just these scenarios (results go to bench/results/partial.json). */
 const onlyAt = process.argv.indexOf('--only');
 const only = onlyAt > 0 ? new Set((process.argv[onlyAt + 1] ?? '').split(',').filter(Boolean)) : undefined;
-const SCENARIOS = ['bulk', 'small', 'setup', 'fairness', 'slowReader', 'manyAgents', 'manyStreams'];
+const SCENARIOS = ['bulk', 'small', 'setup', 'fairness', 'slowReader', 'manyAgents', 'manyStreams', 'l7'];
 if (only && (only.size === 0 || [...only].some((n) => !SCENARIOS.includes(n)))) {
   process.stderr.write(`--only takes a comma-separated list of: ${SCENARIOS.join(', ')}\n`);
   process.exit(2);
 }
+const outAt = process.argv.indexOf('--out');
+const outName = outAt > 0 ? path.basename(process.argv[outAt + 1] ?? '') : undefined;
 const scale = quick ? scenario.QUICK : scenario.FULL;
 /** Longest any one scenario may take before the run counts as broken. */
 const scenarioLimitMs = quick ? 45_000 : 20 * 60_000;
@@ -88,7 +95,7 @@ async function main(): Promise<boolean> {
   progress('node relay: front and back processes');
   const relay = await startRelay(pki, upstream.port);
 
-  const b: scenario.Bench = { scale, pki, server, upstreamPort: upstream.port, agentC1, agentC2, clusters, ssh, relay };
+  const b: scenario.Bench = { scale, tmp, pki, server, upstreamPort: upstream.port, agentC1, agentC2, clusters, ssh, relay };
   const plan: Array<[string, string, (b: scenario.Bench) => Promise<unknown>]> = [
     ['bulk', `bulk: one stream, ${scale.bulkBytes >> 20} MiB download, ${scale.runs} run(s) per path`, scenario.bulk],
     ['small', `small requests: ${scale.small} sequential GETs on one kept-alive connection, ${scale.runs} run(s) per path`, scenario.small],
@@ -97,6 +104,7 @@ async function main(): Promise<boolean> {
     ['slowReader', `slow reader: ${scale.slowBytes >> 20} MiB of a 1 GiB download at ${scale.slowRate >> 20} MiB/s, small GETs beside it`, scenario.slowReader],
     ['manyAgents', `many agents: ${scale.agents} agent sessions in ${scale.agentProcesses} processes`, scenario.manyAgents],
     ['manyStreams', `many streams: ${scale.streams} open CONNECT streams across ${scale.streamClusters} clusters`, scenario.manyStreams],
+    ['l7', `L7: ${scale.l7Small} small GETs, ${scale.l7Clients} clients for ${scale.l7Seconds} s, ${scale.l7ListRuns} LISTs of ${scale.l7ListBytes >> 20} MiB over direct, kubetunnel L7, nginx chain`, l7],
   ];
   const results: Record<string, unknown> = {};
   const failed: string[] = [];
@@ -112,13 +120,13 @@ async function main(): Promise<boolean> {
     }
   }
 
-  const report = { date, quick, machine: machine(), ssh: ssh ? ssh.version : 'unavailable', scale, results };
+  const report = { date, quick, machine: machine(), loadavg: fs.readFileSync('/proc/loadavg', 'utf8').trim(), ssh: ssh ? ssh.version : 'unavailable', scale, results };
   if (failed.length > 0) {
     process.stderr.write(`${JSON.stringify(report, null, 2)}\n`);
     progress(`scenarios that did not complete: ${failed.join(', ')}; no results written`);
     return false;
   }
-  const out = path.join(ROOT, 'bench/results', only ? 'partial.json' : quick ? 'quick.json' : 'latest.json');
+  const out = path.join(ROOT, 'bench/results', outName || (only ? 'partial.json' : quick ? 'quick.json' : 'latest.json'));
   fs.mkdirSync(path.dirname(out), { recursive: true });
   fs.writeFileSync(out, JSON.stringify(report, null, 2) + '\n');
   progress(`wrote ${path.relative(ROOT, out)}`);

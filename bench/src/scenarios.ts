@@ -22,20 +22,30 @@ export interface Scale {
   agentProcesses: number;
   slowBytes: number;
   slowRate: number;
+  /** L7 (l7.ts): sequential small GETs per run, concurrent clients and their seconds, the LIST's size and count. */
+  l7Small: number;
+  l7Clients: number;
+  l7Seconds: number;
+  l7ListBytes: number;
+  l7ListRuns: number;
 }
 
 export const QUICK: Scale = {
   bulkBytes: 64 << 20, runs: 1, small: 500, setup: 50, probe: 200,
   streams: 1000, streamClusters: 10, agents: 100, agentProcesses: 2, slowBytes: 3 << 20, slowRate: 1 << 20,
+  l7Small: 300, l7Clients: 8, l7Seconds: 2, l7ListBytes: 2 << 20, l7ListRuns: 2,
 };
 export const FULL: Scale = {
   bulkBytes: 1 << 30, runs: 3, small: 10_000, setup: 500, probe: 2000,
   streams: 10_000, streamClusters: 100, agents: 1000, agentProcesses: 2, slowBytes: 16 << 20, slowRate: 1 << 20,
+  l7Small: 10_000, l7Clients: 64, l7Seconds: 10, l7ListBytes: 10 << 20, l7ListRuns: 10,
 };
 
 /** Everything the scenarios run against. */
 export interface Bench {
   scale: Scale;
+  /** The run's temporary directory (configurations of the nginx chain). */
+  tmp: string;
   pki: Pki;
   server: Server;
   upstreamPort: number;

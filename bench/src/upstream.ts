@@ -1,7 +1,9 @@
 /**
  * The stand-in upstream of the benchmark: HTTPS with keep-alive, like an
- * apiserver. GET /small answers ~100 bytes; GET /bytes?n=N streams N bytes
- * from a reused buffer. Prints its port, then serves until killed.
+ * apiserver. GET /small (and any other path) answers ~100 bytes; GET
+ * /bytes?n=N streams N bytes from a reused buffer; GET /api/v1/pods?bytes=N
+ * answers a PodList of about N bytes of JSON (built once per size), as a
+ * LIST would. Prints its port, then serves until killed.
  */
 import fs from 'node:fs';
 import https from 'node:https';
@@ -10,6 +12,19 @@ import type { AddressInfo } from 'node:net';
 const [certFile, keyFile] = process.argv.slice(2);
 const block = Buffer.alloc(1 << 20, 0x61);
 const small = Buffer.from(JSON.stringify({ kind: 'Status', status: 'Success', message: 'x'.repeat(40) }));
+
+/** PodList bodies by requested size (the benchmark asks for one or two sizes). */
+const lists = new Map<number, Buffer>();
+function podList(bytes: number): Buffer {
+  let body = lists.get(bytes);
+  if (body) return body;
+  const item = (i: number) => JSON.stringify({ metadata: { name: `pod-${i}`, namespace: 'default', uid: `uid-${i}`, labels: { app: 'bench' } }, spec: { containers: [{ name: 'c', image: 'registry.example/bench:1' }] }, status: { phase: 'Running', podIP: '10.0.0.1' } });
+  const per = item(0).length + 1;
+  const items = Array.from({ length: Math.max(1, Math.round(bytes / per)) }, (_, i) => item(i));
+  body = Buffer.from(`{"kind":"PodList","apiVersion":"v1","metadata":{"resourceVersion":"1"},"items":[${items.join(',')}]}`);
+  if (lists.size < 4) lists.set(bytes, body);
+  return body;
+}
 
 const server = https.createServer({ cert: fs.readFileSync(certFile!), key: fs.readFileSync(keyFile!), keepAliveTimeout: 60_000 }, (req, res) => {
   const url = new URL(req.url ?? '/', 'https://x');
@@ -25,6 +40,11 @@ const server = https.createServer({ cert: fs.readFileSync(certFile!), key: fs.re
       res.end();
     };
     return pump();
+  }
+  if (url.pathname === '/api/v1/pods') {
+    const body = podList(Math.min(Number(url.searchParams.get('bytes') ?? 1 << 20) || 0, 256 << 20));
+    res.writeHead(200, { 'Content-Length': body.length, 'Content-Type': 'application/json' });
+    return void res.end(body);
   }
   res.writeHead(200, { 'Content-Length': small.length, 'Content-Type': 'application/json' });
   res.end(small);

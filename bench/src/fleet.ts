@@ -1,0 +1,199 @@
+/**
+ * Fleet scale: many agent sessions on one `kubetunnel server` process
+ * (issue 14: 10,000). The sessions (one cluster, as a DaemonSet's agents
+ * would be) run in a few processes of in-process agents (bench/src/agents.ts,
+ * each agent with its tunnel and its health listener); the server's agent
+ * connection limit is raised above the count for the run.
+ *
+ *   npm run bench:fleet [-- --quick] [-- --sessions N] [-- --processes P] [-- --idle SECONDS] [-- --concurrency C]
+ *
+ * Reports the time from the first pool's start until the server has logged
+ * every registration, the server's RSS, and its CPU while idle (nothing but
+ * the tunnels' pings) over `--idle` seconds, with the load average at each
+ * step (the machine is shared). Writes bench/results/fleet.json
+ * (fleet-quick.json with --quick). --quick (200 sessions, 3 s idle) checks
+ * that every session registers; it says nothing about speed.
+ */
+import type { ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Defaults } from '@kubetunnel/shared';
+import { endInput, makeCerts, ROOT, startUpstream, type Pki } from './parties.js';
+import { cpuOf, line, progress, rssOf, start, stopAll, within } from './procs.js';
+
+const CLI = path.join(ROOT, 'packages/cli/bin/kubetunnel.js');
+const DIST = fileURLToPath(new URL('.', import.meta.url));
+
+const argv = process.argv.slice(2);
+const option = (name: string): number | undefined => {
+  const i = argv.indexOf(`--${name}`);
+  if (i < 0) return undefined;
+  const n = Number(argv[i + 1]);
+  if (!Number.isInteger(n) || n < 1) {
+    process.stderr.write(`--${name} takes a whole number of at least 1\n`);
+    process.exit(2);
+  }
+  return n;
+};
+const quick = argv.includes('--quick');
+const sessions = option('sessions') ?? (quick ? 200 : 10_000);
+const processes = option('processes') ?? (quick ? 2 : 5);
+const idleSeconds = option('idle') ?? (quick ? 3 : 30);
+/** First dials in flight at once per agent process (agents.ts). */
+const concurrency = option('concurrency') ?? 50;
+/** Time for the sessions to settle after the last registration, before the idle measurement. */
+const SETTLE_MS = quick ? 1000 : 5000;
+
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'kubetunnel-fleet-'));
+const loadavg = () => fs.readFileSync('/proc/loadavg', 'utf8').trim().split(' ').slice(0, 3).join(' ');
+
+/** The server, with its listeners' ports and a count of "agent registered" lines. */
+interface FleetServer {
+  proc: ChildProcess;
+  agentPort: number;
+  /** "agent registered" lines logged so far. */
+  registered(): number;
+}
+
+async function startServer(pki: Pki): Promise<FleetServer> {
+  const tokens = path.join(tmp, 'tokens.csv');
+  fs.writeFileSync(tokens, 'fleet-token,bench,1,"bench"\n');
+  const limit = String(sessions + 1000);
+  const proc = start(CLI, [
+    'server', '--cert', pki.file('server.crt'), '--key', pki.file('server.key'), '--client-ca', pki.file('client-ca.crt'),
+    '--bind-address', '127.0.0.1', '--proxy-port', '0', '--agent-port', '0', '--health-port', '0', '--admin-port', '0',
+    '--token-file', tokens, '--max-agent-connections', limit, '--max-connections', limit,
+    '--shutdown-delay', '0s', '--registration-grace', '0s', '--grace-period', '2s', '--log-level', 'info',
+  ]);
+  let count = 0;
+  let buf = '';
+  const ports: Record<string, number> = {};
+  let ready: () => void;
+  const listening = new Promise<void>((r) => (ready = r));
+  proc.stdout!.on('data', (d: Buffer) => {
+    buf += d.toString();
+    let nl;
+    while ((nl = buf.indexOf('\n')) >= 0) {
+      const text = buf.slice(0, nl);
+      buf = buf.slice(nl + 1);
+      if (text.includes('"agent registered"')) count++;
+      else if (text.includes('"listener"')) {
+        const l = JSON.parse(text) as { listener?: string; address?: string };
+        if (l.listener && l.address) ports[l.listener] = Number(l.address.slice(l.address.lastIndexOf(':') + 1));
+        if (ports.agent) ready();
+      }
+    }
+  });
+  await within(30_000, 'server listeners', listening);
+  return { proc, agentPort: ports.agent!, registered: () => count };
+}
+
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(signal, () => {
+    progress(`${signal}: stopping`);
+    void stopAll().finally(() => {
+      fs.rmSync(tmp, { recursive: true, force: true });
+      process.exit(130);
+    });
+  });
+}
+
+async function main(): Promise<boolean> {
+  progress(`${sessions} agent sessions in ${processes} processes on one server; files in ${tmp}`);
+  const pki = await makeCerts(path.join(tmp, 'certs'), ['fleet']);
+  const upstream = await startUpstream(pki);
+  const server = await startServer(pki);
+  const pid = server.proc.pid!;
+  const rssBefore = rssOf(pid);
+  const load = { start: loadavg() } as Record<string, string>;
+
+  const t0 = performance.now();
+  const per = Math.ceil(sessions / processes);
+  const pools = Array.from({ length: processes }, (_, i) => Math.max(0, Math.min(per, sessions - i * per)))
+    .filter((n) => n > 0)
+    .map((n, i) =>
+      start(
+        path.join(DIST, 'agents.js'),
+        [JSON.stringify({ server: `wss://localhost:${server.agentPort}`, certDir: pki.dir, clusters: ['fleet'], perCluster: n, apiserver: `https://127.0.0.1:${upstream.port}`, idPrefix: `p${i}-`, concurrency })],
+        { stdin: true },
+      ),
+    );
+  // Each pool prints {"ready": true} once all its agents have their tunnel; read from the start.
+  const poolsReady = Promise.all(pools.map((p, i) => line(p, (o) => o.ready === true, `agent pool ${i}`)));
+  const cpu0 = cpuOf(pid);
+  await within(
+    10 * 60_000,
+    'registration',
+    new Promise<void>((resolve, reject) => {
+      for (const p of pools) p.once('exit', (code) => reject(new Error(`an agent pool exited (${code}) before every session registered`)));
+      const t = setInterval(() => {
+        if (server.registered() >= sessions) {
+          clearInterval(t);
+          resolve();
+        }
+      }, 50);
+    }),
+  );
+  const registeredInMs = Math.round(performance.now() - t0);
+  const registerCpu = cpuOf(pid) - cpu0;
+  const rssRegistered = rssOf(pid);
+  load.registered = loadavg();
+  progress(`  ${sessions} registered in ${(registeredInMs / 1000).toFixed(1)} s (server CPU ${registerCpu.toFixed(1)} s); server RSS ${(rssRegistered / 2 ** 20).toFixed(0)} MiB`);
+  await within(5 * 60_000, 'agent pools ready', poolsReady);
+
+  await new Promise((r) => setTimeout(r, SETTLE_MS));
+  load.idle = loadavg();
+  const idle0 = { server: cpuOf(pid), pools: pools.reduce((s, p) => s + cpuOf(p.pid!), 0), t: performance.now() };
+  let rssPeakIdle = rssOf(pid);
+  const sampler = setInterval(() => (rssPeakIdle = Math.max(rssPeakIdle, rssOf(pid))), 500);
+  await new Promise((r) => setTimeout(r, idleSeconds * 1000));
+  clearInterval(sampler);
+  const wall = (performance.now() - idle0.t) / 1000;
+  const idleCpu = (cpuOf(pid) - idle0.server) / wall;
+  const poolsCpu = (pools.reduce((s, p) => s + cpuOf(p.pid!), 0) - idle0.pools) / wall;
+  const rssIdle = rssOf(pid);
+  const stillRegistered = server.registered();
+  load.end = loadavg();
+  progress(`  idle ${wall.toFixed(0)} s: server CPU ${(idleCpu * 100).toFixed(1)}% of a core (agent pools ${(poolsCpu * 100).toFixed(1)}%); server RSS ${(rssIdle / 2 ** 20).toFixed(0)} MiB`);
+
+  const cpus = os.cpus();
+  const result = {
+    date: new Date().toISOString(),
+    quick,
+    machine: { cpuModel: cpus[0]?.model.trim() ?? 'unknown', cores: cpus.length, memoryGiB: Math.round(os.totalmem() / 2 ** 30), node: process.version, os: `${os.type()} ${os.release()}` },
+    loadavg: load,
+    sessions,
+    processes,
+    concurrencyPerProcess: concurrency,
+    pingIntervalMs: Defaults.pingIntervalMs,
+    registeredInMs,
+    serverCpuDuringRegistrationS: Math.round(registerCpu * 100) / 100,
+    serverRss: { before: rssBefore, registered: rssRegistered, afterIdle: rssIdle, peakIdle: rssPeakIdle },
+    idle: { seconds: Math.round(wall * 10) / 10, serverCpuShare: Math.round(idleCpu * 10_000) / 10_000, agentPoolsCpuShare: Math.round(poolsCpu * 10_000) / 10_000 },
+    /** Registrations logged by the end (more than `sessions`: some session re-registered during the idle time). */
+    registrationsLogged: stillRegistered,
+    targets: {
+      registeredWithin60s: registeredInMs <= 60_000,
+      rssAtMost1GiB: Math.max(rssRegistered, rssPeakIdle) <= 2 ** 30,
+      idleCpuAtMost5Percent: idleCpu <= 0.05,
+    },
+  };
+  const out = path.join(ROOT, 'bench/results', quick ? 'fleet-quick.json' : 'fleet.json');
+  fs.writeFileSync(out, JSON.stringify(result, null, 2) + '\n');
+  progress(`wrote ${path.relative(ROOT, out)}`);
+  await Promise.all(pools.map(endInput));
+  return stillRegistered >= sessions;
+}
+
+main()
+  .catch((err: unknown) => {
+    progress(`fleet run failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
+    return false;
+  })
+  .then(async (ok) => {
+    await stopAll().catch(() => undefined);
+    fs.rmSync(tmp, { recursive: true, force: true });
+    process.exit(ok ? 0 : 1);
+  });
