@@ -82,13 +82,15 @@ export interface Server {
   waitAgents(want: (agents: Map<string, number>) => boolean): Promise<void>;
 }
 
-export async function startServer(pki: Pki, tmp: string): Promise<Server> {
+/** The server process; `extra` flags go last (e.g. --workers). */
+export async function startServer(pki: Pki, tmp: string, extra: string[] = []): Promise<Server> {
   const tokens = path.join(tmp, 'tokens.csv');
   fs.writeFileSync(tokens, `${TOKEN},bench,1,"bench"\n`);
   const proc = start(CLI, [
     'server', '--cert', pki.file('server.crt'), '--key', pki.file('server.key'), '--client-ca', pki.file('client-ca.crt'),
     '--bind-address', '127.0.0.1', '--proxy-port', '0', '--agent-port', '0', '--health-port', '0', '--admin-port', '0',
     '--grpc-port', '0', '--token-file', tokens, '--max-streams-per-client', '100000', '--log-level', 'info', '--shutdown-delay', '0s', '--registration-grace', '0s', ...GRACE,
+    ...extra,
   ]);
   const ports: Record<string, number> = {};
   await line(

@@ -12,11 +12,10 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { ChildProcess } from 'node:child_process';
-import { makeCerts, startAgent, startClient, startUpstream, ROOT, type Server } from './parties.js';
-import { cpuOf, line, progress, start, stop, stopAll } from './procs.js';
+import { makeCerts, startAgent, startClient, startServer, startUpstream } from './parties.js';
+import { cpuOf, progress, stop, stopAll } from './procs.js';
 
 const CLUSTERS = ['w1', 'w2', 'w3', 'w4'];
-const TOKEN = 'bench-token';
 const arg = (name: string, def: number) => {
   const i = process.argv.indexOf(`--${name}`);
   return i > 0 ? Number(process.argv[i + 1]) : def;
@@ -46,41 +45,6 @@ function safeCpu(pid: number): number {
   }
 }
 
-async function startServer(pki: Awaited<ReturnType<typeof makeCerts>>, tmp: string, workers: number): Promise<Server> {
-  const tokens = path.join(tmp, 'tokens.csv');
-  fs.writeFileSync(tokens, `${TOKEN},bench,1,"bench"\n`);
-  const proc = start(path.join(ROOT, 'packages/cli/bin/kubetunnel.js'), [
-    'server', '--cert', pki.file('server.crt'), '--key', pki.file('server.key'), '--client-ca', pki.file('client-ca.crt'),
-    '--bind-address', '127.0.0.1', '--proxy-port', '0', '--agent-port', '0', '--health-port', '0', '--admin-port', '0',
-    '--token-file', tokens, '--log-level', 'info', '--shutdown-delay', '0s', '--registration-grace', '0s', '--grace-period', '2s',
-    '--workers', String(workers),
-  ]);
-  const ports: Record<string, number> = {};
-  await line(
-    proc,
-    (l) => {
-      if (typeof l.listener === 'string' && typeof l.address === 'string') ports[l.listener] = Number(l.address.slice(l.address.lastIndexOf(':') + 1));
-      return ['proxy', 'agent', 'health', 'admin'].every((n) => ports[n] !== undefined);
-    },
-    'server listeners',
-  );
-  const admin = `http://127.0.0.1:${ports.admin}/clusters`;
-  return {
-    proc,
-    ports: { ...(ports as Omit<Server['ports'], 'grpc'>), grpc: 0 },
-    route: (cluster) => ({ kind: 'proxy', proxyPort: ports.proxy!, cluster, token: TOKEN, hubCA: pki.ca }),
-    grpcRoute: () => {
-      throw new Error('no gRPC port in this run');
-    },
-    async waitAgents(want) {
-      for (;;) {
-        const body = (await (await fetch(admin)).json()) as { clusters: Array<{ name: string; agents: unknown[] }> };
-        if (want(new Map(body.clusters.map((c) => [c.name, c.agents.length])))) return;
-        await new Promise((r) => setTimeout(r, 100));
-      }
-    },
-  };
-}
 
 interface Round {
   workers: number;
@@ -93,7 +57,7 @@ interface Round {
 }
 
 async function round(pki: Awaited<ReturnType<typeof makeCerts>>, tmp: string, upstream: { proc: ChildProcess; port: number }, workers: number): Promise<Round> {
-  const server = await startServer(pki, tmp, workers);
+  const server = await startServer(pki, tmp, ['--workers', String(workers)]);
   const agents = CLUSTERS.map((c) => startAgent(pki, server, c, upstream.port));
   await server.waitAgents((m) => CLUSTERS.every((c) => (m.get(c) ?? 0) >= workers));
   const serverPids = family(server.proc.pid!);
