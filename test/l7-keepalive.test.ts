@@ -27,7 +27,12 @@ beforeAll(async () => {
   ({ server, api } = member);
 });
 
+/** Connections of the running test: closed after it even when it fails, so that its kept streams end with it. */
+const clients = new Set<Client>();
+
 afterEach(async () => {
+  await Promise.all([...clients].map((c) => c.close()));
+  clients.clear();
   await expectIdle(server, member.agent);
 });
 
@@ -54,7 +59,9 @@ class Client {
   static async connect(): Promise<Client> {
     const socket = tls.connect({ host: '127.0.0.1', port: server.addresses.proxy.port, ca: member.hubCA.cert, servername: 'localhost' });
     await once(socket, 'secureConnect');
-    return new Client(socket);
+    const client = new Client(socket);
+    clients.add(client);
+    return client;
   }
 
   /** GET `path` with `token`; resolves with the status and body of the answer (Content-Length framed). */
