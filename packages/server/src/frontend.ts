@@ -11,6 +11,8 @@ import { SocketSet } from './sockets.js';
 export interface HttpHandlers {
   request(req: IncomingMessage, res: ServerResponse): void;
   upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void;
+  /** Releases what the handlers keep between requests (streams kept for later requests). */
+  close?(): void;
 }
 
 /** CONNECT-only: any other request is answered 405. */
@@ -32,7 +34,7 @@ export class Frontend {
   readonly server: https.Server;
   private readonly sockets = new SocketSet();
 
-  constructor(config: ServerConfig, deps: FrontendDeps, handlers: HttpHandlers, log: Logger) {
+  constructor(config: ServerConfig, deps: FrontendDeps, private readonly handlers: HttpHandlers, log: Logger) {
     this.server = https.createServer({
       ...SERVER_TLS_POLICY,
       cert: config.cert,
@@ -66,6 +68,7 @@ export class Frontend {
 
   close(): void {
     this.server.close();
+    this.handlers.close?.();
     this.sockets.destroyAll();
   }
 }

@@ -19,6 +19,7 @@ import { authenticate } from './auth.js';
 import type { FrontendDeps } from './deps.js';
 import { dialCluster, type DialResult } from './dial.js';
 import { connectOnly, type HttpHandlers } from './frontend.js';
+import { DialRefused, StreamPool, type StreamPoolLimits } from './l7-pool.js';
 import { httpAnswer, refusal, refused, type Outcome, type Refusal } from './refusal.js';
 import { routeL7Request } from './routing/resolve.js';
 import { l7Request } from './routing/target.js';
@@ -28,9 +29,11 @@ export interface L7Deps extends FrontendDeps {
   audit: Logger;
   /** TLS server names <cluster>.<suffix> select a cluster for L7 requests. */
   serverNameSuffix: string;
+  /** Bounds of the streams kept for later requests (default DEFAULT_POOL_LIMITS). */
+  pool?: StreamPoolLimits;
 }
 
-/** An http.Agent that hands out one already-open tunnel stream. */
+/** An http.Agent that hands out one already-open tunnel stream (an upgrade's: never kept). */
 class StreamAgent extends http.Agent {
   constructor(private readonly stream: MuxStream) {
     super({ keepAlive: false });
@@ -90,14 +93,47 @@ function hasBody(req: IncomingMessage): boolean {
   return req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0');
 }
 
-/** The http-proxy that sends plain requests through a stream: the member's answer is relayed as it comes. */
-function createProxy(log: Logger): httpProxy {
+/** Tries of one request on kept streams: a request is sent again at most this often in all. */
+const MAX_TRIES = 3;
+
+/** One request's use of a stream: which, whether it was kept from an earlier request, the bytes it carried. */
+interface Attempt {
+  tries: number;
+  stream?: MuxStream;
+  reused?: boolean;
+  /** The stream's bytesOut when this request got it. */
+  sentBefore?: number;
+  bytesIn: number;
+  bytesOut: number;
+  /** Adds the bytes since the request got the stream to bytesIn/bytesOut (once). */
+  settle?: () => void;
+  /** The dial was refused: answered and audited already. */
+  refused: boolean;
+}
+
+/**
+ * The http-proxy that sends plain requests through a stream: the member's
+ * answer is relayed as it comes; `attempts` learns which stream each
+ * request got (errors go to the callback of each proxy.web call).
+ */
+function createProxy(attempts: WeakMap<IncomingMessage, Attempt>): httpProxy {
   const proxy = httpProxy.createProxyServer({ xfwd: false, ignorePath: false });
   proxy.on('proxyRes', (upstream: IncomingMessage, _req: IncomingMessage, res: ServerResponse) => onProxyResponse(upstream, res));
-  proxy.on('error', (err: Error, _req: IncomingMessage, res: ServerResponse | Duplex) => {
-    log.debug({ err: err.message }, 'L7 proxy error');
-    if ('writeHead' in res) sendStatus(res, 502, `tunnel to the member cluster failed: ${err.message}`);
-    else res.destroy();
+  // http-proxy emits proxyReq once the request has its socket (here: a stream).
+  proxy.on('proxyReq', (out: http.ClientRequest, req: IncomingMessage) => {
+    const attempt = attempts.get(req);
+    if (!attempt || !out.socket) return;
+    const stream = out.socket as unknown as MuxStream;
+    const inBefore = stream.bytesIn;
+    const outBefore = stream.bytesOut;
+    Object.assign(attempt, { stream, reused: out.reusedSocket, sentBefore: outBefore });
+    attempt.settle = () => {
+      attempt.settle = undefined;
+      attempt.bytesIn += stream.bytesIn - inBefore;
+      attempt.bytesOut += stream.bytesOut - outBefore;
+    };
+    // The answer is in: what comes later on the stream belongs to the next request.
+    out.once('response', (upstream: IncomingMessage) => upstream.once('end', () => attempt.settle?.()));
   });
   return proxy;
 }
@@ -113,19 +149,36 @@ type Answer = { status: number; message: string; headers: Record<string, string>
  * identity headers never leave the hub. A request that is not L7 goes to
  * `connectOnly`.
  */
-export function l7Handlers(deps: L7Deps): HttpHandlers {
+export function l7Handlers(deps: L7Deps): HttpHandlers & { pool: StreamPool } {
   const l7 = new L7Frontend(deps);
-  return { request: (req, res) => l7.request(req, res), upgrade: (req, socket, head) => l7.upgrade(req, socket, head) };
+  return {
+    request: (req, res) => l7.request(req, res),
+    upgrade: (req, socket, head) => l7.upgrade(req, socket, head),
+    close: () => l7.close(),
+    pool: l7.pool,
+  };
 }
 
 class L7Frontend {
   private readonly proxy: httpProxy;
+  private readonly attempts = new WeakMap<IncomingMessage, Attempt>();
+  readonly pool: StreamPool;
 
   constructor(private readonly deps: L7Deps) {
-    this.proxy = createProxy(deps.log);
+    this.proxy = createProxy(this.attempts);
+    this.pool = new StreamPool(deps.pool);
   }
 
-  /** A plain request: proxied through the stream by http-proxy, the answer relayed as it comes. */
+  close(): void {
+    this.pool.close();
+  }
+
+  /**
+   * A plain request: proxied by http-proxy on a stream of this caller to this
+   * cluster kept from an earlier request of the client connection, else on a
+   * new one (StreamPool); the answer is relayed as it comes. The policy is
+   * applied to every request, kept stream or not.
+   */
   request(req: IncomingMessage, res: ServerResponse): void {
     const started = performance.now();
     const answer = (a: Answer) => sendStatus(res, a.status, a.message, a.headers);
@@ -134,21 +187,46 @@ class L7Frontend {
       if (!res.headersSent) connectOnly.request(req, res);
       return;
     }
-    const gone = new AbortController();
-    res.once('close', () => gone.abort());
-    const proxied = this.dial(p, gone.signal).then((result) => {
-      if (!result.ok) return this.answerRefusal(p, req, result.refusal, started, answer);
-      const { stream } = result;
-      if (res.destroyed) return void stream.destroy();
-      res.once('close', () => {
-        this.audit(p, req, res.statusCode, stream, started);
-        if (!stream.destroyed) stream.destroy();
-      });
-      req.headers = p.headers as http.IncomingHttpHeaders;
-      req.url = p.route.path;
-      this.proxy.web(req, res, { target: `http://${p.route.cluster}`, agent: new StreamAgent(stream), changeOrigin: false });
+    const allowed = this.deps.authorize(p.identity, p.route.cluster);
+    if (allowed !== true) {
+      this.deps.metrics.refused('l7', allowed.reason);
+      return this.answerRefusal(p, req, allowed, started, answer);
+    }
+    const attempt: Attempt = { tries: 0, bytesIn: 0, bytesOut: 0, refused: false };
+    res.once('close', () => {
+      attempt.settle?.();
+      if (!attempt.refused) this.audit(p, req, res.statusCode, attempt, started);
     });
-    void this.guard(proxied, (message) => sendStatus(res, 500, message));
+    req.headers = p.headers as http.IncomingHttpHeaders;
+    req.url = p.route.path;
+    this.forward(p, req, res, attempt, started);
+  }
+
+  /**
+   * Sends the request on a pooled stream. A kept stream that fails before any
+   * byte of the request went into the tunnel (it died while idle) is replaced
+   * by another, for a request without a body; otherwise a failure is a 502.
+   */
+  private forward(p: Prepared, req: IncomingMessage, res: ServerResponse, attempt: Attempt, started: number): void {
+    attempt.tries += 1;
+    const agent = this.pool.agentFor(req.socket, p.route.cluster, p.identity, () => this.dial(p));
+    this.attempts.set(req, attempt);
+    this.proxy.web(req, res, { target: `http://${p.route.cluster}`, agent, changeOrigin: false }, (err: Error) => {
+      attempt.settle?.();
+      if (err instanceof DialRefused) {
+        attempt.refused = true;
+        return this.answerRefusal(p, req, err.refusal, started, (a) => sendStatus(res, a.status, a.message, a.headers));
+      }
+      if (res.destroyed) return;
+      const unsent = attempt.reused === true && attempt.sentBefore === attempt.stream?.bytesOut;
+      if (unsent && !hasBody(req) && !res.headersSent && attempt.tries < MAX_TRIES) {
+        this.deps.log.debug({ err: err.message }, 'kept L7 stream failed before the request was sent: sending it on another');
+        return this.forward(p, req, res, attempt, started);
+      }
+      this.deps.log.debug({ err: err.message }, 'L7 proxy error');
+      if (res.headersSent) res.destroy();
+      else sendStatus(res, 502, `tunnel to the member cluster failed: ${err.message}`);
+    });
   }
 
   /** An upgrade (exec, attach, port-forward): relayed byte for byte once the member answers 101 (see relayUpgrade). */
@@ -202,8 +280,8 @@ class L7Frontend {
     answer({ status, message: r.message, headers });
   }
 
-  private dial(p: Prepared, signal: AbortSignal): Promise<DialResult> {
-    return dialCluster(this.deps, { cluster: p.route.cluster, identity: p.identity, request: l7Request(p.identity), frontend: 'l7', signal });
+  private dial(p: Prepared, signal?: AbortSignal): Promise<DialResult> {
+    return dialCluster(this.deps, { cluster: p.route.cluster, identity: p.identity, request: l7Request(p.identity), frontend: 'l7', ...(signal ? { signal } : {}) });
   }
 
   /** Answers a dial the cluster refused (dialCluster counted it), and audits it. */
@@ -221,7 +299,7 @@ class L7Frontend {
     });
   }
 
-  private audit(p: Prepared, req: IncomingMessage, status: number, stream: MuxStream | undefined, started: number, upgrade?: string): void {
+  private audit(p: Prepared, req: IncomingMessage, status: number, stream: { bytesIn: number; bytesOut: number } | undefined, started: number, upgrade?: string): void {
     this.deps.audit.info(
       {
         user: p.identity.user,

@@ -127,6 +127,10 @@ export class MemberHttp {
       config.log.debug({ err: err.message }, 'apiserver request failed');
       fail(res, 502, `${config.connect ? 'the hub' : 'agent'} could not reach the apiserver: ${err.message}`);
     });
+    // Keep-alive: a stream carries one request after another (the hub keeps
+    // streams for its caller's later requests). keepAliveTimeout 0 means no
+    // idle timeout here: the hub closes an idle stream on its own timer, so
+    // this side never closes a stream just as the hub sends on it.
     this.server = http.createServer({ keepAliveTimeout: 0 });
     // Each request's error boundary: whatever throws fails that request only.
     const guarded =
