@@ -91,7 +91,7 @@ export class PooledStreams extends http.Agent {
   /** Whether a stream may take another request: open both ways, its tunnel still taking streams. */
   private healthy(stream: Duplex): boolean {
     const s = stream as MuxStream;
-    return !s.destroyed && s.writable && !s.readableEnded && !s.resetReceived && this.tunnels.get(s)?.session.usable === true;
+    return s.state === 'open' && !s.destroyed && s.writable && !s.readableEnded && this.tunnels.get(s)?.session.usable === true;
   }
 
   /** After an answer: keep the stream idle (true), or have it destroyed. */
