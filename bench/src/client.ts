@@ -8,6 +8,7 @@
 import { once } from 'node:events';
 import tls from 'node:tls';
 import { connectUpstream, contextFor, get, percentile, type Phases, type Route } from './common.js';
+import { runChild } from './procs.js';
 
 interface Job {
   job: 'bulk' | 'small' | 'setup' | 'probe' | 'hold' | 'slow';
@@ -174,13 +175,4 @@ async function main(): Promise<unknown> {
   }
 }
 
-main().then(
-  (r) => {
-    console.log(JSON.stringify(r));
-    process.exit(0);
-  },
-  (err: unknown) => {
-    console.error(String(err));
-    process.exit(1);
-  },
-);
+runChild(main);

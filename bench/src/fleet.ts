@@ -21,22 +21,13 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Defaults } from '@kubetunnel/shared';
 import { endInput, makeCerts, ROOT, startUpstream, type Pki } from './parties.js';
-import { cpuOf, line, progress, rssOf, start, stopAll, within } from './procs.js';
+import { cpuOf, line, progress, rssOf, start, stopAll, stopOnSignals, wholeNumberOption, within } from './procs.js';
 
 const CLI = path.join(ROOT, 'packages/cli/bin/kubetunnel.js');
 const DIST = fileURLToPath(new URL('.', import.meta.url));
 
 const argv = process.argv.slice(2);
-const option = (name: string): number | undefined => {
-  const i = argv.indexOf(`--${name}`);
-  if (i < 0) return undefined;
-  const n = Number(argv[i + 1]);
-  if (!Number.isInteger(n) || n < 1) {
-    process.stderr.write(`--${name} takes a whole number of at least 1\n`);
-    process.exit(2);
-  }
-  return n;
-};
+const option = (name: string): number | undefined => wholeNumberOption(argv, name);
 const quick = argv.includes('--quick');
 const sessions = option('sessions') ?? (quick ? 200 : 10_000);
 const processes = option('processes') ?? (quick ? 2 : 5);
@@ -90,15 +81,7 @@ async function startServer(pki: Pki): Promise<FleetServer> {
   return { proc, agentPort: ports.agent!, registered: () => count };
 }
 
-for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-  process.once(signal, () => {
-    progress(`${signal}: stopping`);
-    void stopAll().finally(() => {
-      fs.rmSync(tmp, { recursive: true, force: true });
-      process.exit(130);
-    });
-  });
-}
+stopOnSignals(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
 async function main(): Promise<boolean> {
   progress(`${sessions} agent sessions in ${processes} processes on one server; files in ${tmp}`);

@@ -13,6 +13,7 @@
 import { once } from 'node:events';
 import tls from 'node:tls';
 import { contextFor, percentile } from './common.js';
+import { runChild } from './procs.js';
 
 /** Where the L7 client sends its requests: a TLS port and a path prefix (kubetunnel: /clusters/<name>). */
 export interface L7Target {
@@ -169,13 +170,4 @@ async function main(): Promise<unknown> {
   }
 }
 
-main().then(
-  (r) => {
-    console.log(JSON.stringify(r));
-    process.exit(0);
-  },
-  (err: unknown) => {
-    console.error(String(err));
-    process.exit(1);
-  },
-);
+runChild(main);

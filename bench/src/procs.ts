@@ -151,3 +151,41 @@ export async function lowFreePorts(n: number): Promise<number[]> {
   }
   return ports;
 }
+
+/** A child process's entry: prints main's result as one JSON line and exits 0, or its error and exits 1. */
+export function runChild(main: () => Promise<unknown>): void {
+  main().then(
+    (r) => {
+      console.log(JSON.stringify(r));
+      process.exit(0);
+    },
+    (err: unknown) => {
+      console.error(String(err));
+      process.exit(1);
+    },
+  );
+}
+
+/** `--name N` of a benchmark's arguments: a whole number of at least 1, or undefined; anything else exits 2 saying so. */
+export function wholeNumberOption(argv: string[], name: string): number | undefined {
+  const i = argv.indexOf(`--${name}`);
+  if (i < 0) return undefined;
+  const n = Number(argv[i + 1]);
+  if (!Number.isInteger(n) || n < 1) {
+    process.stderr.write(`--${name} takes a whole number of at least 1\n`);
+    process.exit(2);
+  }
+  return n;
+}
+
+/** On SIGINT or SIGTERM: stop every process started here, then `cleanUp` (temporary files), then exit 130. */
+export function stopOnSignals(cleanUp: () => Promise<void> | void = () => {}): void {
+  for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+    process.once(signal, () => {
+      progress(`${signal}: stopping`);
+      void stopAll()
+        .then(cleanUp)
+        .finally(() => process.exit(130));
+    });
+  }
+}

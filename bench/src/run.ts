@@ -22,7 +22,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { startAgent, makeCerts, ROOT, startRelay, startServer, startUpstream } from './parties.js';
-import { freePort, progress, stopAll, within } from './procs.js';
+import { freePort, progress, stopAll, stopOnSignals, within } from './procs.js';
 import { writeReport, type Report } from './report.js';
 import { l7 } from './l7.js';
 import * as scenario from './scenarios.js';
@@ -52,12 +52,11 @@ async function cleanUp(): Promise<void> {
   fs.rmSync(tmp, { recursive: true, force: true });
 }
 
-for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-  process.once(signal, () => {
-    progress(`${signal}: stopping`);
-    void cleanUp().finally(() => process.exit(130));
-  });
-}
+// On a signal: the processes this run started, then the ssh -R connections, then the files.
+stopOnSignals(async () => {
+  await ssh?.stop();
+  fs.rmSync(tmp, { recursive: true, force: true });
+});
 
 function machine() {
   const cpus = os.cpus();

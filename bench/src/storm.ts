@@ -32,7 +32,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { percentile } from './common.js';
 import { endInput, makeCerts, ROOT, startUpstream, type Pki } from './parties.js';
-import { cpuOf, line, lowFreePorts, progress, start, stop, stopAll, within } from './procs.js';
+import { cpuOf, line, lowFreePorts, progress, start, stop, stopAll, stopOnSignals, wholeNumberOption, within } from './procs.js';
 
 const CLI = path.join(ROOT, 'packages/cli/bin/kubetunnel.js');
 const DIST = fileURLToPath(new URL('.', import.meta.url));
@@ -40,16 +40,7 @@ const TOKEN = 'storm-token';
 
 const argv = process.argv.slice(2);
 const flag = (name: string) => argv.includes(`--${name}`);
-const option = (name: string): number | undefined => {
-  const i = argv.indexOf(`--${name}`);
-  if (i < 0) return undefined;
-  const n = Number(argv[i + 1]);
-  if (!Number.isInteger(n) || n < 1) {
-    process.stderr.write(`--${name} takes a whole number of at least 1\n`);
-    process.exit(2);
-  }
-  return n;
-};
+const option = (name: string): number | undefined => wholeNumberOption(argv, name);
 const quick = flag('quick');
 const sessions = option('sessions') ?? (quick ? 200 : 2000);
 const processes = option('processes') ?? (quick ? 2 : 4);
@@ -320,12 +311,7 @@ async function cleanUp(): Promise<void> {
   fs.rmSync(tmp, { recursive: true, force: true });
 }
 
-for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-  process.once(signal, () => {
-    progress(`${signal}: stopping`);
-    void cleanUp().finally(() => process.exit(130));
-  });
-}
+stopOnSignals(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
 main()
   .catch((err: unknown) => {
