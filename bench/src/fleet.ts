@@ -21,7 +21,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Defaults } from '@kubetunnel/shared';
 import { endInput, makeCerts, ROOT, startUpstream, type Pki } from './parties.js';
-import { cpuOf, line, progress, rssOf, start, stopAll, stopOnSignals, wholeNumberOption, within } from './procs.js';
+import { cpuOf, progress, rssOf, start, startAgentPools, stopAll, stopOnSignals, wholeNumberOption, within } from './procs.js';
 
 const CLI = path.join(ROOT, 'packages/cli/bin/kubetunnel.js');
 const DIST = fileURLToPath(new URL('.', import.meta.url));
@@ -93,18 +93,15 @@ async function main(): Promise<boolean> {
   const load = { start: loadavg() } as Record<string, string>;
 
   const t0 = performance.now();
-  const per = Math.ceil(sessions / processes);
-  const pools = Array.from({ length: processes }, (_, i) => Math.max(0, Math.min(per, sessions - i * per)))
-    .filter((n) => n > 0)
-    .map((n, i) =>
-      start(
-        path.join(DIST, 'agents.js'),
-        [JSON.stringify({ server: `wss://localhost:${server.agentPort}`, certDir: pki.dir, clusters: ['fleet'], perCluster: n, apiserver: `https://127.0.0.1:${upstream.port}`, idPrefix: `p${i}-`, concurrency })],
-        { stdin: true },
-      ),
-    );
-  // Each pool prints {"ready": true} once all its agents have their tunnel; read from the start.
-  const poolsReady = Promise.all(pools.map((p, i) => line(p, (o) => o.ready === true, `agent pool ${i}`)));
+  const { pools, ready: poolsReady } = startAgentPools(path.join(DIST, 'agents.js'), sessions, processes, (n, i) => ({
+    server: `wss://localhost:${server.agentPort}`,
+    certDir: pki.dir,
+    clusters: ['fleet'],
+    perCluster: n,
+    apiserver: `https://127.0.0.1:${upstream.port}`,
+    idPrefix: `p${i}-`,
+    concurrency,
+  }));
   const cpu0 = cpuOf(pid);
   await within(
     10 * 60_000,

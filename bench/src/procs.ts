@@ -189,3 +189,22 @@ export function stopOnSignals(cleanUp: () => Promise<void> | void = () => {}): v
     });
   }
 }
+
+/**
+ * `sessions` agent sessions split over `processes` processes of `script`
+ * (bench/src/agents.ts), each given the JSON of `config(count, index)`; with
+ * a promise that resolves once every pool says all its agents hold a tunnel.
+ */
+export function startAgentPools(
+  script: string,
+  sessions: number,
+  processes: number,
+  config: (count: number, index: number) => object,
+): { pools: ChildProcess[]; ready: Promise<unknown> } {
+  const per = Math.ceil(sessions / processes);
+  const pools = Array.from({ length: processes }, (_, i) => Math.max(0, Math.min(per, sessions - i * per)))
+    .filter((n) => n > 0)
+    .map((n, i) => start(script, [JSON.stringify(config(n, i))], { stdin: true }));
+  // Each pool prints {"ready": true} once all its agents have their tunnel; read from the start.
+  return { pools, ready: Promise.all(pools.map((p, i) => line(p, (o) => o.ready === true, `agent pool ${i}`))) };
+}

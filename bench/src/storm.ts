@@ -32,7 +32,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { percentile } from './common.js';
 import { endInput, makeCerts, ROOT, startUpstream, type Pki } from './parties.js';
-import { cpuOf, line, lowFreePorts, progress, start, stop, stopAll, stopOnSignals, wholeNumberOption, within } from './procs.js';
+import { cpuOf, line, lowFreePorts, progress, start, startAgentPools, stop, stopAll, stopOnSignals, wholeNumberOption, within } from './procs.js';
 
 const CLI = path.join(ROOT, 'packages/cli/bin/kubetunnel.js');
 const DIST = fileURLToPath(new URL('.', import.meta.url));
@@ -143,17 +143,16 @@ async function main(): Promise<boolean> {
 
   progress(`first registration of ${sessions} sessions`);
   const t0 = Date.now();
-  const per = Math.ceil(sessions / processes);
-  const pools = Array.from({ length: processes }, (_, i) => Math.max(0, Math.min(per, sessions - i * per)))
-    .filter((n) => n > 0)
-    .map((n, i) =>
-      start(
-        path.join(DIST, 'agents.js'),
-        [JSON.stringify({ server: `wss://localhost:${ports.agent}`, certDir: pki.dir, clusters: ['storm'], perCluster: n, apiserver: `https://127.0.0.1:${upstream.port}`, idPrefix: `p${i}-`, backoff: BACKOFF })],
-        { stdin: true },
-      ),
-    );
-  await within(10 * 60_000, 'first registration', Promise.all(pools.map((p, i) => line(p, (o) => o.ready === true, `agent pool ${i}`))));
+  const { pools, ready } = startAgentPools(path.join(DIST, 'agents.js'), sessions, processes, (n, i) => ({
+    server: `wss://localhost:${ports.agent}`,
+    certDir: pki.dir,
+    clusters: ['storm'],
+    perCluster: n,
+    apiserver: `https://127.0.0.1:${upstream.port}`,
+    idPrefix: `p${i}-`,
+    backoff: BACKOFF,
+  }));
+  await within(10 * 60_000, 'first registration', ready);
   const firstMs = Date.now() - t0;
   progress(`  all registered in ${(firstMs / 1000).toFixed(1)} s`);
 
