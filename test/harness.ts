@@ -306,6 +306,26 @@ export async function startMember(o: {
   return { apiserver, caFile, url, credentials, agent };
 }
 
+/** The service-account token an L7 member's agent sends its apiserver, and the user it names there. */
+export const L7_AGENT_TOKEN = 'agent-sa-token';
+export const l7AgentUser = (cluster: string) => `system:serviceaccount:kubetunnel:agent-${cluster}`;
+
+/**
+ * A member whose agent serves L7 too: its stand-in knows the agent's
+ * service-account token (L7_AGENT_TOKEN, user l7AgentUser(name)) and lets
+ * that user impersonate; the agent reads the token from DIR/agent-token.
+ */
+export async function startL7Member(o: { dir: string; certDir: string; server: ServerProc; name: string }): Promise<Member> {
+  const tokenFile = path.join(o.dir, 'agent-token');
+  fs.writeFileSync(tokenFile, L7_AGENT_TOKEN + '\n');
+  return startMember({
+    ...o,
+    tokens: { [L7_AGENT_TOKEN]: { user: l7AgentUser(o.name), groups: ['system:serviceaccounts'] } },
+    impersonators: [l7AgentUser(o.name)],
+    agentArgs: ['--apiserver-token-file', tokenFile],
+  });
+}
+
 /**
  * Asserts that the server holds no open stream and no pending dial. Streams
  * end asynchronously after a client goes, so it asks again for a while first.

@@ -11,7 +11,7 @@ import net from 'node:net';
 import path from 'node:path';
 import tls from 'node:tls';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { type Member, type ServerProc, cli, expectIdle, rawConnect, run, startMember, startServerProc, stopMembers, tmpDir } from './harness.js';
+import { type Member, type ServerProc, cli, expectIdle, rawConnect, run, L7_AGENT_TOKEN, l7AgentUser, startL7Member, startServerProc, stopMembers, tmpDir } from './harness.js';
 
 const POLICY = `
 rules:
@@ -21,8 +21,6 @@ rules:
     clusters: [member-1]
 `;
 const TOKENS = 'admin-token,admin,1,"system:masters,platform"\ndev-token,dev,2,"developers"\n';
-const AGENT_TOKEN = 'agent-sa-token';
-const agentUser = (c: string) => `system:serviceaccount:kubetunnel:agent-${c}`;
 
 let dir: string;
 let certDir: string;
@@ -37,21 +35,9 @@ beforeAll(async () => {
   hubCA = fs.readFileSync(path.join(certDir, 'ca.crt'), 'utf8');
   fs.writeFileSync(path.join(dir, 'tokens.csv'), TOKENS);
   fs.writeFileSync(path.join(dir, 'policy.yaml'), POLICY);
-  fs.writeFileSync(path.join(dir, 'agent-token'), AGENT_TOKEN + '\n');
   server = await startServerProc(certDir, ['--token-file', path.join(dir, 'tokens.csv'), '--policy', path.join(dir, 'policy.yaml')]);
   for (const name of ['member-1', 'member-2'])
-    members.set(
-      name,
-      await startMember({
-        dir,
-        certDir,
-        server,
-        name,
-        tokens: { [AGENT_TOKEN]: { user: agentUser(name), groups: ['system:serviceaccounts'] } },
-        impersonators: [agentUser(name)],
-        agentArgs: ['--apiserver-token-file', path.join(dir, 'agent-token')],
-      }),
-    );
+    members.set(name, await startL7Member({ dir, certDir, server, name }));
 });
 
 afterAll(async () => {
@@ -60,7 +46,7 @@ afterAll(async () => {
   const logs = JSON.stringify(server?.proc.lines ?? []) + [...members.values()].map((m) => JSON.stringify(m.agent.lines)).join('');
   expect(logs).not.toContain('admin-token');
   expect(logs).not.toContain('dev-token');
-  expect(logs).not.toContain(AGENT_TOKEN);
+  expect(logs).not.toContain(L7_AGENT_TOKEN);
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
@@ -88,7 +74,7 @@ describe('L7 mode with real kubectl', () => {
     expect(who.status.userInfo.username).toBe('admin');
     expect(who.status.userInfo.groups).toEqual(['system:masters', 'platform', 'system:authenticated']);
     const last = members.get('member-2')!.apiserver.requests.filter((r) => r.path.includes('selfsubjectreviews')).pop()!;
-    expect(last.user).toBe(agentUser('member-2'));
+    expect(last.user).toBe(l7AgentUser('member-2'));
     expect(last.effectiveUser).toBe('admin');
   });
 

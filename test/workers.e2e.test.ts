@@ -12,11 +12,9 @@ import net from 'node:net';
 import path from 'node:path';
 import tls from 'node:tls';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { type Member, Proc, type ServerProc, cli, expectIdle, rawConnect, run, startMember, startServerProc, stopMembers, tmpDir } from './harness.js';
+import { type Member, Proc, type ServerProc, cli, expectIdle, rawConnect, run, startL7Member, startServerProc, stopMembers, tmpDir } from './harness.js';
 
 const TOKENS = 'admin-token,admin,1,"system:masters"\n';
-const AGENT_TOKEN = 'agent-sa-token';
-const agentUser = (c: string) => `system:serviceaccount:kubetunnel:agent-${c}`;
 const CLUSTERS = ['member-1', 'member-2'];
 const WORKER_IDS = ['hub-w0', 'hub-w1'];
 
@@ -58,21 +56,9 @@ beforeAll(async () => {
   await cli('certs', 'init', '--dir', certDir);
   hubCA = fs.readFileSync(path.join(certDir, 'ca.crt'), 'utf8');
   fs.writeFileSync(path.join(dir, 'tokens.csv'), TOKENS);
-  fs.writeFileSync(path.join(dir, 'agent-token'), AGENT_TOKEN + '\n');
   server = await startServerProc(certDir, ['--token-file', path.join(dir, 'tokens.csv'), '--server-id', 'hub', '--workers', '2']);
   for (const name of CLUSTERS)
-    members.set(
-      name,
-      await startMember({
-        dir,
-        certDir,
-        server,
-        name,
-        tokens: { [AGENT_TOKEN]: { user: agentUser(name), groups: ['system:serviceaccounts'] } },
-        impersonators: [agentUser(name)],
-        agentArgs: ['--apiserver-token-file', path.join(dir, 'agent-token')],
-      }),
-    );
+    members.set(name, await startL7Member({ dir, certDir, server, name }));
   await untilClusters(everyAgentOnEveryWorker, 'every agent on both workers');
 }, 60_000);
 

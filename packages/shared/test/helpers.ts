@@ -6,7 +6,7 @@ import forge from 'node-forge';
 import { expect } from 'vitest';
 import { WebSocket, WebSocketServer } from 'ws';
 import type { Pem } from '../src/pki/index.js';
-import { MemoryTransport, Session, WsTransport, type SessionOptions } from '../src/mux/index.js';
+import { MemoryTransport, Session, WsTransport, type IncomingOpen, type MuxStream, type SessionOptions } from '../src/mux/index.js';
 import { SUBPROTOCOL } from '../src/protocol/index.js';
 
 export interface Pair {
@@ -18,6 +18,13 @@ export interface Pair {
 }
 
 type Opts = Omit<SessionOptions, 'role'>;
+
+/** Opens a tcp stream from the server that the agent accepts; resolves with both ends. */
+export async function openAccepted(p: Pair): Promise<[MuxStream, MuxStream]> {
+  const accepted = new Promise<MuxStream>((resolve) => p.agent.once('open', (inc: IncomingOpen) => resolve(inc.accept())));
+  const s = await p.server.open({ kind: 'tcp', target: 'apiserver' });
+  return [s, await accepted];
+}
 
 /** Asserts that neither session of `p` holds an open stream or an open in progress. */
 export function expectPairIdle(p: Pair): void {

@@ -7,8 +7,8 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { TunnelError } from '../src/errors.js';
 import { FrameType, decodeMessage, encodeFrames, type Frame } from '../src/protocol/index.js';
-import { MemoryTransport, MuxStream, Session, type IncomingOpen, type StreamHost } from '../src/mux/index.js';
-import { closed, expectNoLeaks, expectPairIdle, liveResources, memoryPair, readAll, type Pair } from './helpers.js';
+import { MemoryTransport, MuxStream, Session, type StreamHost } from '../src/mux/index.js';
+import { closed, expectNoLeaks, expectPairIdle, liveResources, memoryPair, openAccepted, readAll, type Pair } from './helpers.js';
 
 const tcp = { kind: 'tcp' as const, target: 'apiserver' };
 
@@ -29,12 +29,6 @@ afterEach(async () => {
   }
   await expectNoLeaks(before);
 });
-
-async function openAccepted(p: Pair): Promise<[MuxStream, MuxStream]> {
-  const accepted = new Promise<MuxStream>((resolve) => p.agent.once('open', (inc: IncomingOpen) => resolve(inc.accept())));
-  const s = await p.server.open(tcp);
-  return [s, await accepted];
-}
 
 const ended = (s: MuxStream) => new Promise<void>((resolve) => s.once('end', resolve));
 

@@ -8,7 +8,7 @@ import { TunnelError } from '../src/errors.js';
 import { HEADER_SIZE } from '../src/protocol/frame.js';
 import { BufferPool, poolFor } from '../src/mux/pool.js';
 import { MemoryTransport, Session, type IncomingOpen, type MuxStream } from '../src/mux/index.js';
-import { closed, expectNoLeaks, expectPairIdle, liveResources, memoryPair, readAll, wsPair, type Pair } from './helpers.js';
+import { closed, expectNoLeaks, expectPairIdle, liveResources, memoryPair, openAccepted, readAll, wsPair, type Pair } from './helpers.js';
 
 const tcp = { kind: 'tcp' as const, target: 'apiserver' };
 
@@ -64,13 +64,6 @@ afterEach(async () => {
 });
 
 /** Waits until both sessions have released every stream. */
-/** Opens a stream from the server that the agent accepts; resolves with both ends. */
-async function openAccepted(p: Pair): Promise<[MuxStream, MuxStream]> {
-  const accepted = new Promise<MuxStream>((resolve) => p.agent.once('open', (inc: IncomingOpen) => resolve(inc.accept())));
-  const s = await p.server.open(tcp);
-  return [s, await accepted];
-}
-
 async function settled(p: Pair): Promise<void> {
   for (const s of [p.server, p.agent]) {
     while (s.openStreams > 0 || s.pendingOpens > 0 || s.pendingIncoming > 0) await once(s, 'streamClosed');
