@@ -206,8 +206,9 @@ describe('bounded queues', () => {
     const agent = new Session(b, { role: 'agent', pingIntervalMs: 30, pingTimeoutMs: 300 });
     cleanups.push(() => server.close(), () => agent.close());
     await once(serverPinged, 'ten');
-    // The first PING of each side at the start, then the server's alone (a tick of slack for timer jitter).
-    expect(pings.agent).toBeLessThanOrEqual(2);
+    // The first PING of each side at the start, then the server's alone (some slack: a late server tick leaves
+    // the agent a silent interval now and then on a loaded machine). Both PINGing would be 10 each.
+    expect(pings.agent).toBeLessThanOrEqual(4);
     // The server falls silent (nothing it sends arrives): the agent PINGs it, and finds it dead.
     const before = pings.agent;
     const reason = closeReason(agent);
