@@ -78,11 +78,32 @@ function connectTls(connector: ApiserverConnector, options: ReturnType<typeof tl
   connector((err, raw) => {
     if (err) return done(err, raw);
     const socket = tls.connect({ socket: raw, ...options, ALPNProtocols: ['http/1.1'] });
+    noDelay(socket);
     // Closing either ends the other: the TLS socket does not always end what it runs on.
     socket.once('close', () => raw.destroy());
     raw.once('close', () => socket.destroy());
     done(null, socket);
   });
+}
+
+/**
+ * No Nagle delay toward the apiserver: a request whose head and body (or
+ * body and chunked terminator) leave in separate writes must not wait for
+ * the apiserver's delayed ACK of the first. An https.Agent does not turn
+ * it on by itself (its noDelay option is not applied to TLS connections).
+ * Over a connector's stream that is not TCP it does nothing.
+ */
+function noDelay(socket: Duplex): void {
+  (socket as Partial<net.Socket>).setNoDelay?.(true);
+}
+
+/** The https.Agent toward the apiserver's own address: its TCP connections without Nagle delay. */
+class ApiserverAgent extends https.Agent {
+  override createConnection(options: unknown, done?: (err: Error | null, socket: Duplex) => void): Duplex | undefined {
+    const socket = (https.Agent.prototype as unknown as { createConnection(o: unknown, d?: unknown): Duplex | undefined }).createConnection.call(this, options, done);
+    if (socket) noDelay(socket);
+    return socket;
+  }
 }
 
 /** An https.Agent whose connections come from a connector. */
@@ -120,7 +141,7 @@ export class MemberHttp {
 
   constructor(private readonly config: MemberHttpConfig) {
     const agentOptions: https.AgentOptions = { keepAlive: config.keepAlive ?? true, maxFreeSockets: 64, ...tlsOptions(config) };
-    this.agent = config.connect ? new ConnectorAgent(config.connect, tlsOptions(config), agentOptions) : new https.Agent(agentOptions);
+    this.agent = config.connect ? new ConnectorAgent(config.connect, tlsOptions(config), agentOptions) : new ApiserverAgent(agentOptions);
     this.proxy = httpProxy.createProxyServer({});
     this.proxy.on('proxyRes', (upstream: IncomingMessage, _req: IncomingMessage, res: ServerResponse) => onProxyResponse(upstream, res));
     this.proxy.on('error', (err: Error, _req: IncomingMessage, res: ServerResponse | Duplex) => {
@@ -196,6 +217,8 @@ export class MemberHttp {
         ? { createConnection: (_o: unknown, done: (err: Error | null, s: Duplex) => void) => void connectTls(connect, tlsOptions(this.config), done) }
         : { agent: false }),
     });
+    // Interactive streams (exec, attach): each keystroke goes out at once.
+    out.setNoDelay(true);
     relayUpgrade(socket, head, out, () => {});
   }
 
