@@ -3,6 +3,7 @@ import net from 'node:net';
 import http from 'node:http';
 import https from 'node:https';
 import tls from 'node:tls';
+import { parse as parseUrl, type Url } from 'node:url';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import httpProxy from 'http-proxy';
@@ -60,21 +61,33 @@ export function fileToken(file: string | undefined): () => string | undefined {
   };
 }
 
-/** TLS options toward the apiserver: its CA, a client certificate, and the name on its certificate unless it is an address. */
-function tlsOptions(config: MemberHttpConfig): { ca?: string; cert?: string; key?: string; servername?: string } {
+/** TLS toward the apiserver: one secure context (its CA, a client certificate) for every connection, and the name on its certificate unless it is an address. */
+interface ApiserverTls {
+  secureContext: tls.SecureContext;
+  servername?: string;
+}
+
+/**
+ * TLS options toward the apiserver. The CA and client certificate go in a
+ * secure context made once: an https.Agent names its kept connections by
+ * their TLS options (a PEM CA in them makes a name of kilobytes, built and
+ * hashed on every request), and tls.connect would otherwise parse them again
+ * for every connection.
+ */
+function tlsOptions(config: MemberHttpConfig): ApiserverTls {
   const t = config.tls ?? {};
   const host = config.apiserver.hostname.replace(/^\[(.*)\]$/, '$1');
   const servername = t.servername ?? (net.isIP(host) ? undefined : host);
-  return {
+  const secureContext = tls.createSecureContext({
     ...(t.ca ? { ca: t.ca } : {}),
     ...(t.cert ? { cert: t.cert } : {}),
     ...(t.key ? { key: t.key } : {}),
-    ...(servername ? { servername } : {}),
-  };
+  });
+  return { secureContext, ...(servername ? { servername } : {}) };
 }
 
 /** A connection from `connector` with TLS to the apiserver started on it. */
-function connectTls(connector: ApiserverConnector, options: ReturnType<typeof tlsOptions>, done: (err: Error | null, socket: Duplex) => void): void {
+function connectTls(connector: ApiserverConnector, options: ApiserverTls, done: (err: Error | null, socket: Duplex) => void): void {
   connector((err, raw) => {
     if (err) return done(err, raw);
     const socket = tls.connect({ socket: raw, ...options, ALPNProtocols: ['http/1.1'] });
@@ -110,7 +123,7 @@ class ApiserverAgent extends https.Agent {
 class ConnectorAgent extends https.Agent {
   constructor(
     private readonly connector: ApiserverConnector,
-    private readonly tlsOpts: ReturnType<typeof tlsOptions>,
+    private readonly tlsOpts: ApiserverTls,
     options: https.AgentOptions,
   ) {
     super(options);
@@ -138,10 +151,15 @@ export class MemberHttp {
   private readonly callers = new WeakMap<Duplex, Identity>();
   private readonly proxy: httpProxy;
   private readonly agent: https.Agent;
+  private readonly tls: ApiserverTls;
+  /** The apiserver as http-proxy takes a target, parsed once (given a string, it parses it on every request). */
+  private readonly target: Url;
 
   constructor(private readonly config: MemberHttpConfig) {
-    const agentOptions: https.AgentOptions = { keepAlive: config.keepAlive ?? true, maxFreeSockets: 64, ...tlsOptions(config) };
-    this.agent = config.connect ? new ConnectorAgent(config.connect, tlsOptions(config), agentOptions) : new ApiserverAgent(agentOptions);
+    this.tls = tlsOptions(config);
+    this.target = parseUrl(config.apiserver.origin);
+    const agentOptions: https.AgentOptions = { keepAlive: config.keepAlive ?? true, maxFreeSockets: 64, ...this.tls };
+    this.agent = config.connect ? new ConnectorAgent(config.connect, this.tls, agentOptions) : new ApiserverAgent(agentOptions);
     this.proxy = httpProxy.createProxyServer({});
     this.proxy.on('proxyRes', (upstream: IncomingMessage, _req: IncomingMessage, res: ServerResponse) => onProxyResponse(upstream, res));
     this.proxy.on('error', (err: Error, _req: IncomingMessage, res: ServerResponse | Duplex) => {
@@ -197,7 +215,7 @@ export class MemberHttp {
     const caller = this.callerOf(req);
     if ('reason' in caller) return sendStatus(res, caller.status, caller.reason);
     req.headers = this.upstreamHeaders(req.headers, caller) as http.IncomingHttpHeaders;
-    this.proxy.web(req, res, { target: this.config.apiserver.origin, agent: this.agent, secure: true, changeOrigin: false });
+    this.proxy.web(req, res, { target: this.target, agent: this.agent, secure: true, changeOrigin: false });
   }
 
   private onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
@@ -211,10 +229,10 @@ export class MemberHttp {
       method: req.method,
       path: req.url,
       headers,
-      ...tlsOptions(this.config),
+      ...this.tls,
       // A connection of its own (an upgraded one is never reused): from the connector, else a new TLS connection.
       ...(connect
-        ? { createConnection: (_o: unknown, done: (err: Error | null, s: Duplex) => void) => void connectTls(connect, tlsOptions(this.config), done) }
+        ? { createConnection: (_o: unknown, done: (err: Error | null, s: Duplex) => void) => void connectTls(connect, this.tls, done) }
         : { agent: false }),
     });
     // Interactive streams (exec, attach): each keystroke goes out at once.
