@@ -135,6 +135,9 @@ class ConnectorAgent extends https.Agent {
   }
 }
 
+/** A stream's caller as its requests need it: the impersonation headers for it, or why it cannot be served. */
+type Caller = { impersonation: http.OutgoingHttpHeaders } | { status: number; reason: string };
+
 /**
  * The member side of L7: each stream it is handed carries HTTP/1.1 requests
  * for one caller, whose identity came in the stream's OPEN. Every request
@@ -147,8 +150,12 @@ class ConnectorAgent extends https.Agent {
  */
 export class MemberHttp {
   private readonly server: http.Server;
-  /** The caller of each stream being served, keyed by the stream (the socket of its requests). */
-  private readonly callers = new WeakMap<Duplex, Identity>();
+  /**
+   * The caller of each stream being served, keyed by the stream (the socket
+   * of its requests): the impersonation headers for it, or why it cannot be
+   * served. Worked out once per stream, as its OPEN named the caller once.
+   */
+  private readonly callers = new WeakMap<Duplex, Caller>();
   private readonly proxy: httpProxy;
   private readonly agent: https.Agent;
   private readonly tls: ApiserverTls;
@@ -189,39 +196,43 @@ export class MemberHttp {
 
   /** Serves the HTTP requests carried by one tunnel stream, each for `identity` (the caller named in its OPEN). */
   handle(stream: MuxStream, identity: Identity): void {
-    this.callers.set(stream, identity);
+    // The hub refuses these first; never throw setting headers.
+    const problem = identityProblem(identity);
+    this.callers.set(stream, problem ?? { impersonation: impersonationHeaders(identity) });
     this.server.emit('connection', stream);
   }
 
   /** The headers the apiserver gets for a request of `identity`. */
   upstreamHeaders(headers: http.IncomingHttpHeaders, identity: Identity): http.OutgoingHttpHeaders {
+    return this.withImpersonation(headers, impersonationHeaders(identity));
+  }
+
+  /** The caller's headers, stripped, with the apiserver's Host, `impersonation` and the impersonator's token. */
+  private withImpersonation(headers: http.IncomingHttpHeaders, impersonation: http.OutgoingHttpHeaders): http.OutgoingHttpHeaders {
     const out = stripCallerHeaders(headers);
     out.host = this.config.apiserver.host;
-    Object.assign(out, impersonationHeaders(identity));
+    Object.assign(out, impersonation);
     const token = this.config.token();
     if (token) out.authorization = `Bearer ${token}`;
     return out;
   }
 
   /** The caller of a request, or why it cannot be served: no identity came with its stream, or none a header can carry. */
-  private callerOf(req: IncomingMessage): Identity | { status: number; reason: string } {
-    const identity = this.callers.get(req.socket);
-    if (!identity) return { status: 400, reason: 'L7 stream without an identity' };
-    // The hub refuses these first; never throw setting headers.
-    return identityProblem(identity) ?? identity;
+  private callerOf(req: IncomingMessage): Caller {
+    return this.callers.get(req.socket) ?? { status: 400, reason: 'L7 stream without an identity' };
   }
 
   private onRequest(req: IncomingMessage, res: ServerResponse): void {
     const caller = this.callerOf(req);
     if ('reason' in caller) return sendStatus(res, caller.status, caller.reason);
-    req.headers = this.upstreamHeaders(req.headers, caller) as http.IncomingHttpHeaders;
+    req.headers = this.withImpersonation(req.headers, caller.impersonation) as http.IncomingHttpHeaders;
     this.proxy.web(req, res, { target: this.target, agent: this.agent, secure: true, changeOrigin: false });
   }
 
   private onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     const caller = this.callerOf(req);
     if ('reason' in caller) return sendStatusRaw(socket, caller.status, caller.reason);
-    const headers = upgradeRequestHeaders(this.upstreamHeaders(req.headers, caller), req.headers.upgrade);
+    const headers = upgradeRequestHeaders(this.withImpersonation(req.headers, caller.impersonation), req.headers.upgrade);
     const connect = this.config.connect;
     const out = https.request({
       host: this.config.apiserver.hostname,
