@@ -99,12 +99,16 @@ export function dropHopByHop(headers: IncomingHttpHeaders): void {
  * Response hook for a proxy: drops hop-by-hop headers, and sends the head of
  * a streamed response (no Content-Length: watches, logs -f) at once rather
  * than with its first chunk, so a watch is seen established before any event.
+ * When body bytes came in with the head (a chunked answer read in one go, as
+ * most apiserver answers of a few KiB are), the head waits for them instead:
+ * they are relayed next, so head and body leave in one write rather than
+ * two at every hop.
  */
 export function onProxyResponse(upstream: IncomingMessage, res: ServerResponse): void {
   dropHopByHop(upstream.headers);
   if (upstream.headers['content-length'] === undefined)
     process.nextTick(() => {
-      if (res.headersSent || res.destroyed) return;
+      if (res.headersSent || res.destroyed || upstream.readableLength > 0) return;
       res.flushHeaders();
     });
 }
