@@ -16,7 +16,9 @@
  * wrote in the namespace (wall clock, µs precision, same machine).
  *
  * Each mode gets a fresh hub (its RSS and CPU are the mode's own) and fresh
- * agents; the stand-ins serve both. Connections held at the hub are the
+ * agents; the stand-ins serve every mode. A first mode, direct, runs the
+ * same watches and events over HTTP/1.1 to the apiservers themselves: the
+ * latency this shared machine gives without the hub. Connections held at the hub are the
  * hub's own gauge kubetunnel_connections{listener="proxy",state="open"} and
  * the established sockets `ss` sees on its L7 port.
  */
@@ -34,17 +36,18 @@ const OPENING = 200;
 /** Time for the last establishments' work to settle before events begin. */
 const SETTLE_MS = 1000;
 
-export type WatchModeName = 'HTTP/1.1' | 'HTTP/2';
+/** direct: HTTP/1.1 to the apiservers themselves, no hub (what the machine gives); the others through the hub. */
+export type WatchModeName = 'direct' | 'HTTP/1.1' | 'HTTP/2';
 
 export interface WatchMode {
   watches: number;
   /** Connections the controller opened (h1: sockets of its agent; h2: sessions). */
   clientConnections: number;
-  /** At the hub, with every watch open: its gauge of open L7 frontend connections, the sockets ss sees on that port, its open tunnel streams. */
-  hub: { connections: number; sockets: number; tunnelStreams: number; rssEstablished: number; rssEnd: number; rssPeak: number };
+  /** At the hub (not direct), with every watch open: its gauge of open L7 frontend connections, the sockets ss sees on that port, its open tunnel streams. */
+  hub?: { connections: number; sockets: number; tunnelStreams: number; rssEstablished: number; rssEnd: number; rssPeak: number };
   /** From the first watch request to the last watch's 200, ms (OPENING at once). */
   establishMs: number;
-  /** CPU seconds used while the watches were being established. */
+  /** CPU seconds used while the watches were being established (NaN: direct). */
   establishCpu: { hub: number; agents: number };
   events: {
     created: number;
@@ -56,7 +59,7 @@ export interface WatchMode {
     generatorMaxLateMs: number;
     latencyMs: { p50: number; p90: number; p99: number; p999: number; max: number; n: number };
   };
-  /** Share of one core each party used while events flowed. */
+  /** Share of one core each party used while events flowed (NaN: direct). */
   cpuShare: { hub: number; agents: number; apiservers: number; controller: number };
   loadavg: string;
 }
@@ -107,67 +110,88 @@ function socketsOn(port: number): number {
 
 const send = (proc: ChildProcess, o: object) => proc.stdin!.write(`${JSON.stringify(o)}\n`);
 
+/** What a mode runs against: the hub and its agent pools, or (direct) nothing but the apiservers. */
+interface Path {
+  server?: Server;
+  pools: ChildProcess[];
+}
+
+/** A fresh hub with an agent per cluster (in POOLS processes), every agent registered. */
+async function startHub(b: Bench, mode: string, apiservers: Record<string, string>, into: Path): Promise<Server> {
+  const clusters = b.watchClusters;
+  const server = await startServer(b.pki, b.tmp, ['--workers', '1']);
+  into.server = server;
+  const started = startAgentPools(path.join(DIST, 'agents.js'), clusters.length, POOLS, (n, i, first) => ({
+    server: `wss://localhost:${server.ports.agent}`,
+    certDir: b.pki.dir,
+    clusters: clusters.slice(first, first + n),
+    perCluster: 1,
+    apiserver: apiservers[clusters[0]!],
+    apiservers,
+    apiserverTokenFile: agentTokenFile(b.pki),
+    idPrefix: `${mode}-p${i}-`,
+  }));
+  into.pools = started.pools;
+  await within(120_000, 'agent pools', started.ready);
+  await within(60_000, 'agents registering', server.waitAgents((m) => clusters.every((c) => m.get(c) === 1)));
+  return server;
+}
+
 async function runMode(
   b: Bench,
-  mode: 'h1' | 'h2',
+  mode: 'h1' | 'h2' | 'direct',
   standins: ChildProcess,
-  apiservers: Record<string, string>,
+  ports: Record<string, number>,
 ): Promise<WatchMode | { unavailable: string }> {
   const { scale } = b;
   const clusters = b.watchClusters;
-  const server = await startServer(b.pki, b.tmp, ['--workers', '1']);
-  let pools: ChildProcess[] = [];
+  const apiservers = Object.fromEntries(Object.entries(ports).map(([c, port]) => [c, `https://127.0.0.1:${port}`]));
+  const p: Path = { pools: [] };
   try {
-    const started = startAgentPools(path.join(DIST, 'agents.js'), clusters.length, POOLS, (n, i, first) => ({
-      server: `wss://localhost:${server.ports.agent}`,
-      certDir: b.pki.dir,
-      clusters: clusters.slice(first, first + n),
-      perCluster: 1,
-      apiserver: apiservers[clusters[0]!],
-      apiservers,
-      apiserverTokenFile: agentTokenFile(b.pki),
-      idPrefix: `${mode}-p${i}-`,
-    }));
-    pools = started.pools;
-    await within(120_000, 'agent pools', started.ready);
-    await within(60_000, 'agents registering', server.waitAgents((m) => clusters.every((c) => m.get(c) === 1)));
-
-    const hub = server.proc.pid!;
-    const agentsCpu = () => pools.reduce((n, p) => n + cpuOf(p.pid!), 0);
-    const cpu0 = { hub: cpuOf(hub), agents: agentsCpu() };
+    const server = mode === 'direct' ? undefined : await startHub(b, mode, apiservers, p);
+    const hub = server?.proc.pid;
+    const cpu = (pid: number | undefined) => (pid === undefined ? NaN : cpuOf(pid));
+    const agentsCpu = () => (server ? p.pools.reduce((n, x) => n + cpuOf(x.pid!), 0) : NaN);
+    const cpu0 = { hub: cpu(hub), agents: agentsCpu() };
     const controller = start(path.join(DIST, 'watchclient.js'), [
-      JSON.stringify({ mode, port: server.ports.proxy, ca: b.pki.ca, token: server.token, clusters, watches: scale.watchesPerCluster, run: mode, concurrency: OPENING }),
+      JSON.stringify({
+        mode, port: server?.ports.proxy ?? 0, apiservers: ports, ca: b.pki.ca, token: server?.token ?? AGENT_APISERVER_TOKEN,
+        clusters, watches: scale.watchesPerCluster, run: mode, concurrency: OPENING,
+      }),
     ], { stdin: true });
     const delivered = line<Delivered>(controller, (o) => o.phase === undefined, `watch controller (${mode})`);
     delivered.catch(() => undefined); // awaited below, unless establishing fails first
     const est = await line<Established>(controller, (o) => o.phase === 'established', `watch controller (${mode})`);
-    const establishCpu = { hub: cpuOf(hub) - cpu0.hub, agents: agentsCpu() - cpu0.agents };
+    const establishCpu = { hub: cpu(hub) - cpu0.hub, agents: agentsCpu() - cpu0.agents };
     if (mode === 'h2' && est.alpn !== 'h2') {
       await stop(controller);
       return { unavailable: `the hub's L7 frontend negotiated ${est.alpn ?? 'nothing'} (ALPN), not h2: ${est.failures[0] ?? ''}` };
     }
     if (est.established < est.watches) {
-      throw new Error(`${est.watches - est.established} of ${est.watches} watches could not be established: ${est.failures.join('; ')}`);
+      throw new Error(`${mode}: ${est.watches - est.established} of ${est.watches} watches could not be established: ${est.failures.join('; ')}`);
     }
-    const gauges = await hubGauges(server);
-    const sockets = socketsOn(server.ports.proxy);
-    const rssEstablished = rssOf(hub);
+    let atHub: WatchMode['hub'];
+    if (server) {
+      const gauges = await hubGauges(server);
+      const sockets = socketsOn(server.ports.proxy);
+      atHub = { ...gauges, sockets, rssEstablished: rssOf(hub!), rssEnd: NaN, rssPeak: NaN };
+    }
     progress(
-      `  ${mode}: ${est.established} watches in ${(est.establishMs / 1000).toFixed(2)} s; at the hub ${gauges.connections} L7 connections (ss: ${sockets}), ${gauges.tunnelStreams} tunnel streams; controller ${est.clientConnections} connections`,
+      `  ${mode}: ${est.established} watches in ${(est.establishMs / 1000).toFixed(2)} s; controller ${est.clientConnections} connections` +
+        (atHub ? `; at the hub ${atHub.connections} L7 connections (ss: ${atHub.sockets}), ${atHub.tunnelStreams} tunnel streams` : ''),
     );
 
     await new Promise((r) => setTimeout(r, SETTLE_MS));
     const avg = loadavg();
-    const parties = { hub, standins: standins.pid!, controller: controller.pid! };
-    const before = { hub: cpuOf(parties.hub), agents: agentsCpu(), apiservers: cpuOf(parties.standins), controller: cpuOf(parties.controller), t: performance.now() };
+    const before = { hub: cpu(hub), agents: agentsCpu(), apiservers: cpuOf(standins.pid!), controller: cpuOf(controller.pid!), t: performance.now() };
     send(standins, { events: { rate: scale.watchRate, seconds: scale.watchSeconds, watches: scale.watchesPerCluster, run: mode } });
     const gen = await line<{ emitted: number; seconds: number; rate: number; maxLateMs: number }>(standins, (o) => typeof o.emitted === 'number', 'event generator');
     const wall = (performance.now() - before.t) / 1000;
     const cpuShare = {
-      hub: (cpuOf(parties.hub) - before.hub) / wall,
+      hub: (cpu(hub) - before.hub) / wall,
       agents: (agentsCpu() - before.agents) / wall,
-      apiservers: (cpuOf(parties.standins) - before.apiservers) / wall,
-      controller: (cpuOf(parties.controller) - before.controller) / wall,
+      apiservers: (cpuOf(standins.pid!) - before.apiservers) / wall,
+      controller: (cpuOf(controller.pid!) - before.controller) / wall,
     };
     send(controller, { expect: gen.emitted, timeoutMs: 15_000 });
     const got = await delivered;
@@ -175,14 +199,16 @@ async function runMode(
     const bad = Object.entries(wrong).filter(([, n]) => n !== 0);
     if (bad.length > 0) throw new Error(`${mode}: of ${got.expected} events, ${bad.map(([k, n]) => `${n} ${k}`).join(', ')}`);
     const l = got.latencyMs;
+    const pct = (x: number) => (Number.isFinite(x) ? `${(x * 100).toFixed(0)}%` : '–');
     progress(
       `  ${mode}: ${got.received} events at ${gen.rate.toFixed(0)}/s: latency p50 ${l.p50.toFixed(2)} ms, p99 ${l.p99.toFixed(2)} ms, max ${l.max.toFixed(1)} ms; ` +
-        `CPU hub ${(cpuShare.hub * 100).toFixed(0)}%, agents ${(cpuShare.agents * 100).toFixed(0)}%, apiservers ${(cpuShare.apiservers * 100).toFixed(0)}%, controller ${(cpuShare.controller * 100).toFixed(0)}%`,
+        `CPU hub ${pct(cpuShare.hub)}, agents ${pct(cpuShare.agents)}, apiservers ${pct(cpuShare.apiservers)}, controller ${pct(cpuShare.controller)}; load ${avg}`,
     );
+    if (atHub) Object.assign(atHub, { rssEnd: rssOf(hub!), rssPeak: peakOf(hub!) });
     return {
       watches: est.established,
       clientConnections: est.clientConnections,
-      hub: { ...gauges, sockets, rssEstablished, rssEnd: rssOf(hub), rssPeak: peakOf(hub) },
+      ...(atHub ? { hub: atHub } : {}),
       establishMs: est.establishMs,
       establishCpu,
       events: { created: gen.emitted, delivered: got.received, seconds: gen.seconds, rate: gen.rate, generatorMaxLateMs: gen.maxLateMs, latencyMs: l },
@@ -190,8 +216,8 @@ async function runMode(
       loadavg: avg,
     };
   } finally {
-    await Promise.all(pools.map(endInput));
-    await stop(server.proc);
+    await Promise.all(p.pools.map(endInput));
+    if (p.server) await stop(p.server.proc);
   }
 }
 
@@ -200,10 +226,10 @@ export async function watch(b: Bench): Promise<WatchResult> {
   const standins = start(path.join(DIST, 'standins.js'), [JSON.stringify({ certDir: b.pki.dir, clusters: b.watchClusters, token: AGENT_APISERVER_TOKEN })], { stdin: true });
   try {
     const { ports } = await line<{ ports: Record<string, number> }>(standins, (o) => typeof o.ports === 'object', 'stand-in apiservers');
-    const apiservers = Object.fromEntries(Object.entries(ports).map(([c, port]) => [c, `https://127.0.0.1:${port}`]));
     const modes: WatchResult['modes'] = {};
-    modes['HTTP/1.1'] = await runMode(b, 'h1', standins, apiservers);
-    modes['HTTP/2'] = await runMode(b, 'h2', standins, apiservers);
+    modes.direct = await runMode(b, 'direct', standins, ports);
+    modes['HTTP/1.1'] = await runMode(b, 'h1', standins, ports);
+    modes['HTTP/2'] = await runMode(b, 'h2', standins, ports);
     const h2 = modes['HTTP/2'];
     if ('unavailable' in h2) progress(`  HTTP/2 left out: ${h2.unavailable}`);
     return { clusters: b.watchClusters.length, watchesPerCluster: scale.watchesPerCluster, rate: scale.watchRate, seconds: scale.watchSeconds, opening: OPENING, modes };

@@ -7,6 +7,7 @@
  *   h1  node:https with keep-alive: one connection per watch, as a
  *       HTTP/1.1 client must (a watch holds its connection for its life)
  *   h2  node:http2: one session per cluster, its watches streams on it
+ *   direct  as h1, to each cluster's apiserver without the hub: the machine's own latency
  *
  * At most `concurrency` watches are being opened at once. Prints
  * {"phase":"established", ...} once every watch has its 200 (or one could
@@ -24,8 +25,11 @@ import { CREATED_ANNOTATION, percentile, WATCH_LABEL, wallMs } from './common.js
 import { runChild } from './procs.js';
 
 interface Job {
-  mode: 'h1' | 'h2';
+  /** direct: HTTP/1.1 as h1, to each cluster's apiserver itself (`apiservers`), not through the hub. */
+  mode: 'h1' | 'h2' | 'direct';
+  /** The hub's L7 port. */
   port: number;
+  apiservers?: Record<string, number>;
   ca: string;
   token: string;
   clusters: string[];
@@ -39,6 +43,11 @@ const job = JSON.parse(process.argv[2]!) as Job;
 const origin = `https://127.0.0.1:${job.port}`;
 const watchPath = (cluster: string, label: string) =>
   `/clusters/${cluster}/api/v1/namespaces?watch=1&labelSelector=${encodeURIComponent(`${WATCH_LABEL}=${label}`)}`;
+/** The URL of a watch over HTTP/1.1: through the hub, or (direct) at the cluster's apiserver. */
+const h1Url = (cluster: string, label: string) =>
+  job.mode === 'direct'
+    ? `https://127.0.0.1:${job.apiservers![cluster]}${watchPath(cluster, label).slice(`/clusters/${cluster}`.length)}`
+    : `${origin}${watchPath(cluster, label)}`;
 
 /** A watch's response body once its 200 has arrived. */
 type Opener = (cluster: string, label: string) => Promise<Readable>;
@@ -46,7 +55,7 @@ type Opener = (cluster: string, label: string) => Promise<Readable>;
 const h1Agent = new https.Agent({ keepAlive: true, maxSockets: Infinity, ca: job.ca, servername: 'localhost' });
 const h1: Opener = (cluster, label) =>
   new Promise((resolve, reject) => {
-    const req = https.get(`${origin}${watchPath(cluster, label)}`, { agent: h1Agent, headers: { authorization: `Bearer ${job.token}` } }, (res) => {
+    const req = https.get(h1Url(cluster, label), { agent: h1Agent, headers: { authorization: `Bearer ${job.token}` } }, (res) => {
       if (res.statusCode !== 200) {
         res.resume();
         return reject(new Error(`${cluster}: HTTP ${res.statusCode}`));
