@@ -111,6 +111,13 @@ export function rssOf(pid: number): number {
 /** The load average over 1, 5 and 15 minutes, as /proc/loadavg gives it: the machine is shared. */
 export const loadavg = (): string => fs.readFileSync('/proc/loadavg', 'utf8').trim().split(' ').slice(0, 3).join(' ');
 
+/** CPU time every process of the machine has used so far, in seconds of one core (the first line of /proc/stat: all but idle and iowait). */
+export function machineCpu(): number {
+  const [, ...ticks] = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/);
+  const n = ticks.map(Number);
+  return (n.reduce((a, b) => a + b, 0) - (n[3] ?? 0) - (n[4] ?? 0)) / 100;
+}
+
 /** Peak resident set size of a process (VmHWM), in bytes. */
 export function peakOf(pid: number): number {
   const m = /VmHWM:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));

@@ -25,7 +25,7 @@
 import { execFileSync, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import { agentTokenFile, AGENT_APISERVER_TOKEN, endInput, ROOT, startServer, type Server } from './parties.js';
-import { cpuOf, line, loadavg, peakOf, progress, rssOf, start, startAgentPools, stop, within } from './procs.js';
+import { cpuOf, line, loadavg, machineCpu, peakOf, progress, rssOf, start, startAgentPools, stop, within } from './procs.js';
 import type { Bench } from './scenarios.js';
 
 const DIST = path.join(ROOT, 'bench/dist');
@@ -58,9 +58,11 @@ export interface WatchMode {
     /** How far behind its schedule the generator fell at worst, ms. */
     generatorMaxLateMs: number;
     latencyMs: { p50: number; p90: number; p99: number; p999: number; max: number; n: number };
+    /** p50 / p99 of the events created in each 5 s of the run, in order: a backlog shows as a rise. */
+    byWindowMs: Array<{ p50: number; p99: number }>;
   };
-  /** Share of one core each party used while events flowed (NaN: direct). */
-  cpuShare: { hub: number; agents: number; apiservers: number; controller: number };
+  /** Share of one core each party used while events flowed (NaN: direct), and every process of the machine together (the bench's and others'). */
+  cpuShare: { hub: number; agents: number; apiservers: number; controller: number; machine: number };
   loadavg: string;
 }
 
@@ -91,6 +93,7 @@ interface Delivered {
   unreadable: number;
   ended: number;
   latencyMs: WatchMode['events']['latencyMs'];
+  byWindowMs: WatchMode['events']['byWindowMs'];
 }
 
 /** The hub's open L7 frontend connections and tunnel streams, from its own metrics. */
@@ -183,7 +186,7 @@ async function runMode(
 
     await new Promise((r) => setTimeout(r, SETTLE_MS));
     const avg = loadavg();
-    const before = { hub: cpu(hub), agents: agentsCpu(), apiservers: cpuOf(standins.pid!), controller: cpuOf(controller.pid!), t: performance.now() };
+    const before = { hub: cpu(hub), agents: agentsCpu(), apiservers: cpuOf(standins.pid!), controller: cpuOf(controller.pid!), machine: machineCpu(), t: performance.now() };
     send(standins, { events: { rate: scale.watchRate, seconds: scale.watchSeconds, watches: scale.watchesPerCluster, run: mode } });
     const gen = await line<{ emitted: number; seconds: number; rate: number; maxLateMs: number }>(standins, (o) => typeof o.emitted === 'number', 'event generator');
     const wall = (performance.now() - before.t) / 1000;
@@ -192,6 +195,7 @@ async function runMode(
       agents: (agentsCpu() - before.agents) / wall,
       apiservers: (cpuOf(standins.pid!) - before.apiservers) / wall,
       controller: (cpuOf(controller.pid!) - before.controller) / wall,
+      machine: (machineCpu() - before.machine) / wall,
     };
     send(controller, { expect: gen.emitted, timeoutMs: 15_000 });
     const got = await delivered;
@@ -199,10 +203,11 @@ async function runMode(
     const bad = Object.entries(wrong).filter(([, n]) => n !== 0);
     if (bad.length > 0) throw new Error(`${mode}: of ${got.expected} events, ${bad.map(([k, n]) => `${n} ${k}`).join(', ')}`);
     const l = got.latencyMs;
+    progress(`  ${mode}: p50 / p99 ms of each 5 s: ${got.byWindowMs.map((w) => `${w.p50.toFixed(1)} / ${w.p99.toFixed(1)}`).join(', ')}`);
     const pct = (x: number) => (Number.isFinite(x) ? `${(x * 100).toFixed(0)}%` : '–');
     progress(
       `  ${mode}: ${got.received} events at ${gen.rate.toFixed(0)}/s: latency p50 ${l.p50.toFixed(2)} ms, p99 ${l.p99.toFixed(2)} ms, max ${l.max.toFixed(1)} ms; ` +
-        `CPU hub ${pct(cpuShare.hub)}, agents ${pct(cpuShare.agents)}, apiservers ${pct(cpuShare.apiservers)}, controller ${pct(cpuShare.controller)}; load ${avg}`,
+        `CPU hub ${pct(cpuShare.hub)}, agents ${pct(cpuShare.agents)}, apiservers ${pct(cpuShare.apiservers)}, controller ${pct(cpuShare.controller)}, the whole machine ${pct(cpuShare.machine)}; load ${avg}`,
     );
     if (atHub) Object.assign(atHub, { rssEnd: rssOf(hub!), rssPeak: peakOf(hub!) });
     return {
@@ -211,7 +216,7 @@ async function runMode(
       ...(atHub ? { hub: atHub } : {}),
       establishMs: est.establishMs,
       establishCpu,
-      events: { created: gen.emitted, delivered: got.received, seconds: gen.seconds, rate: gen.rate, generatorMaxLateMs: gen.maxLateMs, latencyMs: l },
+      events: { created: gen.emitted, delivered: got.received, seconds: gen.seconds, rate: gen.rate, generatorMaxLateMs: gen.maxLateMs, latencyMs: l, byWindowMs: got.byWindowMs },
       cpuShare,
       loadavg: avg,
     };

@@ -40,6 +40,8 @@ interface Job {
 }
 
 const job = JSON.parse(process.argv[2]!) as Job;
+/** Latency is also reported for the events created in each WINDOW_MS of the run. */
+const WINDOW_MS = 5000;
 const origin = `https://127.0.0.1:${job.port}`;
 const watchPath = (cluster: string, label: string) =>
   `/clusters/${cluster}/api/v1/namespaces?watch=1&labelSelector=${encodeURIComponent(`${WATCH_LABEL}=${label}`)}`;
@@ -97,6 +99,8 @@ const h2: Opener = async (cluster, label) => {
   return stream;
 };
 
+/** Each event's creation time and latency, ms. */
+const created: number[] = [];
 const latencies: number[] = [];
 const seen = new Set<string>();
 const problems = { repeated: 0, misrouted: 0, unreadable: 0, ended: 0 };
@@ -119,15 +123,16 @@ function read(body: Readable, label: string): void {
       } catch {
         // counted below
       }
-      const created = Number(meta?.annotations?.[CREATED_ANNOTATION]);
-      if (!meta?.name || !Number.isFinite(created)) {
+      const made = Number(meta?.annotations?.[CREATED_ANNOTATION]);
+      if (!meta?.name || !Number.isFinite(made)) {
         problems.unreadable++;
         continue;
       }
       if (meta.labels?.[WATCH_LABEL] !== label) problems.misrouted++;
       if (seen.has(meta.name)) problems.repeated++;
       seen.add(meta.name);
-      latencies.push(at - created);
+      created.push(made);
+      latencies.push(at - made);
       received++;
     }
     onEvent();
@@ -171,6 +176,13 @@ async function main(): Promise<unknown> {
     onEvent();
   });
   const endedEarly = problems.ended;
+  const first = created.reduce((a, b) => Math.min(a, b), Infinity);
+  const windows: number[][] = [];
+  created.forEach((t, i) => (windows[Math.floor((t - first) / WINDOW_MS)] ??= []).push(latencies[i]!));
+  const byWindowMs = [...windows].map((w = []) => {
+    const s = w.sort((a, b) => a - b);
+    return { p50: percentile(s, 50), p99: percentile(s, 99) };
+  });
   const sorted = latencies.sort((a, b) => a - b);
   const result = {
     mode: job.mode,
@@ -178,6 +190,7 @@ async function main(): Promise<unknown> {
     received,
     ...problems,
     ended: endedEarly,
+    byWindowMs,
     latencyMs: { p50: percentile(sorted, 50), p90: percentile(sorted, 90), p99: percentile(sorted, 99), p999: percentile(sorted, 99.9), max: sorted[sorted.length - 1] ?? NaN, n: sorted.length },
   };
   h1Agent.destroy();
