@@ -13,6 +13,7 @@
  * over HTTP/1.1 and HTTP/2.
  *
  *   npm run bench [-- --quick] [-- --only bulk,small] [-- --out l7.json]
+ *     [-- --watch-clusters 200 --watches-per-cluster 20 --watch-rate 2000 --watch-seconds 30]
  *
  * Writes bench/results/latest.json and the tables in docs/benchmarks.md;
  * --quick (the CI smoke run: small counts, checks nothing about speed)
@@ -24,7 +25,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { startAgent, makeCerts, ROOT, startRelay, startServer, startUpstream } from './parties.js';
-import { freePort, progress, stopAll, stopOnSignals, within } from './procs.js';
+import { freePort, progress, stopAll, stopOnSignals, wholeNumberOption, within } from './procs.js';
 import { writeReport, type Report } from './report.js';
 import { l7 } from './l7.js';
 import { watch } from './watch.js';
@@ -42,7 +43,11 @@ if (only && (only.size === 0 || [...only].some((n) => !SCENARIOS.includes(n)))) 
 }
 const outAt = process.argv.indexOf('--out');
 const outName = outAt > 0 ? path.basename(process.argv[outAt + 1] ?? '') : undefined;
-const scale = quick ? scenario.QUICK : scenario.FULL;
+const scale: scenario.Scale = { ...(quick ? scenario.QUICK : scenario.FULL) };
+// The watch fan-out's size, for looking into a figure: --watch-clusters N --watches-per-cluster N --watch-rate N --watch-seconds N.
+for (const key of ['watchClusters', 'watchesPerCluster', 'watchRate', 'watchSeconds'] as const) {
+  scale[key] = wholeNumberOption(process.argv, key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)) ?? scale[key];
+}
 /** Longest any one scenario may take before the run counts as broken. */
 const scenarioLimitMs = quick ? 45_000 : 20 * 60_000;
 

@@ -33,8 +33,9 @@ const DIST = path.join(ROOT, 'bench/dist');
 const POOLS = 2;
 /** Watches the controller opens at once (below the hub's 1,024 pending connections). */
 const OPENING = 200;
-/** Time for the last establishments' work to settle before events begin. */
+/** Time for the last establishments' work to settle before events begin, then the time the idle CPU is measured over. */
 const SETTLE_MS = 1000;
+const IDLE_MS = 3000;
 
 /** direct: HTTP/1.1 to the apiservers themselves, no hub (what the machine gives); the others through the hub. */
 export type WatchModeName = 'direct' | 'HTTP/1.1' | 'HTTP/2';
@@ -63,6 +64,8 @@ export interface WatchMode {
   };
   /** Share of one core each party used while events flowed (NaN: direct), and every process of the machine together (the bench's and others'). */
   cpuShare: { hub: number; agents: number; apiservers: number; controller: number; machine: number };
+  /** Share of one core each party used over IDLE_MS just before, every watch open and no events. */
+  idleCpuShare: { hub: number; agents: number; apiservers: number; controller: number };
   loadavg: string;
 }
 
@@ -184,7 +187,17 @@ async function runMode(
         (atHub ? `; at the hub ${atHub.connections} L7 connections (ss: ${atHub.sockets}), ${atHub.tunnelStreams} tunnel streams` : ''),
     );
 
+    // Settle, then the CPU each party uses with every watch open and no events (the tunnels' pings, idle connections).
     await new Promise((r) => setTimeout(r, SETTLE_MS));
+    const idle0 = { hub: cpu(hub), agents: agentsCpu(), apiservers: cpuOf(standins.pid!), controller: cpuOf(controller.pid!), t: performance.now() };
+    await new Promise((r) => setTimeout(r, IDLE_MS));
+    const idleWall = (performance.now() - idle0.t) / 1000;
+    const idleShare = {
+      hub: (cpu(hub) - idle0.hub) / idleWall,
+      agents: (agentsCpu() - idle0.agents) / idleWall,
+      apiservers: (cpuOf(standins.pid!) - idle0.apiservers) / idleWall,
+      controller: (cpuOf(controller.pid!) - idle0.controller) / idleWall,
+    };
     const avg = loadavg();
     const before = { hub: cpu(hub), agents: agentsCpu(), apiservers: cpuOf(standins.pid!), controller: cpuOf(controller.pid!), machine: machineCpu(), t: performance.now() };
     send(standins, { events: { rate: scale.watchRate, seconds: scale.watchSeconds, watches: scale.watchesPerCluster, run: mode } });
@@ -205,6 +218,8 @@ async function runMode(
     const l = got.latencyMs;
     progress(`  ${mode}: p50 / p99 ms of each 5 s: ${got.byWindowMs.map((w) => `${w.p50.toFixed(1)} / ${w.p99.toFixed(1)}`).join(', ')}`);
     const pct = (x: number) => (Number.isFinite(x) ? `${(x * 100).toFixed(0)}%` : '–');
+    const perEvent = (k: keyof typeof idleShare) => (Number.isFinite(cpuShare[k]) ? `${(((cpuShare[k] - idleShare[k]) / gen.rate) * 1e6).toFixed(0)} µs` : '–');
+    progress(`  ${mode}: CPU per event above idle: hub ${perEvent('hub')}, agents ${perEvent('agents')}, apiservers ${perEvent('apiservers')}, controller ${perEvent('controller')}`);
     progress(
       `  ${mode}: ${got.received} events at ${gen.rate.toFixed(0)}/s: latency p50 ${l.p50.toFixed(2)} ms, p99 ${l.p99.toFixed(2)} ms, max ${l.max.toFixed(1)} ms; ` +
         `CPU hub ${pct(cpuShare.hub)}, agents ${pct(cpuShare.agents)}, apiservers ${pct(cpuShare.apiservers)}, controller ${pct(cpuShare.controller)}, the whole machine ${pct(cpuShare.machine)}; load ${avg}`,
@@ -218,6 +233,7 @@ async function runMode(
       establishCpu,
       events: { created: gen.emitted, delivered: got.received, seconds: gen.seconds, rate: gen.rate, generatorMaxLateMs: gen.maxLateMs, latencyMs: l, byWindowMs: got.byWindowMs },
       cpuShare,
+      idleCpuShare: idleShare,
       loadavg: avg,
     };
   } finally {
