@@ -94,9 +94,14 @@ export interface L7Member {
  * A server with the hub tokens `tokens`, and cluster member-1: a stand-in
  * apiserver on its own CA that lets L7_AGENT_USER (token `agent-token`)
  * impersonate, and a registered agent reading that token from a file.
- * `memberTokens` are further tokens the stand-in accepts.
+ * `memberTokens` are further tokens the stand-in accepts; `serverConfig`
+ * overrides fields of the server's test configuration.
  */
-export async function startL7Member(tokens: ServerConfig['tokens'], memberTokens: Record<string, { user: string; groups: string[] }> = {}): Promise<L7Member> {
+export async function startL7Member(
+  tokens: ServerConfig['tokens'],
+  memberTokens: Record<string, { user: string; groups: string[] }> = {},
+  serverConfig: Partial<ServerConfig> = {},
+): Promise<L7Member> {
   const hubCA = createCA();
   const memberCA = createCA();
   const memberCert = issueServerCert(memberCA, { sans: ['127.0.0.1'] });
@@ -109,7 +114,10 @@ export async function startL7Member(tokens: ServerConfig['tokens'], memberTokens
     tokens: { 'agent-token': { user: L7_AGENT_USER, groups: [] }, ...memberTokens },
     impersonators: [L7_AGENT_USER],
   });
-  const server = await startServer(testServerConfig(hubCA, issueServerCert(hubCA, { sans: ['localhost', '127.0.0.1'] }), tokens), silentLogger());
+  const server = await startServer(
+    { ...testServerConfig(hubCA, issueServerCert(hubCA, { sans: ['localhost', '127.0.0.1'] }), tokens), ...serverConfig },
+    silentLogger(),
+  );
   const agent = await startRegisteredAgent(
     server,
     testAgentConfig(server, hubCA, issueAgentCert(hubCA, { cluster: 'member-1' }), 'member-1', api.url, {

@@ -62,10 +62,13 @@ async function kubeconfig(token: string): Promise<string> {
 const kubectl = async (token: string, ...args: string[]) => run('kubectl', ['--kubeconfig', await kubeconfig(token), ...args]);
 
 describe('L7 mode with real kubectl', () => {
-  it('reaches both clusters with one kubeconfig', async () => {
+  it('reaches both clusters with one kubeconfig, over HTTP/2', async () => {
     for (const name of ['member-1', 'member-2']) {
       const v = JSON.parse(await kubectl('admin-token', '--context', `${name}-l7`, 'get', '--raw', '/version')) as { cluster: string };
       expect(v.cluster).toBe(name);
+      // kubectl (client-go) negotiated HTTP/2 with the hub, as it does with an apiserver.
+      const audited = await server.proc.waitFor((l) => l.msg === 'l7 request' && l.cluster === name && l.path === '/version', `audit of ${name}`);
+      expect(audited.http).toBe('2.0');
     }
   });
 

@@ -1,3 +1,4 @@
+import type { EventEmitter } from 'node:events';
 import http from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Identity, MuxStream } from '@kubetunnel/shared';
@@ -134,7 +135,7 @@ export class PooledStreams extends http.Agent {
 
 /** The pools of every client connection of a frontend. */
 export class StreamPool {
-  private readonly byConnection = new Map<Duplex, Map<string, PooledStreams>>();
+  private readonly byConnection = new Map<EventEmitter, Map<string, PooledStreams>>();
   private idleTotal = 0;
   private closed = false;
 
@@ -142,9 +143,10 @@ export class StreamPool {
 
   /**
    * The streams of `identity` to `cluster` for requests of client connection
-   * `connection` (they close with it); `dial` opens a new one.
+   * `connection` (they close with it: an HTTP/1.1 socket or an HTTP/2
+   * session, either emits 'close'); `dial` opens a new one.
    */
-  agentFor(connection: Duplex, cluster: string, identity: Identity, dial: StreamDialer): PooledStreams {
+  agentFor(connection: EventEmitter, cluster: string, identity: Identity, dial: StreamDialer): PooledStreams {
     let agents = this.byConnection.get(connection);
     if (!agents) {
       agents = new Map();
@@ -190,7 +192,7 @@ export class StreamPool {
     for (const connection of [...this.byConnection.keys()]) this.drop(connection);
   }
 
-  private drop(connection: Duplex): void {
+  private drop(connection: EventEmitter): void {
     const agents = this.byConnection.get(connection);
     this.byConnection.delete(connection);
     for (const agent of agents?.values() ?? []) {

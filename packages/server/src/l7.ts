@@ -1,11 +1,12 @@
+import type { EventEmitter } from 'node:events';
 import http from 'node:http';
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { Http2ServerRequest, Http2ServerResponse } from 'node:http2';
 import type { Duplex } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
-import httpProxy from 'http-proxy';
 import {
   identityProblem,
-  onProxyResponse,
+  dropHopByHop,
   relayUpgrade,
   sendStatus,
   sendStatusRaw,
@@ -18,7 +19,7 @@ import {
 import { authenticate } from './auth.js';
 import type { FrontendDeps } from './deps.js';
 import { dialCluster, type DialResult } from './dial.js';
-import { connectOnly, type HttpHandlers } from './frontend.js';
+import { connectOnly, type FrontendRequest, type FrontendResponse, type HttpHandlers } from './frontend.js';
 import { DialRefused, StreamPool, type StreamPoolLimits } from './l7-pool.js';
 import { httpAnswer, refusal, refused, type Outcome, type Refusal } from './refusal.js';
 import { routeL7Request } from './routing/resolve.js';
@@ -63,7 +64,7 @@ interface Prepared {
  * can carry it, see identity.ts), the headers for the member. Undefined:
  * not an L7 request.
  */
-function prepare(deps: L7Deps, req: IncomingMessage): Outcome<Prepared> | undefined {
+function prepare(deps: L7Deps, req: FrontendRequest): Outcome<Prepared> | undefined {
   const route = routeL7Request(req, deps.serverNameSuffix);
   if (!route) return undefined;
   if (!route.ok) return route;
@@ -78,19 +79,41 @@ function prepare(deps: L7Deps, req: IncomingMessage): Outcome<Prepared> | undefi
  * The caller's headers as the member is sent them: no credentials or
  * identity headers (stripCallerHeaders), no X-Cluster-Name, and of the
  * Connection header only the keep-alive intent (names listed in it are
- * dropped with it).
+ * dropped with it). An HTTP/2 request's pseudo-headers are not headers of
+ * HTTP/1.1: its :authority is the Host the member sees.
  */
-function memberHeaders(req: IncomingMessage): http.OutgoingHttpHeaders {
+function memberHeaders(req: FrontendRequest): http.OutgoingHttpHeaders {
   const headers = stripCallerHeaders(req.headers);
   delete headers['x-cluster-name'];
+  for (const name of Object.keys(headers)) if (name.startsWith(':')) delete headers[name];
+  if (isHttp2(req) && headers.host === undefined && req.authority) headers.host = req.authority;
   headers.connection = /(^|,)\s*close\s*(,|$)/i.test(String(req.headers.connection ?? '')) ? 'close' : 'keep-alive';
   return headers;
 }
 
-/** True when a request announces a body (any Transfer-Encoding, or a non-zero Content-Length). */
-function hasBody(req: IncomingMessage): boolean {
+function isHttp2(req: FrontendRequest): req is Http2ServerRequest {
+  return req instanceof Http2ServerRequest;
+}
+
+/**
+ * True when a request has a body: HTTP/1.1 announces it (any
+ * Transfer-Encoding, or a non-zero Content-Length); an HTTP/2 request has
+ * one unless its HEADERS ended the stream.
+ */
+function hasBody(req: FrontendRequest): boolean {
+  if (isHttp2(req)) return !req.stream.endAfterHeaders;
   const length = req.headers['content-length'];
   return req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0');
+}
+
+/** The client connection a request came on: its streams to members are kept with it (StreamPool). */
+function connectionOf(req: FrontendRequest): EventEmitter {
+  return isHttp2(req) ? (req.stream.session ?? req.socket) : req.socket;
+}
+
+/** Whether a response can no longer be written (its connection or HTTP/2 stream is gone). */
+function gone(res: FrontendResponse): boolean {
+  return res instanceof Http2ServerResponse ? res.stream.destroyed : res.destroyed;
 }
 
 /** Tries of one request on kept streams: a request is sent again at most this often in all. */
@@ -111,31 +134,37 @@ interface Attempt {
   refused: boolean;
 }
 
+/** Notes which stream a request got, and counts the bytes it carries on it until its answer is in. */
+function track(attempt: Attempt, out: http.ClientRequest, stream: MuxStream): void {
+  const inBefore = stream.bytesIn;
+  const outBefore = stream.bytesOut;
+  Object.assign(attempt, { stream, reused: out.reusedSocket, sentBefore: outBefore });
+  attempt.settle = () => {
+    attempt.settle = undefined;
+    attempt.bytesIn += stream.bytesIn - inBefore;
+    attempt.bytesOut += stream.bytesOut - outBefore;
+  };
+}
+
+/** Headers HTTP/2 forbids in a response (RFC 9113 section 8.2.2): HTTP/1.1's framing and connection. */
+const HTTP1_ONLY = ['transfer-encoding', 'upgrade', 'http2-settings'];
+
 /**
- * The http-proxy that sends plain requests through a stream: the member's
- * answer is relayed as it comes; `attempts` learns which stream each
- * request got (errors go to the callback of each proxy.web call).
+ * Writes the head of the member's answer: no hop-by-hop headers (nor, to an
+ * HTTP/2 caller, HTTP/1.1's framing or reason phrase). A streamed answer (no
+ * Content-Length: watches, logs -f) has its head sent at once rather than
+ * with its first chunk, so a watch is seen established before any event.
  */
-function createProxy(attempts: WeakMap<IncomingMessage, Attempt>): httpProxy {
-  const proxy = httpProxy.createProxyServer({ xfwd: false, ignorePath: false });
-  proxy.on('proxyRes', (upstream: IncomingMessage, _req: IncomingMessage, res: ServerResponse) => onProxyResponse(upstream, res));
-  // http-proxy emits proxyReq once the request has its socket (here: a stream).
-  proxy.on('proxyReq', (out: http.ClientRequest, req: IncomingMessage) => {
-    const attempt = attempts.get(req);
-    if (!attempt || !out.socket) return;
-    const stream = out.socket as unknown as MuxStream;
-    const inBefore = stream.bytesIn;
-    const outBefore = stream.bytesOut;
-    Object.assign(attempt, { stream, reused: out.reusedSocket, sentBefore: outBefore });
-    attempt.settle = () => {
-      attempt.settle = undefined;
-      attempt.bytesIn += stream.bytesIn - inBefore;
-      attempt.bytesOut += stream.bytesOut - outBefore;
-    };
-    // The answer is in: what comes later on the stream belongs to the next request.
-    out.once('response', (upstream: IncomingMessage) => upstream.once('end', () => attempt.settle?.()));
-  });
-  return proxy;
+function writeHead(res: FrontendResponse, upstream: IncomingMessage): void {
+  const headers = upstream.headers;
+  dropHopByHop(headers);
+  const status = upstream.statusCode ?? 502;
+  if (res instanceof Http2ServerResponse) {
+    for (const name of HTTP1_ONLY) delete headers[name];
+    res.writeHead(status, headers);
+  } else res.writeHead(status, upstream.statusMessage, headers);
+  // Http2ServerResponse has flushHeaders too; Node's types omit it.
+  if (headers['content-length'] === undefined) (res as ServerResponse).flushHeaders();
 }
 
 /** An answer to write: status, one-line message, headers. */
@@ -160,12 +189,9 @@ export function l7Handlers(deps: L7Deps): HttpHandlers & { pool: StreamPool } {
 }
 
 class L7Frontend {
-  private readonly proxy: httpProxy;
-  private readonly attempts = new WeakMap<IncomingMessage, Attempt>();
   readonly pool: StreamPool;
 
   constructor(private readonly deps: L7Deps) {
-    this.proxy = createProxy(this.attempts);
     this.pool = new StreamPool(deps.pool);
   }
 
@@ -174,12 +200,12 @@ class L7Frontend {
   }
 
   /**
-   * A plain request: proxied by http-proxy on a stream of this caller to this
-   * cluster kept from an earlier request of the client connection, else on a
-   * new one (StreamPool); the answer is relayed as it comes. The policy is
-   * applied to every request, kept stream or not.
+   * A plain request: sent on a stream of this caller to this cluster kept
+   * from an earlier request of the client connection, else on a new one
+   * (StreamPool); the answer is relayed as it comes. The policy is applied to
+   * every request, kept stream or not.
    */
-  request(req: IncomingMessage, res: ServerResponse): void {
+  request(req: FrontendRequest, res: FrontendResponse): void {
     const started = performance.now();
     const answer = (a: Answer) => sendStatus(res, a.status, a.message, a.headers);
     const p = this.admit(req, answer);
@@ -197,36 +223,55 @@ class L7Frontend {
       attempt.settle?.();
       if (!attempt.refused) this.audit(p, req, res.statusCode, attempt, started);
     });
-    req.headers = p.headers as http.IncomingHttpHeaders;
-    req.url = p.route.path;
     this.forward(p, req, res, attempt, started);
   }
 
   /**
-   * Sends the request on a pooled stream. A kept stream that fails before any
-   * byte of the request went into the tunnel (it died while idle) is replaced
-   * by another, for a request without a body; otherwise a failure is a 502.
+   * Sends the request on a pooled stream and relays the answer: its head,
+   * then its body as it comes; an answer cut short on the member's side is
+   * cut short for the caller too, and a caller gone ends the request on the
+   * stream. A kept stream that fails before any byte of the request went
+   * into the tunnel (it died while idle) is replaced by another, for a
+   * request without a body; otherwise a failure is a 502.
    */
-  private forward(p: Prepared, req: IncomingMessage, res: ServerResponse, attempt: Attempt, started: number): void {
+  private forward(p: Prepared, req: FrontendRequest, res: FrontendResponse, attempt: Attempt, started: number): void {
     attempt.tries += 1;
-    const agent = this.pool.agentFor(req.socket, p.route.cluster, p.identity, () => this.dial(p));
-    this.attempts.set(req, attempt);
-    this.proxy.web(req, res, { target: `http://${p.route.cluster}`, agent, changeOrigin: false }, (err: Error) => {
-      attempt.settle?.();
-      if (err instanceof DialRefused) {
-        attempt.refused = true;
-        return this.answerRefusal(p, req, err.refusal, started, (a) => sendStatus(res, a.status, a.message, a.headers));
-      }
-      if (res.destroyed) return;
-      const unsent = attempt.reused === true && attempt.sentBefore === attempt.stream?.bytesOut;
-      if (unsent && !hasBody(req) && !res.headersSent && attempt.tries < MAX_TRIES) {
-        this.deps.log.debug({ err: err.message }, 'kept L7 stream failed before the request was sent: sending it on another');
-        return this.forward(p, req, res, attempt, started);
-      }
-      this.deps.log.debug({ err: err.message }, 'L7 proxy error');
-      if (res.headersSent) res.destroy();
-      else sendStatus(res, 502, `tunnel to the member cluster failed: ${err.message}`);
+    const agent = this.pool.agentFor(connectionOf(req), p.route.cluster, p.identity, () => this.dial(p));
+    const out = http.request({ method: req.method, path: p.route.path, headers: p.headers, agent, setHost: false });
+    out.once('socket', (stream) => track(attempt, out, stream as unknown as MuxStream));
+    out.on('error', (err) => this.failed(err, p, req, res, attempt, started));
+    out.once('response', (upstream: IncomingMessage) => {
+      const cut = () => {
+        if (!upstream.complete) res.destroy();
+      };
+      upstream.on('error', cut).once('close', cut);
+      // The answer is in: what comes later on the stream belongs to the next request.
+      upstream.once('end', () => attempt.settle?.());
+      writeHead(res, upstream);
+      upstream.pipe(res as NodeJS.WritableStream);
     });
+    res.once('close', () => {
+      if (!res.writableEnded) out.destroy();
+    });
+    if (hasBody(req)) req.pipe(out);
+    else out.end();
+  }
+
+  /** The request failed on its stream: sent again (see forward), or answered. */
+  private failed(err: Error, p: Prepared, req: FrontendRequest, res: FrontendResponse, attempt: Attempt, started: number): void {
+    attempt.settle?.();
+    if (err instanceof DialRefused) {
+      attempt.refused = true;
+      return this.answerRefusal(p, req, err.refusal, started, (a) => sendStatus(res, a.status, a.message, a.headers));
+    }
+    if (gone(res) || res.headersSent) return void res.destroy();
+    const unsent = attempt.reused === true && attempt.sentBefore === attempt.stream?.bytesOut;
+    if (unsent && !hasBody(req) && attempt.tries < MAX_TRIES) {
+      this.deps.log.debug({ err: err.message }, 'kept L7 stream failed before the request was sent: sending it on another');
+      return this.forward(p, req, res, attempt, started);
+    }
+    this.deps.log.debug({ err: err.message }, 'L7 proxy error');
+    sendStatus(res, 502, `tunnel to the member cluster failed: ${err.message}`);
   }
 
   /** An upgrade (exec, attach, port-forward): relayed byte for byte once the member answers 101 (see relayUpgrade). */
@@ -261,7 +306,7 @@ class L7Frontend {
    * counted, logged and answered through `answer`. Undefined: not an L7
    * request, or refused (and answered).
    */
-  private admit(req: IncomingMessage, answer: (a: Answer) => void, check?: (req: IncomingMessage) => Refusal | undefined): Prepared | undefined {
+  private admit(req: FrontendRequest, answer: (a: Answer) => void, check?: (req: FrontendRequest) => Refusal | undefined): Prepared | undefined {
     const p = prepare(this.deps, req);
     if (p === undefined) return undefined;
     if (p.ok) {
@@ -273,7 +318,7 @@ class L7Frontend {
   }
 
   /** Counts, logs and answers a refusal made before any dial. */
-  private refuse(req: IncomingMessage, r: Refusal, answer: (a: Answer) => void): void {
+  private refuse(req: FrontendRequest, r: Refusal, answer: (a: Answer) => void): void {
     const { status, headers } = httpAnswer(r, 'origin');
     this.deps.metrics.refused('l7', r.reason);
     this.deps.log.info({ status, reason: r.message, remote: req.socket.remoteAddress }, 'L7 request refused');
@@ -285,7 +330,7 @@ class L7Frontend {
   }
 
   /** Answers a dial the cluster refused (dialCluster counted it), and audits it. */
-  private answerRefusal(p: Prepared, req: IncomingMessage, r: Refusal, started: number, answer: (a: Answer) => void): void {
+  private answerRefusal(p: Prepared, req: FrontendRequest, r: Refusal, started: number, answer: (a: Answer) => void): void {
     const { status, headers } = httpAnswer(r, 'origin');
     answer({ status, message: r.message, headers });
     this.audit(p, req, status, undefined, started);
@@ -299,7 +344,7 @@ class L7Frontend {
     });
   }
 
-  private audit(p: Prepared, req: IncomingMessage, status: number, stream: { bytesIn: number; bytesOut: number } | undefined, started: number, upgrade?: string): void {
+  private audit(p: Prepared, req: FrontendRequest, status: number, stream: { bytesIn: number; bytesOut: number } | undefined, started: number, upgrade?: string): void {
     this.deps.audit.info(
       {
         user: p.identity.user,
@@ -307,6 +352,7 @@ class L7Frontend {
         cluster: p.route.cluster,
         method: req.method,
         path: logPath(p.route.path),
+        http: req.httpVersion,
         status,
         bytesIn: stream?.bytesIn ?? 0,
         bytesOut: stream?.bytesOut ?? 0,

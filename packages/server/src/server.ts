@@ -290,7 +290,7 @@ function running(config: ServerConfig, parts: Parts, addresses: ServerAddresses,
         log.info({ delayMs }, 'shutting down: not ready; serving on for the shutdown delay');
         await new Promise((resolve) => setTimeout(resolve, delayMs));
       }
-      frontend.server.close();
+      frontend.stopAccepting();
       log.info({ graceMs }, 'draining: GOAWAY to agents, no new connections');
       await Promise.all([gateway.drain(graceMs), grpcFrontend?.drain(graceMs)]);
       await close();

@@ -136,7 +136,7 @@ export function routeL7(
 }
 
 /** routeL7 of a request on the frontend: its target, X-Cluster-Name and TLS server name. */
-export function routeL7Request(req: IncomingMessage, serverNameSuffix: string): L7Route | undefined {
+export function routeL7Request(req: Pick<IncomingMessage, 'socket' | 'url' | 'headers'>, serverNameSuffix: string): L7Route | undefined {
   const servername = (req.socket as TLSSocket).servername;
   return routeL7(req.url ?? '/', req.headers['x-cluster-name'], typeof servername === 'string' ? servername : undefined, serverNameSuffix);
 }

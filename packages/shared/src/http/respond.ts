@@ -1,4 +1,5 @@
 import { STATUS_CODES, type ServerResponse } from 'node:http';
+import type { Http2ServerResponse } from 'node:http2';
 import type { Duplex } from 'node:stream';
 import { failureStatus } from '../l7/status.js';
 
@@ -46,7 +47,7 @@ export function kubeStatus(code: number, message: string): string {
 }
 
 /** Answers with a Kubernetes `Status`; a response already under way is cut off instead. */
-export function sendStatus(res: ServerResponse, code: number, message: string, headers: Record<string, string> = {}): void {
+export function sendStatus(res: ServerResponse | Http2ServerResponse, code: number, message: string, headers: Record<string, string> = {}): void {
   if (res.headersSent) {
     res.destroy();
     return;

@@ -1,3 +1,4 @@
+import type { EventEmitter } from 'node:events';
 import type http from 'node:http';
 import type http2 from 'node:http2';
 import type https from 'node:https';
@@ -70,10 +71,13 @@ export interface GuardOptions {
   /** How often refusals are summed up in one log line; default Defaults.refusalLogIntervalMs. */
   logIntervalMs?: number;
   /**
-   * An HTTP/2 server (gRPC): a request head is a stream's HEADERS, and the
-   * guard itself closes a connection that opens no stream within the header
-   * timeout (Node's HTTP/1 header timeout does not apply to HTTP/2). The idle
-   * timeout is the HTTP/2 server's own to keep.
+   * An HTTP/2-only server (gRPC): a request head is a stream's HEADERS, and
+   * the guard itself closes a connection that opens no stream within the
+   * header timeout (Node's HTTP/1 header timeout does not apply to HTTP/2).
+   * The idle timeout is the HTTP/2 server's own to keep. A server that offers
+   * both (ALPN `h2` and `http/1.1`) leaves this unset: the guard treats each
+   * connection by the protocol it chose, and keeps the idle timeout of its
+   * HTTP/2 ones (closeWhenIdle).
    */
   http2?: boolean;
 }
@@ -146,6 +150,28 @@ class RefusalLog {
     this.counts.clear();
     if (rearm) this.arm();
   }
+}
+
+/**
+ * Closes an HTTP/2 connection (GOAWAY) once it has had no stream open for
+ * `idleMs`: the keep-alive timeout of HTTP/1.1, for HTTP/2. A stream open
+ * keeps it however quiet (a watch); until the first stream the header
+ * timeout applies.
+ */
+function closeWhenIdle(session: http2.ServerHttp2Session, idleMs: number): void {
+  let open = 0;
+  let timer: NodeJS.Timeout | undefined;
+  session.on('stream', (stream: http2.ServerHttp2Stream) => {
+    open += 1;
+    clearTimeout(timer);
+    stream.once('close', () => {
+      open -= 1;
+      if (open > 0 || session.closed || session.destroyed) return;
+      timer = setTimeout(() => session.close(), idleMs);
+      timer.unref();
+    });
+  });
+  session.once('close', () => clearTimeout(timer));
 }
 
 /**
@@ -251,9 +277,11 @@ export function guardListener(server: http.Server | https.Server | http2.Http2Se
       if (!conn) return;
       conn.http = socket;
       clearTimeout(conn.timer);
-      if (o.http2) awaitHead(conn);
+      if (o.http2 || socket.alpnProtocol === 'h2') awaitHead(conn);
     });
   }
+  // A server that speaks HTTP/1.1 too keeps no idle timeout of its own for its HTTP/2 connections.
+  if (!o.http2) (server as EventEmitter).on('session', (session: http2.ServerHttp2Session) => closeWhenIdle(session, limits.idleTimeoutMs));
 
   // A whole request head: the connection is no longer pending. Marked ahead of
   // the server's own handlers, and only for events it handles (a listener
