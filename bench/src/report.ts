@@ -184,8 +184,6 @@ export function renderL7(l7: L7Result, scale: Scale): string[] {
 export function renderWatch(w: WatchResult): string[] {
   const share = (x: number) => (Number.isFinite(x) ? f(x, 2) : '–');
   const rows = Object.entries(w.modes).map(([name, m]) => {
-    if (!m) return '';
-    if ('unavailable' in m) return `| ${name} | ${m.unavailable} | | | | | | |`;
     const l = m.events.latencyMs;
     const h = m.hub;
     const target = name === 'HTTP/2' && h ? `connections = clusters, p99 ≤ 5 ms: ${met(h.connections === w.clusters && l.p99 <= 5)}` : '';
