@@ -190,29 +190,24 @@ async function runMode(
         (atHub ? `; at the hub ${atHub.connections} L7 connections (ss: ${atHub.sockets}), ${atHub.tunnelStreams} tunnel streams` : ''),
     );
 
+    // Each party's CPU seconds so far (and the whole machine's), and its share of a core since an earlier reading.
+    const cpuNow = () => ({ hub: cpu(hub), agents: agentsCpu(), apiservers: cpuOf(standins.pid!), controller: cpuOf(controller.pid!), machine: machineCpu(), t: performance.now() });
+    const sharesSince = (a: ReturnType<typeof cpuNow>) => {
+      const b = cpuNow();
+      const wall = (b.t - a.t) / 1000;
+      return { hub: (b.hub - a.hub) / wall, agents: (b.agents - a.agents) / wall, apiservers: (b.apiservers - a.apiservers) / wall, controller: (b.controller - a.controller) / wall, machine: (b.machine - a.machine) / wall };
+    };
+
     // Settle, then the CPU each party uses with every watch open and no events (the tunnels' pings, idle connections).
     await new Promise((r) => setTimeout(r, SETTLE_MS));
-    const idle0 = { hub: cpu(hub), agents: agentsCpu(), apiservers: cpuOf(standins.pid!), controller: cpuOf(controller.pid!), t: performance.now() };
+    const idle0 = cpuNow();
     await new Promise((r) => setTimeout(r, Math.min(IDLE_MS, scale.watchSeconds * 1000)));
-    const idleWall = (performance.now() - idle0.t) / 1000;
-    const idleShare = {
-      hub: (cpu(hub) - idle0.hub) / idleWall,
-      agents: (agentsCpu() - idle0.agents) / idleWall,
-      apiservers: (cpuOf(standins.pid!) - idle0.apiservers) / idleWall,
-      controller: (cpuOf(controller.pid!) - idle0.controller) / idleWall,
-    };
+    const { machine: _, ...idleShare } = sharesSince(idle0);
     const avg = loadavg();
-    const before = { hub: cpu(hub), agents: agentsCpu(), apiservers: cpuOf(standins.pid!), controller: cpuOf(controller.pid!), machine: machineCpu(), t: performance.now() };
+    const before = cpuNow();
     send(standins, { events: { rate: scale.watchRate, seconds: scale.watchSeconds, watches: scale.watchesPerCluster, run: mode } });
     const gen = await line<{ emitted: number; seconds: number; rate: number; maxLateMs: number }>(standins, (o) => typeof o.emitted === 'number', 'event generator');
-    const wall = (performance.now() - before.t) / 1000;
-    const cpuShare = {
-      hub: (cpu(hub) - before.hub) / wall,
-      agents: (agentsCpu() - before.agents) / wall,
-      apiservers: (cpuOf(standins.pid!) - before.apiservers) / wall,
-      controller: (cpuOf(controller.pid!) - before.controller) / wall,
-      machine: (machineCpu() - before.machine) / wall,
-    };
+    const cpuShare = sharesSince(before);
     send(controller, { expect: gen.emitted, timeoutMs: 15_000 });
     const got = await delivered;
     const wrong = { missing: got.expected - got.received, repeated: got.repeated, misrouted: got.misrouted, unreadable: got.unreadable, 'ended early': got.ended };
