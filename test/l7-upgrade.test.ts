@@ -2,12 +2,14 @@
  * L7 upgrades and answers that must pass through untouched, against an
  * upstream written here: a SPDY/3.1 upgrade is relayed both ways (kubectl's
  * protocol for exec and port-forward before WebSockets), and a redirect is
- * handed to the client, never followed.
+ * handed to the client, never followed. The agent's connections to the
+ * upstream run without Nagle delay.
  */
+import diagnostics from 'node:diagnostics_channel';
 import { once } from 'node:events';
 import fs from 'node:fs';
 import https from 'node:https';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import tls from 'node:tls';
@@ -114,4 +116,40 @@ describe('L7 passthrough', () => {
     s.destroy();
     expect(upstreamPaths.filter((p) => p.includes('steal'))).toEqual([]);
   });
+
+  it('sends to the upstream without Nagle delay, plain requests and upgrades alike', async () => {
+    // The agent runs in this process: its requests to the upstream are seen
+    // here, on their sockets. Node keeps a socket's TCP_NODELAY setting in
+    // its kSetNoDelay field (false until setNoDelay(true)).
+    const upstreamPort = (upstream.address() as AddressInfo).port;
+    const requests: Array<{ socket: Socket | null }> = [];
+    const onStart = ({ request }: { request: { socket: Socket | null } }) => void requests.push(request);
+    /** Nagle off or on, for each connection the agent sent a request on since the last call. */
+    const upstreamNoDelay = () => requests.splice(0).filter((r) => r.socket?.remotePort === upstreamPort).map((r) => noDelayOf(r.socket!));
+    diagnostics.subscribe('http.client.request.start', onStart as (message: unknown) => void);
+    try {
+      const plain = await hub();
+      plain.write('GET /clusters/m/plain HTTP/1.1\r\nHost: hub\r\nAuthorization: Bearer t\r\nConnection: close\r\n\r\n');
+      expect(await readUntil(plain, 'plain')).toMatch(/^HTTP\/1\.1 200 /);
+      expect(upstreamNoDelay()).toEqual([true]);
+      plain.destroy();
+      const upgraded = await hub();
+      upgraded.write(
+        'POST /clusters/m/api/v1/namespaces/default/pods/echo/exec?command=cat HTTP/1.1\r\nHost: hub\r\nAuthorization: Bearer t\r\n' +
+          'Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\n\r\n',
+      );
+      expect(await readUntil(upgraded, '\r\n\r\n')).toMatch(/^HTTP\/1\.1 101 /);
+      expect(upstreamNoDelay()).toEqual([true]);
+      upgraded.destroy();
+    } finally {
+      diagnostics.unsubscribe('http.client.request.start', onStart as (message: unknown) => void);
+    }
+  });
 });
+
+/** Whether Node has turned Nagle's algorithm off on `socket` (its kSetNoDelay field). */
+function noDelayOf(socket: Socket): unknown {
+  const field = Object.getOwnPropertySymbols(socket).find((s) => s.description === 'kSetNoDelay');
+  if (field === undefined) throw new Error('this Node keeps no kSetNoDelay field on its sockets');
+  return (socket as unknown as Record<symbol, unknown>)[field];
+}

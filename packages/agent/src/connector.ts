@@ -1,6 +1,7 @@
 import { EventEmitter } from 'node:events';
 import type { ClientRequest, IncomingMessage } from 'node:http';
-import { WebSocket } from 'ws';
+import { createSecureContext, type ConnectionOptions, type SecureContext } from 'node:tls';
+import { WebSocket, type ClientOptions } from 'ws';
 import {
   AGENT_PATH,
   Defaults,
@@ -72,6 +73,8 @@ export class Connector extends EventEmitter {
   private closed = false;
   /** The client certificate, key and hub CA of the next dials; replaced by updateTls (a reload or a renewal). */
   private tls: TunnelTls;
+  /** The TLS context made of `tls`: once, not at every dial (a reconnect storm would parse the key each time). */
+  private secureContext: SecureContext | undefined;
 
   constructor(
     private readonly config: AgentConfig,
@@ -205,6 +208,7 @@ export class Connector extends EventEmitter {
   /** New certificate, key and CA for the tunnels dialed from now on; tunnels open now keep theirs. */
   updateTls(tls: TunnelTls): void {
     this.tls = { ...tls };
+    this.secureContext = undefined;
   }
 
   /** The registration headers of a dial: who this agent is, and the replicas it holds already. */
@@ -222,8 +226,10 @@ export class Connector extends EventEmitter {
   }
 
   private openWebSocket(endpoint: Endpoint): WebSocket {
-    return new WebSocket(new URL(AGENT_PATH, endpoint.url), SUBPROTOCOL, {
-      ...this.tls,
+    this.secureContext ??= createSecureContext(this.tls);
+    // ws hands its options on to tls.connect, which takes a ready context.
+    const options: ClientOptions & Pick<ConnectionOptions, 'secureContext'> = {
+      secureContext: this.secureContext,
       headers: this.registrationHeaders(),
       perMessageDeflate: false,
       maxPayload: Defaults.maxWsPayload,
@@ -234,7 +240,8 @@ export class Connector extends EventEmitter {
       // intermediaries; inside TLS it only costs a copy of every byte. A zero
       // mask makes ws skip it.
       generateMask: zeroMask,
-    });
+    };
+    return new WebSocket(new URL(AGENT_PATH, endpoint.url), SUBPROTOCOL, options);
   }
 
   /** The server answered the handshake with an HTTP status instead of 101. */

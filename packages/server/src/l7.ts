@@ -7,6 +7,7 @@ import type { TLSSocket } from 'node:tls';
 import {
   identityProblem,
   dropHopByHop,
+  flushStreamedHead,
   relayUpgrade,
   sendStatus,
   sendStatusRaw,
@@ -151,9 +152,8 @@ const HTTP1_ONLY = ['transfer-encoding', 'upgrade', 'http2-settings'];
 
 /**
  * Writes the head of the member's answer: no hop-by-hop headers (nor, to an
- * HTTP/2 caller, HTTP/1.1's framing or reason phrase). A streamed answer (no
- * Content-Length: watches, logs -f) has its head sent at once rather than
- * with its first chunk, so a watch is seen established before any event.
+ * HTTP/2 caller, HTTP/1.1's framing or reason phrase); a streamed answer's
+ * head goes at once (flushStreamedHead).
  */
 function writeHead(res: FrontendResponse, upstream: IncomingMessage): void {
   const headers = upstream.headers;
@@ -163,8 +163,7 @@ function writeHead(res: FrontendResponse, upstream: IncomingMessage): void {
     for (const name of HTTP1_ONLY) delete headers[name];
     res.writeHead(status, headers);
   } else res.writeHead(status, upstream.statusMessage, headers);
-  // Http2ServerResponse has flushHeaders too; Node's types omit it.
-  if (headers['content-length'] === undefined) (res as ServerResponse).flushHeaders();
+  flushStreamedHead(upstream, res);
 }
 
 /** An answer to write: status, one-line message, headers. */

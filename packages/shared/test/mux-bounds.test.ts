@@ -192,6 +192,31 @@ describe('bounded queues', () => {
     expect(session.pendingIncoming).toBe(0);
   });
 
+  it('an idle tunnel carries one PING exchange per interval: the agent PINGs only when it heard nothing for a whole interval', async () => {
+    const [a, b] = MemoryTransport.pair();
+    const pings = { server: 0, agent: 0 };
+    a.on('message', (m: Buffer) => {
+      for (const f of decodeMessage(m)) if (f.type === FrameType.PING) pings.agent += 1;
+    });
+    const serverPinged = new EventEmitter();
+    b.on('message', (m: Buffer) => {
+      for (const f of decodeMessage(m)) if (f.type === FrameType.PING && ++pings.server === 10) serverPinged.emit('ten');
+    });
+    const server = new Session(a, { role: 'server', pingIntervalMs: 30, pingTimeoutMs: 5000 });
+    const agent = new Session(b, { role: 'agent', pingIntervalMs: 30, pingTimeoutMs: 300 });
+    cleanups.push(() => server.close(), () => agent.close());
+    await once(serverPinged, 'ten');
+    // The first PING of each side at the start, then the server's alone (some slack: a late server tick leaves
+    // the agent a silent interval now and then on a loaded machine). Both PINGing would be 10 each.
+    expect(pings.agent).toBeLessThanOrEqual(4);
+    // The server falls silent (nothing it sends arrives): the agent PINGs it, and finds it dead.
+    const before = pings.agent;
+    const reason = closeReason(agent);
+    a.send = (_message: Buffer, cb: (err?: Error) => void) => cb();
+    expect(await reason).toBe('PING_TIMEOUT');
+    expect(pings.agent).toBeGreaterThan(before);
+  });
+
   it('PING nonces are random: a PONG to a PING never received does not keep a dead peer alive', async () => {
     const [mine, theirs] = MemoryTransport.pair();
     const session = new Session(mine, { role: 'server', pingIntervalMs: 50, pingTimeoutMs: 300 });

@@ -1,4 +1,5 @@
 import type { IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
+import { Http2ServerResponse } from 'node:http2';
 import type { Identity } from '../protocol/frame.js';
 
 /** Hop-by-hop headers (RFC 9110 7.6.1) that never travel past one connection. */
@@ -96,15 +97,25 @@ export function dropHopByHop(headers: IncomingHttpHeaders): void {
 }
 
 /**
- * Response hook for a proxy: drops hop-by-hop headers, and sends the head of
- * a streamed response (no Content-Length: watches, logs -f) at once rather
- * than with its first chunk, so a watch is seen established before any event.
+ * Sends the head of a streamed answer (no Content-Length: watches, logs -f)
+ * at once rather than with its first chunk, so a watch is seen established
+ * before any event. When body bytes came in with the head (a chunked answer
+ * read in one go, as most apiserver answers of a few KiB are), the head waits
+ * for them instead: they are relayed next, so head and body leave in one
+ * write rather than two at every hop. Call it once the head is set on `res`,
+ * before the body is relayed.
  */
+export function flushStreamedHead(upstream: IncomingMessage, res: ServerResponse | Http2ServerResponse): void {
+  if (upstream.headers['content-length'] !== undefined) return;
+  process.nextTick(() => {
+    if (upstream.readableLength > 0 || (res instanceof Http2ServerResponse ? res.stream.destroyed : res.destroyed)) return;
+    // Sends nothing when the head went already. Http2ServerResponse has it too; Node's types omit it.
+    (res as ServerResponse).flushHeaders();
+  });
+}
+
+/** Response hook for a proxy (http-proxy): drops hop-by-hop headers, and sends a streamed answer's head (flushStreamedHead). */
 export function onProxyResponse(upstream: IncomingMessage, res: ServerResponse): void {
   dropHopByHop(upstream.headers);
-  if (upstream.headers['content-length'] === undefined)
-    process.nextTick(() => {
-      if (res.headersSent || res.destroyed) return;
-      res.flushHeaders();
-    });
+  flushStreamedHead(upstream, res);
 }

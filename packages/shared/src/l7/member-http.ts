@@ -3,6 +3,7 @@ import net from 'node:net';
 import http from 'node:http';
 import https from 'node:https';
 import tls from 'node:tls';
+import { parse as parseUrl, type Url } from 'node:url';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import httpProxy from 'http-proxy';
@@ -60,24 +61,37 @@ export function fileToken(file: string | undefined): () => string | undefined {
   };
 }
 
-/** TLS options toward the apiserver: its CA, a client certificate, and the name on its certificate unless it is an address. */
-function tlsOptions(config: MemberHttpConfig): { ca?: string; cert?: string; key?: string; servername?: string } {
+/** TLS toward the apiserver: one secure context (its CA, a client certificate) for every connection, and the name on its certificate unless it is an address. */
+interface ApiserverTls {
+  secureContext: tls.SecureContext;
+  servername?: string;
+}
+
+/**
+ * TLS options toward the apiserver. The CA and client certificate go in a
+ * secure context made once: an https.Agent names its kept connections by
+ * their TLS options (a PEM CA in them makes a name of kilobytes, built and
+ * hashed on every request), and tls.connect would otherwise parse them again
+ * for every connection.
+ */
+function tlsOptions(config: MemberHttpConfig): ApiserverTls {
   const t = config.tls ?? {};
   const host = config.apiserver.hostname.replace(/^\[(.*)\]$/, '$1');
   const servername = t.servername ?? (net.isIP(host) ? undefined : host);
-  return {
+  const secureContext = tls.createSecureContext({
     ...(t.ca ? { ca: t.ca } : {}),
     ...(t.cert ? { cert: t.cert } : {}),
     ...(t.key ? { key: t.key } : {}),
-    ...(servername ? { servername } : {}),
-  };
+  });
+  return { secureContext, ...(servername ? { servername } : {}) };
 }
 
 /** A connection from `connector` with TLS to the apiserver started on it. */
-function connectTls(connector: ApiserverConnector, options: ReturnType<typeof tlsOptions>, done: (err: Error | null, socket: Duplex) => void): void {
+function connectTls(connector: ApiserverConnector, options: ApiserverTls, done: (err: Error | null, socket: Duplex) => void): void {
   connector((err, raw) => {
     if (err) return done(err, raw);
     const socket = tls.connect({ socket: raw, ...options, ALPNProtocols: ['http/1.1'] });
+    noDelay(socket);
     // Closing either ends the other: the TLS socket does not always end what it runs on.
     socket.once('close', () => raw.destroy());
     raw.once('close', () => socket.destroy());
@@ -85,11 +99,31 @@ function connectTls(connector: ApiserverConnector, options: ReturnType<typeof tl
   });
 }
 
+/**
+ * No Nagle delay toward the apiserver: a request whose head and body (or
+ * body and chunked terminator) leave in separate writes must not wait for
+ * the apiserver's delayed ACK of the first. An https.Agent does not turn
+ * it on by itself (its noDelay option is not applied to TLS connections).
+ * Over a connector's stream that is not TCP it does nothing.
+ */
+function noDelay(socket: Duplex): void {
+  (socket as Partial<net.Socket>).setNoDelay?.(true);
+}
+
+/** The https.Agent toward the apiserver's own address: its TCP connections without Nagle delay. */
+class ApiserverAgent extends https.Agent {
+  override createConnection(options: unknown, done?: (err: Error | null, socket: Duplex) => void): Duplex | undefined {
+    const socket = (https.Agent.prototype as unknown as { createConnection(o: unknown, d?: unknown): Duplex | undefined }).createConnection.call(this, options, done);
+    if (socket) noDelay(socket);
+    return socket;
+  }
+}
+
 /** An https.Agent whose connections come from a connector. */
 class ConnectorAgent extends https.Agent {
   constructor(
     private readonly connector: ApiserverConnector,
-    private readonly tlsOpts: ReturnType<typeof tlsOptions>,
+    private readonly tlsOpts: ApiserverTls,
     options: https.AgentOptions,
   ) {
     super(options);
@@ -100,6 +134,9 @@ class ConnectorAgent extends https.Agent {
     return undefined;
   }
 }
+
+/** A stream's caller as its requests need it: the impersonation headers for it, or why it cannot be served. */
+type Caller = { impersonation: http.OutgoingHttpHeaders } | { status: number; reason: string };
 
 /**
  * The member side of L7: each stream it is handed carries HTTP/1.1 requests
@@ -113,14 +150,23 @@ class ConnectorAgent extends https.Agent {
  */
 export class MemberHttp {
   private readonly server: http.Server;
-  /** The caller of each stream being served, keyed by the stream (the socket of its requests). */
-  private readonly callers = new WeakMap<Duplex, Identity>();
+  /**
+   * The caller of each stream being served, keyed by the stream (the socket
+   * of its requests): the impersonation headers for it, or why it cannot be
+   * served. Worked out once per stream, as its OPEN named the caller once.
+   */
+  private readonly callers = new WeakMap<Duplex, Caller>();
   private readonly proxy: httpProxy;
   private readonly agent: https.Agent;
+  private readonly tls: ApiserverTls;
+  /** The apiserver as http-proxy takes a target, parsed once (given a string, it parses it on every request). */
+  private readonly target: Url;
 
   constructor(private readonly config: MemberHttpConfig) {
-    const agentOptions: https.AgentOptions = { keepAlive: config.keepAlive ?? true, maxFreeSockets: 64, ...tlsOptions(config) };
-    this.agent = config.connect ? new ConnectorAgent(config.connect, tlsOptions(config), agentOptions) : new https.Agent(agentOptions);
+    this.tls = tlsOptions(config);
+    this.target = parseUrl(config.apiserver.origin);
+    const agentOptions: https.AgentOptions = { keepAlive: config.keepAlive ?? true, maxFreeSockets: 64, ...this.tls };
+    this.agent = config.connect ? new ConnectorAgent(config.connect, this.tls, agentOptions) : new ApiserverAgent(agentOptions);
     this.proxy = httpProxy.createProxyServer({});
     this.proxy.on('proxyRes', (upstream: IncomingMessage, _req: IncomingMessage, res: ServerResponse) => onProxyResponse(upstream, res));
     this.proxy.on('error', (err: Error, _req: IncomingMessage, res: ServerResponse | Duplex) => {
@@ -150,39 +196,43 @@ export class MemberHttp {
 
   /** Serves the HTTP requests carried by one tunnel stream, each for `identity` (the caller named in its OPEN). */
   handle(stream: MuxStream, identity: Identity): void {
-    this.callers.set(stream, identity);
+    // The hub refuses these first; never throw setting headers.
+    const problem = identityProblem(identity);
+    this.callers.set(stream, problem ?? { impersonation: impersonationHeaders(identity) });
     this.server.emit('connection', stream);
   }
 
   /** The headers the apiserver gets for a request of `identity`. */
   upstreamHeaders(headers: http.IncomingHttpHeaders, identity: Identity): http.OutgoingHttpHeaders {
+    return this.withImpersonation(headers, impersonationHeaders(identity));
+  }
+
+  /** The caller's headers, stripped, with the apiserver's Host, `impersonation` and the impersonator's token. */
+  private withImpersonation(headers: http.IncomingHttpHeaders, impersonation: http.OutgoingHttpHeaders): http.OutgoingHttpHeaders {
     const out = stripCallerHeaders(headers);
     out.host = this.config.apiserver.host;
-    Object.assign(out, impersonationHeaders(identity));
+    Object.assign(out, impersonation);
     const token = this.config.token();
     if (token) out.authorization = `Bearer ${token}`;
     return out;
   }
 
   /** The caller of a request, or why it cannot be served: no identity came with its stream, or none a header can carry. */
-  private callerOf(req: IncomingMessage): Identity | { status: number; reason: string } {
-    const identity = this.callers.get(req.socket);
-    if (!identity) return { status: 400, reason: 'L7 stream without an identity' };
-    // The hub refuses these first; never throw setting headers.
-    return identityProblem(identity) ?? identity;
+  private callerOf(req: IncomingMessage): Caller {
+    return this.callers.get(req.socket) ?? { status: 400, reason: 'L7 stream without an identity' };
   }
 
   private onRequest(req: IncomingMessage, res: ServerResponse): void {
     const caller = this.callerOf(req);
     if ('reason' in caller) return sendStatus(res, caller.status, caller.reason);
-    req.headers = this.upstreamHeaders(req.headers, caller) as http.IncomingHttpHeaders;
-    this.proxy.web(req, res, { target: this.config.apiserver.origin, agent: this.agent, secure: true, changeOrigin: false });
+    req.headers = this.withImpersonation(req.headers, caller.impersonation) as http.IncomingHttpHeaders;
+    this.proxy.web(req, res, { target: this.target, agent: this.agent, secure: true, changeOrigin: false });
   }
 
   private onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     const caller = this.callerOf(req);
     if ('reason' in caller) return sendStatusRaw(socket, caller.status, caller.reason);
-    const headers = upgradeRequestHeaders(this.upstreamHeaders(req.headers, caller), req.headers.upgrade);
+    const headers = upgradeRequestHeaders(this.withImpersonation(req.headers, caller.impersonation), req.headers.upgrade);
     const connect = this.config.connect;
     const out = https.request({
       host: this.config.apiserver.hostname,
@@ -190,12 +240,14 @@ export class MemberHttp {
       method: req.method,
       path: req.url,
       headers,
-      ...tlsOptions(this.config),
+      ...this.tls,
       // A connection of its own (an upgraded one is never reused): from the connector, else a new TLS connection.
       ...(connect
-        ? { createConnection: (_o: unknown, done: (err: Error | null, s: Duplex) => void) => void connectTls(connect, tlsOptions(this.config), done) }
+        ? { createConnection: (_o: unknown, done: (err: Error | null, s: Duplex) => void) => void connectTls(connect, this.tls, done) }
         : { agent: false }),
     });
+    // Interactive streams (exec, attach): each keystroke goes out at once.
+    out.setNoDelay(true);
     relayUpgrade(socket, head, out, () => {});
   }
 

@@ -21,6 +21,13 @@ export interface SessionOptions {
   openTimeoutMs?: number;
   /** 0 turns liveness checks off. */
   pingIntervalMs?: number;
+  /**
+   * PING only after a whole interval in which nothing arrived (default: for
+   * the agent). The server PINGs every interval and the agent answers, so an
+   * idle tunnel carries one exchange per interval, not two; an agent whose
+   * server fell silent still PINGs it and finds out.
+   */
+  pingOnlyWhenSilent?: boolean;
   pingTimeoutMs?: number;
   maxStreams?: number;
   maxPendingIncoming?: number;
@@ -114,6 +121,8 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
   private pingDeadline: NodeJS.Timeout | undefined;
   private pingNonce = 0n;
   private pingSentAt = 0;
+  /** Whether a message arrived since the last tick of the PING timer (onMessage, the timer). */
+  private heardSinceTick = false;
   /** PINGs received in the second from pingCountFrom (onPing). */
   private pingsReceived = 0;
   private pingCountFrom = 0;
@@ -175,7 +184,12 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
 
     const pingInterval = options.pingIntervalMs ?? Defaults.pingIntervalMs;
     if (pingInterval > 0) {
-      this.pingTimer = setInterval(() => this.ping(), pingInterval);
+      const onlyWhenSilent = options.pingOnlyWhenSilent ?? options.role === 'agent';
+      this.pingTimer = setInterval(() => {
+        const heard = this.heardSinceTick;
+        this.heardSinceTick = false;
+        if (!(onlyWhenSilent && heard)) this.ping();
+      }, pingInterval);
       this.ping();
     }
   }
@@ -308,6 +322,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
 
   private readonly onMessage = (message: Buffer): void => {
     if (this._closed) return;
+    this.heardSinceTick = true;
     let frames: Frame[];
     try {
       frames = this.decoder.push(message);
