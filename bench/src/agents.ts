@@ -17,6 +17,10 @@ interface Job {
   clusters: string[];
   perCluster: number;
   apiserver: string;
+  /** An apiserver of its own for some clusters (default: `apiserver`). */
+  apiservers?: Record<string, string>;
+  /** With it the agents serve L7 streams: they check the apiserver's certificate with the run's CA and send it this file's token. */
+  apiserverTokenFile?: string;
   /** Makes agent ids unique across processes. */
   idPrefix?: string;
   /** Reconnect backoff (default 200 ms doubling up to 5 s). */
@@ -53,7 +57,8 @@ async function main(): Promise<void> {
           cert,
           key,
           ca,
-          apiserver: new URL(job.apiserver),
+          apiserver: new URL(job.apiservers?.[cluster] ?? job.apiserver),
+          ...(job.apiserverTokenFile ? { apiserverCA: ca, apiserverTokenFile: job.apiserverTokenFile } : {}),
           allowDest: [],
           healthPort: 0,
           healthHost: '127.0.0.1',

@@ -137,3 +137,10 @@ export function get(socket: tls.TLSSocket, path: string, onBody?: (n: number) =>
     socket.write(`GET ${path} HTTP/1.1\r\nHost: upstream\r\n\r\n`);
   });
 }
+
+/** Watch fan-out (watch.ts): the label that sends an event to one watch, and the annotation with its creation time (ms since the epoch). */
+export const WATCH_LABEL = 'bench.kubetunnel.io/watch';
+export const CREATED_ANNOTATION = 'bench.kubetunnel.io/created-ms';
+
+/** Wall-clock time in ms with sub-ms precision, comparable between the processes of one machine. */
+export const wallMs = (): number => performance.timeOrigin + performance.now();

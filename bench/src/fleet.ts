@@ -21,7 +21,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Defaults } from '@kubetunnel/shared';
 import { endInput, makeCerts, ROOT, startUpstream, type Pki } from './parties.js';
-import { cpuOf, progress, rssOf, start, startAgentPools, stopAll, stopOnSignals, wholeNumberOption, within } from './procs.js';
+import { cpuOf, loadavg, progress, rssOf, start, startAgentPools, stopAll, stopOnSignals, wholeNumberOption, within } from './procs.js';
 
 const CLI = path.join(ROOT, 'packages/cli/bin/kubetunnel.js');
 const DIST = fileURLToPath(new URL('.', import.meta.url));
@@ -38,7 +38,6 @@ const concurrency = option('concurrency') ?? 50;
 const SETTLE_MS = quick ? 1000 : 5000;
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'kubetunnel-fleet-'));
-const loadavg = () => fs.readFileSync('/proc/loadavg', 'utf8').trim().split(' ').slice(0, 3).join(' ');
 
 /** The server, with its listeners' ports and a count of "agent registered" lines. */
 interface FleetServer {

@@ -18,7 +18,7 @@ import { latRuns, type Lat, type LatRuns, type Summary } from './common.js';
 import type { L7Target } from './l7client.js';
 import { nginxAvailable, startNginxChain, type NginxChain } from './nginx.js';
 import { ROOT } from './parties.js';
-import { cpuOf, line, progress, rssOf, start, stop } from './procs.js';
+import { cpuOf, line, loadavg, peakOf, progress, rssOf, start, stop } from './procs.js';
 import type { Bench } from './scenarios.js';
 
 const CLIENT = path.join(ROOT, 'bench/dist/l7client.js');
@@ -51,7 +51,6 @@ export interface L7Result {
   loadavg: Record<string, string>;
 }
 
-const loadavg = () => fs.readFileSync('/proc/loadavg', 'utf8').trim().split(' ').slice(0, 3).join(' ');
 
 function runClient<T>(job: Record<string, unknown>, onGo?: () => void): Promise<T> {
   const proc = start(CLIENT, [JSON.stringify(job)]);
@@ -67,11 +66,6 @@ function resetPeak(pid: number): boolean {
   } catch {
     return false;
   }
-}
-
-function peakOf(pid: number): number {
-  const m = /VmHWM:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
-  return m ? Number(m[1]) * 1024 : NaN;
 }
 
 interface Path {

@@ -118,14 +118,23 @@ export async function startServer(pki: Pki, tmp: string, extra: string[] = []): 
   };
 }
 
+/** The agents' own token toward their apiserver (L7), for every agent of the run. */
+export const AGENT_APISERVER_TOKEN = 'bench-agent-token';
+
+/** The file holding AGENT_APISERVER_TOKEN, written once per run. */
+export function agentTokenFile(pki: Pki): string {
+  const file = path.join(pki.dir, 'apiserver-token');
+  if (!fs.existsSync(file)) fs.writeFileSync(file, `${AGENT_APISERVER_TOKEN}\n`, { mode: 0o600 });
+  return file;
+}
+
 /**
  * One `kubetunnel agent` process for `cluster`. It serves L7 streams too: it
  * trusts the upstream's CA and sends it a token of its own (the stand-in
  * upstream reads neither).
  */
 export function startAgent(pki: Pki, server: Server, cluster: string, upstreamPort: number): ChildProcess {
-  const tokenFile = path.join(pki.dir, 'apiserver-token');
-  if (!fs.existsSync(tokenFile)) fs.writeFileSync(tokenFile, 'bench-agent-token\n', { mode: 0o600 });
+  const tokenFile = agentTokenFile(pki);
   return start(CLI, [
     'agent', '--server', `wss://localhost:${server.ports.agent}`, '--cluster', cluster,
     '--apiserver-ca', pki.file('ca.crt'), '--apiserver-token-file', tokenFile,

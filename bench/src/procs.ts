@@ -108,6 +108,22 @@ export function rssOf(pid: number): number {
   return m ? Number(m[1]) * 1024 : NaN;
 }
 
+/** The load average over 1, 5 and 15 minutes, as /proc/loadavg gives it: the machine is shared. */
+export const loadavg = (): string => fs.readFileSync('/proc/loadavg', 'utf8').trim().split(' ').slice(0, 3).join(' ');
+
+/** CPU time every process of the machine has used so far, in seconds of one core (the first line of /proc/stat: all but idle and iowait). */
+export function machineCpu(): number {
+  const [, ...ticks] = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/);
+  const n = ticks.map(Number);
+  return (n.reduce((a, b) => a + b, 0) - (n[3] ?? 0) - (n[4] ?? 0)) / 100;
+}
+
+/** Peak resident set size of a process (VmHWM), in bytes. */
+export function peakOf(pid: number): number {
+  const m = /VmHWM:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return m ? Number(m[1]) * 1024 : NaN;
+}
+
 /** CPU time (user + system) a process has used so far, in seconds (Linux clock ticks are 1/100 s). */
 export function cpuOf(pid: number): number {
   const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
@@ -192,19 +208,20 @@ export function stopOnSignals(cleanUp: () => Promise<void> | void = () => {}): v
 
 /**
  * `sessions` agent sessions split over `processes` processes of `script`
- * (bench/src/agents.ts), each given the JSON of `config(count, index)`; with
- * a promise that resolves once every pool says all its agents hold a tunnel.
+ * (bench/src/agents.ts), each given the JSON of `config(count, index, first)`
+ * (its sessions are `first` to `first + count - 1` of all); with a promise
+ * that resolves once every pool says all its agents hold a tunnel.
  */
 export function startAgentPools(
   script: string,
   sessions: number,
   processes: number,
-  config: (count: number, index: number) => object,
+  config: (count: number, index: number, first: number) => object,
 ): { pools: ChildProcess[]; ready: Promise<unknown> } {
   const per = Math.ceil(sessions / processes);
   const pools = Array.from({ length: processes }, (_, i) => Math.max(0, Math.min(per, sessions - i * per)))
     .filter((n) => n > 0)
-    .map((n, i) => start(script, [JSON.stringify(config(n, i))], { stdin: true }));
+    .map((n, i) => start(script, [JSON.stringify(config(n, i, i * per))], { stdin: true }));
   // Each pool prints {"ready": true} once all its agents have their tunnel; read from the start.
   return { pools, ready: Promise.all(pools.map((p, i) => line(p, (o) => o.ready === true, `agent pool ${i}`))) };
 }

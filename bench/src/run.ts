@@ -8,9 +8,12 @@
  *   node relay  client -> front (TLS, CONNECT) -> back (TLS) -> upstream: the same hops, nothing else (relay.ts)
  *
  * and, in the L7 scenario (l7.ts), HTTP requests over direct, kubetunnel L7
- * (/clusters/<name>/...) and two nginx in series (nginx.ts).
+ * (/clusters/<name>/...) and two nginx in series (nginx.ts); in the watch
+ * fan-out (watch.ts), one controller's watches on many clusters through L7
+ * over HTTP/1.1 and HTTP/2.
  *
  *   npm run bench [-- --quick] [-- --only bulk,small] [-- --out l7.json]
+ *     [-- --watch-clusters 200 --watches-per-cluster 20 --watch-rate 2000 --watch-seconds 30]
  *
  * Writes bench/results/latest.json and the tables in docs/benchmarks.md;
  * --quick (the CI smoke run: small counts, checks nothing about speed)
@@ -22,9 +25,10 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { startAgent, makeCerts, ROOT, startRelay, startServer, startUpstream } from './parties.js';
-import { freePort, progress, stopAll, stopOnSignals, within } from './procs.js';
+import { freePort, progress, stopAll, stopOnSignals, wholeNumberOption, within } from './procs.js';
 import { writeReport, type Report } from './report.js';
 import { l7 } from './l7.js';
+import { watch } from './watch.js';
 import * as scenario from './scenarios.js';
 import { startSsh, type Ssh } from './ssh.js';
 
@@ -32,14 +36,18 @@ const quick = process.argv.includes('--quick');
 /** --only bulk,small: run just these scenarios (results go to bench/results/partial.json). */
 const onlyAt = process.argv.indexOf('--only');
 const only = onlyAt > 0 ? new Set((process.argv[onlyAt + 1] ?? '').split(',').filter(Boolean)) : undefined;
-const SCENARIOS = ['bulk', 'small', 'setup', 'fairness', 'slowReader', 'manyAgents', 'manyStreams', 'l7'];
+const SCENARIOS = ['bulk', 'small', 'setup', 'fairness', 'slowReader', 'manyAgents', 'manyStreams', 'l7', 'watch'];
 if (only && (only.size === 0 || [...only].some((n) => !SCENARIOS.includes(n)))) {
   process.stderr.write(`--only takes a comma-separated list of: ${SCENARIOS.join(', ')}\n`);
   process.exit(2);
 }
 const outAt = process.argv.indexOf('--out');
 const outName = outAt > 0 ? path.basename(process.argv[outAt + 1] ?? '') : undefined;
-const scale = quick ? scenario.QUICK : scenario.FULL;
+const scale: scenario.Scale = { ...(quick ? scenario.QUICK : scenario.FULL) };
+// The watch fan-out's size, for looking into a figure: --watch-clusters N --watches-per-cluster N --watch-rate N --watch-seconds N.
+for (const key of ['watchClusters', 'watchesPerCluster', 'watchRate', 'watchSeconds'] as const) {
+  scale[key] = wholeNumberOption(process.argv, key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)) ?? scale[key];
+}
 /** Longest any one scenario may take before the run counts as broken. */
 const scenarioLimitMs = quick ? 45_000 : 20 * 60_000;
 
@@ -73,8 +81,11 @@ async function main(): Promise<boolean> {
   const date = new Date().toISOString();
   progress(`${quick ? 'quick' : 'full'} run; temporary files in ${tmp}`);
   const runs = (name: string) => !only || only.has(name);
-  const clusters = Array.from({ length: runs('manyStreams') ? scale.streamClusters : 2 }, (_, i) => `c${i + 1}`);
-  const agentClusters = runs('manyAgents') ? [...clusters, 'many'] : clusters;
+  const names = (n: number) => Array.from({ length: n }, (_, i) => `c${i + 1}`);
+  const clusters = names(runs('manyStreams') ? scale.streamClusters : 2);
+  const watchClusters = runs('watch') ? names(scale.watchClusters) : [];
+  const certified = watchClusters.length > clusters.length ? watchClusters : clusters;
+  const agentClusters = runs('manyAgents') ? [...certified, 'many'] : certified;
   progress(`certificates: CA, server, ${agentClusters.length} agents`);
   const pki = await makeCerts(path.join(tmp, 'certs'), agentClusters);
 
@@ -94,7 +105,7 @@ async function main(): Promise<boolean> {
   progress('node relay: front and back processes');
   const relay = await startRelay(pki, upstream.port);
 
-  const b: scenario.Bench = { scale, tmp, pki, server, upstreamPort: upstream.port, agentC1, agentC2, clusters, ssh, relay };
+  const b: scenario.Bench = { scale, tmp, pki, server, upstreamPort: upstream.port, agentC1, agentC2, clusters, watchClusters, ssh, relay };
   const plan: Array<[string, string, (b: scenario.Bench) => Promise<unknown>]> = [
     ['bulk', `bulk: one stream, ${scale.bulkBytes >> 20} MiB download, ${scale.runs} run(s) per path`, scenario.bulk],
     ['small', `small requests: ${scale.small} sequential GETs on one kept-alive connection, ${scale.runs} run(s) per path`, scenario.small],
@@ -104,6 +115,7 @@ async function main(): Promise<boolean> {
     ['manyAgents', `many agents: ${scale.agents} agent sessions in ${scale.agentProcesses} processes`, scenario.manyAgents],
     ['manyStreams', `many streams: ${scale.streams} open CONNECT streams across ${scale.streamClusters} clusters`, scenario.manyStreams],
     ['l7', `L7: ${scale.l7Small} small GETs, ${scale.l7Clients} clients for ${scale.l7Seconds} s, ${scale.l7ListRuns} LISTs of ${scale.l7ListBytes >> 20} MiB over direct, kubetunnel L7, nginx chain`, l7],
+    ['watch', `watch fan-out: ${scale.watchClusters} clusters × ${scale.watchesPerCluster} watches, ${scale.watchRate} events/s for ${scale.watchSeconds} s, HTTP/1.1 and HTTP/2`, watch],
   ];
   const results: Record<string, unknown> = {};
   const failed: string[] = [];

@@ -28,17 +28,24 @@ export interface Scale {
   l7Seconds: number;
   l7ListBytes: number;
   l7ListRuns: number;
+  /** Watch fan-out (watch.ts): clusters, watches on each, events a second in total and for how long, per mode. */
+  watchClusters: number;
+  watchesPerCluster: number;
+  watchRate: number;
+  watchSeconds: number;
 }
 
 export const QUICK: Scale = {
   bulkBytes: 64 << 20, runs: 1, small: 500, setup: 50, probe: 200,
   streams: 1000, streamClusters: 10, agents: 100, agentProcesses: 2, slowBytes: 3 << 20, slowRate: 1 << 20,
   l7Small: 300, l7Clients: 8, l7Seconds: 2, l7ListBytes: 2 << 20, l7ListRuns: 2,
+  watchClusters: 10, watchesPerCluster: 5, watchRate: 200, watchSeconds: 2,
 };
 export const FULL: Scale = {
   bulkBytes: 1 << 30, runs: 3, small: 10_000, setup: 500, probe: 2000,
   streams: 10_000, streamClusters: 100, agents: 1000, agentProcesses: 2, slowBytes: 16 << 20, slowRate: 1 << 20,
   l7Small: 10_000, l7Clients: 64, l7Seconds: 10, l7ListBytes: 10 << 20, l7ListRuns: 10,
+  watchClusters: 200, watchesPerCluster: 20, watchRate: 2000, watchSeconds: 30,
 };
 
 /** Everything the scenarios run against. */
@@ -54,6 +61,8 @@ export interface Bench {
   agentC2: ChildProcess;
   /** Clusters c1..cN of "many streams" (c1 and c2 are the agent processes above). */
   clusters: string[];
+  /** Clusters of the watch fan-out (c1..cN too, each with its certificate; watch.ts runs a hub of its own for them). */
+  watchClusters: string[];
   ssh: Ssh | undefined;
   /** The node relay's route: what a Node relay of this shape can do at best (bulk and small requests). */
   relay: Route;

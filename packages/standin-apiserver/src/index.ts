@@ -5,6 +5,7 @@
  * exec, logs and port-forward, SelfSubjectReview, impersonation).
  */
 export { startStandinApiserver } from './server.js';
+export type { NamespaceMetadata } from './namespaces.js';
 export type {
   Identity,
   RecordedRequest,

@@ -17,6 +17,12 @@ export interface KubeObject {
 
 type Listener = (event: WatchEvent) => void;
 
+/** Labels and annotations a namespace is created with (beside the name label every namespace has). */
+export interface NamespaceMetadata {
+  labels?: Record<string, string>;
+  annotations?: Record<string, string>;
+}
+
 const HISTORY = 1000;
 
 /** Namespaces in memory, with a resource version clock and watch fan-out. */
@@ -43,7 +49,7 @@ export class NamespaceStore {
   }
 
   /** Adds a namespace; returns false if it already exists. */
-  add(name: string): boolean {
+  add(name: string, extra: NamespaceMetadata = {}): boolean {
     if (this.items.has(name)) return false;
     const rv = ++this.clock;
     const ns: KubeObject = {
@@ -54,7 +60,8 @@ export class NamespaceStore {
         uid: randomUUID(),
         resourceVersion: String(rv),
         creationTimestamp: new Date().toISOString().replace(/\.\d+Z$/, 'Z'),
-        labels: { 'kubernetes.io/metadata.name': name },
+        labels: { ...extra.labels, 'kubernetes.io/metadata.name': name },
+        ...(extra.annotations ? { annotations: { ...extra.annotations } } : {}),
       },
       spec: { finalizers: ['kubernetes'] },
       status: { phase: 'Active' },

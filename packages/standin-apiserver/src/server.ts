@@ -168,7 +168,7 @@ export async function startStandinApiserver(opts: StandinApiserverOptions): Prom
     port,
     requests,
     close: () => (closing ??= close()),
-    addNamespace: (name: string) => void ctx.namespaces.add(name),
+    addNamespace: (name, metadata) => void ctx.namespaces.add(name, metadata),
     deleteNamespace: (name: string) => void ctx.namespaces.delete(name),
     get connections() {
       return tlsSockets.size;

@@ -1,4 +1,5 @@
 import type { IncomingHttpHeaders } from 'node:http';
+import type { NamespaceMetadata } from './namespaces.js';
 
 /** A user known to the stand-in apiserver by bearer token. */
 export interface TokenUser {
@@ -61,7 +62,8 @@ export interface StandinApiserver {
   close(): Promise<void>;
   /** The last 1000 requests, oldest first. */
   requests: RecordedRequest[];
-  addNamespace(name: string): void;
+  /** Adds a namespace (watchers see ADDED), with extra labels and annotations if given. */
+  addNamespace(name: string, metadata?: NamespaceMetadata): void;
   deleteNamespace(name: string): void;
   /** Currently open TLS sockets. */
   readonly connections: number;

@@ -292,6 +292,29 @@ describe('stand-in apiserver with real kubectl', () => {
     expect(events.map((e) => [e.type, e.object.metadata.name])).toEqual([['ADDED', 'after-list']]);
   });
 
+  it('adds namespaces with extra labels and annotations, which label-selected watches see', async () => {
+    const listed = await request(server, pki, '/api/v1/namespaces', { headers: bearer(TOKEN) });
+    const rv = (JSON.parse(listed.body) as { metadata: { resourceVersion: string } }).metadata.resourceVersion;
+    server.addNamespace('labelled-b', { labels: { team: 'b' } });
+    server.addNamespace('labelled-a', { labels: { team: 'a' }, annotations: { 'example.com/note': 'x1' } });
+    const res = await request(server, pki, `/api/v1/namespaces?watch=1&timeoutSeconds=1&labelSelector=team%3Da&resourceVersion=${rv}`, {
+      headers: bearer(TOKEN),
+    });
+    expect(res.status).toBe(200);
+    const events = res.body.trim().split('\n').map((l) => JSON.parse(l) as { type: string; object: { metadata: Record<string, unknown> } });
+    expect(events).toHaveLength(1);
+    expect(events[0]).toMatchObject({
+      type: 'ADDED',
+      object: {
+        metadata: {
+          name: 'labelled-a',
+          labels: { team: 'a', 'kubernetes.io/metadata.name': 'labelled-a' },
+          annotations: { 'example.com/note': 'x1' },
+        },
+      },
+    });
+  });
+
   it('shows namespaces added later in `kubectl get ns -w`, also through the test hook', async () => {
     const watch = kubectl(['get', 'namespaces', '--watch']);
     await watch.waitFor((out) => /^m1-apps\s+Active/m.test(out));
