@@ -113,7 +113,7 @@ function connectionOf(req: FrontendRequest): EventEmitter {
 }
 
 /** Whether a response can no longer be written (its connection or HTTP/2 stream is gone). */
-function gone(res: FrontendResponse): boolean {
+function responseGone(res: FrontendResponse): boolean {
   return res instanceof Http2ServerResponse ? res.stream.destroyed : res.destroyed;
 }
 
@@ -263,7 +263,7 @@ class L7Frontend {
       attempt.refused = true;
       return this.answerRefusal(p, req, err.refusal, started, (a) => sendStatus(res, a.status, a.message, a.headers));
     }
-    if (gone(res) || res.headersSent) return void res.destroy();
+    if (responseGone(res) || res.headersSent) return void res.destroy();
     const unsent = attempt.reused === true && attempt.sentBefore === attempt.stream?.bytesOut;
     if (unsent && !hasBody(req) && attempt.tries < MAX_TRIES) {
       this.deps.log.debug({ err: err.message }, 'kept L7 stream failed before the request was sent: sending it on another');
