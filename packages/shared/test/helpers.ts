@@ -3,7 +3,7 @@ import { once } from 'node:events';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import forge from 'node-forge';
-import { expect } from 'vitest';
+import { afterEach, beforeEach, expect } from 'vitest';
 import { WebSocket, WebSocketServer } from 'ws';
 import type { Pem } from '../src/pki/index.js';
 import { MemoryTransport, Session, WsTransport, type IncomingOpen, type MuxStream, type SessionOptions } from '../src/mux/index.js';
@@ -95,6 +95,40 @@ export async function expectNoLeaks(before: Record<string, number>, timeoutMs = 
     if (Date.now() > deadline) throw new Error(`leaked resources: ${extra.map((k) => `${k} ${now[k]} > ${before[k] ?? 0}`).join(', ')}`);
     await new Promise((r) => setImmediate(r));
   }
+}
+
+/** What one test leaves for its clean-up: the pair it used, and what else to close. */
+export interface TestScope {
+  /** Notes `pair` as this test's: after the test it must be idle, then it is closed. */
+  use(pair: Pair): Pair;
+  readonly cleanups: Array<() => void>;
+}
+
+/**
+ * Registers a clean-up after every test of the file: runs the test's
+ * cleanups, checks its pair is idle and closes it, and waits until nothing
+ * the test opened (sockets, servers, timers) is left.
+ */
+export function cleanEachTest(): TestScope {
+  let pair: Pair | undefined;
+  let before: Record<string, number> = {};
+  const cleanups: Array<() => void> = [];
+  beforeEach(() => {
+    before = liveResources();
+  });
+  afterEach(async () => {
+    for (const c of cleanups.splice(0)) c();
+    if (pair) {
+      expectPairIdle(pair);
+      await pair.close();
+      pair = undefined;
+    }
+    await expectNoLeaks(before);
+  });
+  return {
+    use: (p) => (pair = p),
+    cleanups,
+  };
 }
 
 /**

@@ -4,31 +4,15 @@
  * that exceeds one is disconnected with a reason.
  */
 import { EventEmitter, once } from 'node:events';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { TunnelError } from '../src/errors.js';
 import { FrameType, HEADER_SIZE, decodeMessage, encodeFrame, encodeFrames, type Frame } from '../src/protocol/index.js';
 import { MemoryTransport, Session, type FrameTransport, type IncomingOpen, type MuxStream } from '../src/mux/index.js';
-import { closed, expectNoLeaks, expectPairIdle, liveResources, memoryPair, readAll, type Pair } from './helpers.js';
+import { cleanEachTest, closed, memoryPair, readAll } from './helpers.js';
 
 const tcp = { kind: 'tcp' as const, target: 'apiserver' };
 
-let pair: Pair | undefined;
-let before: Record<string, number>;
-const cleanups: Array<() => void> = [];
-
-beforeEach(() => {
-  before = liveResources();
-});
-
-afterEach(async () => {
-  for (const c of cleanups.splice(0)) c();
-  if (pair) {
-    expectPairIdle(pair);
-    await pair.close();
-    pair = undefined;
-  }
-  await expectNoLeaks(before);
-});
+const scope = cleanEachTest();
 
 /** Accepts every OPEN and echoes the stream's bytes back. */
 function echo(session: Session): void {
@@ -56,7 +40,7 @@ function rawPeer(role: 'server' | 'agent', opts: Record<string, number> = {}) {
   theirs.on('message', (m: Buffer) => received.push(...decodeMessage(m, { maxPayload: 1 << 20 })));
   const send = (frames: Frame[] | Buffer) =>
     new Promise<void>((resolve) => theirs.send(Buffer.isBuffer(frames) ? frames : encodeFrames(frames), () => resolve()));
-  cleanups.push(() => session.close());
+  scope.cleanups.push(() => session.close());
   return { session, received, send, transport: theirs };
 }
 
@@ -79,7 +63,7 @@ const closeReason = (s: Session) =>
 
 describe("a stream's failure stays in its stream", () => {
   it("a consumer that throws in 'data' resets its stream only; the session and other streams go on", async () => {
-    pair = memoryPair({ pingIntervalMs: 0 });
+    const pair = scope.use(memoryPair({ pingIntervalMs: 0 }));
     const errors: Array<[number, string]> = [];
     pair.agent.on('streamError', (id: number, err: Error) => errors.push([id, err.message]));
     let first = true;
@@ -106,7 +90,7 @@ describe("a stream's failure stays in its stream", () => {
   });
 
   it("an 'open' listener that throws refuses that OPEN (or resets the stream it accepted); the session goes on", async () => {
-    pair = memoryPair({ pingIntervalMs: 0 });
+    const pair = scope.use(memoryPair({ pingIntervalMs: 0 }));
     const errors: number[] = [];
     pair.agent.on('streamError', (id: number) => errors.push(id));
     let n = 0;
@@ -158,7 +142,7 @@ describe('bounded queues', () => {
     const t = new StalledTransport();
     // One send in flight that never completes: every later frame queues.
     const session = new Session(t, { role: 'server', pingIntervalMs: 0, maxControlFrames: 100, transportHighWater: 1 });
-    cleanups.push(() => session.close());
+    scope.cleanups.push(() => session.close());
     const reason = closeReason(session);
     const opens: Frame[] = Array.from({ length: 200 }, (_, i) => ({ type: FrameType.OPEN, streamId: 2 + 2 * i, window: 1024, request: tcp }));
     for (const f of opens) {
@@ -173,7 +157,7 @@ describe('bounded queues', () => {
   it('a transport that completes no send for sendStallTimeoutMs ends the session with PEER_NOT_READING', async () => {
     const t = new StalledTransport();
     const session = new Session(t, { role: 'server', pingIntervalMs: 0, sendStallTimeoutMs: 200 });
-    cleanups.push(() => session.close());
+    scope.cleanups.push(() => session.close());
     const reason = closeReason(session);
     const opened = session.open(tcp).catch((err: TunnelError) => err.reason);
     expect(await reason).toBe('PEER_NOT_READING');
@@ -204,7 +188,7 @@ describe('bounded queues', () => {
     });
     const server = new Session(a, { role: 'server', pingIntervalMs: 30, pingTimeoutMs: 5000 });
     const agent = new Session(b, { role: 'agent', pingIntervalMs: 30, pingTimeoutMs: 300 });
-    cleanups.push(() => server.close(), () => agent.close());
+    scope.cleanups.push(() => server.close(), () => agent.close());
     await once(serverPinged, 'ten');
     // The first PING of each side at the start, then the server's alone (some slack: a late server tick leaves
     // the agent a silent interval now and then on a loaded machine). Both PINGing would be 10 each.
@@ -220,7 +204,7 @@ describe('bounded queues', () => {
   it('PING nonces are random: a PONG to a PING never received does not keep a dead peer alive', async () => {
     const [mine, theirs] = MemoryTransport.pair();
     const session = new Session(mine, { role: 'server', pingIntervalMs: 50, pingTimeoutMs: 300 });
-    cleanups.push(() => session.close());
+    scope.cleanups.push(() => session.close());
     const nonces: bigint[] = [];
     theirs.on('message', (m: Buffer) => {
       for (const f of decodeMessage(m)) if (f.type === FrameType.PING) nonces.push(f.payload);
@@ -232,7 +216,7 @@ describe('bounded queues', () => {
     const guess = setInterval(() => {
       theirs.send(encodeFrames([1n, 2n, 3n].map((payload) => ({ type: FrameType.PONG, streamId: 0, payload }))), () => {});
     }, 20);
-    cleanups.push(() => clearInterval(guess));
+    scope.cleanups.push(() => clearInterval(guess));
     expect(await reason).toBe('PING_TIMEOUT');
     expect(nonces[0]).not.toBe(1n);
   });

@@ -4,37 +4,21 @@
  * surface of Session and MuxStream: what the session and the stream own,
  * nobody else writes.
  */
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { TunnelError } from '../src/errors.js';
 import { FrameType, decodeMessage, encodeFrames, type Frame } from '../src/protocol/index.js';
 import { MemoryTransport, MuxStream, Session, type StreamHost } from '../src/mux/index.js';
-import { closed, expectNoLeaks, expectPairIdle, liveResources, memoryPair, openAccepted, readAll, type Pair } from './helpers.js';
+import { cleanEachTest, closed, memoryPair, openAccepted, readAll } from './helpers.js';
 
 const tcp = { kind: 'tcp' as const, target: 'apiserver' };
 
-let pair: Pair | undefined;
-let before: Record<string, number>;
-const cleanups: Array<() => void> = [];
-
-beforeEach(() => {
-  before = liveResources();
-});
-
-afterEach(async () => {
-  for (const c of cleanups.splice(0)) c();
-  if (pair) {
-    expectPairIdle(pair);
-    await pair.close();
-    pair = undefined;
-  }
-  await expectNoLeaks(before);
-});
+const scope = cleanEachTest();
 
 const ended = (s: MuxStream) => new Promise<void>((resolve) => s.once('end', resolve));
 
 describe('stream state', () => {
   it('follows each half-close: open, then localClosed on the side that sent FIN and remoteClosed on the other, then closed', async () => {
-    pair = memoryPair({ pingIntervalMs: 0 });
+    const pair = scope.use(memoryPair({ pingIntervalMs: 0 }));
     const [s, agentSide] = await openAccepted(pair);
     expect([s.state, agentSide.state]).toEqual(['open', 'open']);
 
@@ -52,7 +36,7 @@ describe('stream state', () => {
   });
 
   it('a RESET leaves the stream that received it in reset; the side that destroyed it is closed', async () => {
-    pair = memoryPair({ pingIntervalMs: 0 });
+    const pair = scope.use(memoryPair({ pingIntervalMs: 0 }));
     const [s, agentSide] = await openAccepted(pair);
     const serverClosed = closed(s);
     agentSide.destroy(new TunnelError('UPSTREAM_RESET'));
@@ -61,7 +45,7 @@ describe('stream state', () => {
   });
 
   it('a session that ends leaves its streams in reset', async () => {
-    pair = memoryPair({ pingIntervalMs: 0 });
+    const pair = scope.use(memoryPair({ pingIntervalMs: 0 }));
     const [s, agentSide] = await openAccepted(pair);
     const both = Promise.all([closed(s), closed(agentSide)]);
     pair.server.close();
@@ -72,7 +56,7 @@ describe('stream state', () => {
   it('a FIN before OPEN_OK ends the receiving side at once: the stream opens in remoteClosed and may still send', async () => {
     const [mine, theirs] = MemoryTransport.pair();
     const session = new Session(mine, { role: 'server', pingIntervalMs: 0 });
-    cleanups.push(() => session.close());
+    scope.cleanups.push(() => session.close());
     const received: Frame[] = [];
     theirs.on('message', (m: Buffer) => received.push(...decodeMessage(m)));
     const send = (frames: Frame[]) => new Promise<void>((resolve) => theirs.send(encodeFrames(frames), () => resolve()));
@@ -96,7 +80,7 @@ describe('stream state', () => {
 
 describe('read-only surface', () => {
   it("Session's and MuxStream's state can be read but not written from outside", async () => {
-    pair = memoryPair({ pingIntervalMs: 0 });
+    const pair = scope.use(memoryPair({ pingIntervalMs: 0 }));
     const [s, agentSide] = await openAccepted(pair);
     const session = pair.server;
     expect(session.closed).toBe(false);
