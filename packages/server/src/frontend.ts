@@ -34,9 +34,9 @@ export const connectOnly: HttpHandlers = {
 
 /**
  * Streams one HTTP/2 client connection may have open at once; a client past
- * it gets REFUSED_STREAM for the extra ones (kube-apiserver's default for
- * --http2-max-streams-per-connection is 1000; a hub connection carries
- * one client's requests, so fewer).
+ * it gets REFUSED_STREAM for the extra ones. 250 is also the default of Go's
+ * HTTP/2 server (golang.org/x/net/http2), which client-go meets at an
+ * apiserver.
  */
 export const MAX_STREAMS_PER_CONNECTION = 250;
 
