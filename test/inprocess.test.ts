@@ -214,6 +214,32 @@ describe('agent and server in one process', () => {
   });
 });
 
+describe('the agent gateway', () => {
+  /** Whether a second connection to the gateway resumes the TLS session of a first one. */
+  async function resumes(): Promise<boolean> {
+    const options = { host: '127.0.0.1', port: server.addresses.agent.port, servername: 'localhost', ca: ca.cert, cert: agentPem.cert, key: agentPem.key };
+    const first = tls.connect(options);
+    const sessions: Buffer[] = [];
+    first.on('session', (session: Buffer) => sessions.push(session));
+    first.end('GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n');
+    first.resume();
+    await once(first, 'close');
+    expect(sessions.length).toBeGreaterThan(0);
+    const second = tls.connect({ ...options, session: sessions[0]! });
+    await once(second, 'secureConnect');
+    const reused = second.isSessionReused();
+    second.destroy();
+    await once(second, 'close');
+    return reused;
+  }
+
+  it('resumes no TLS session (no session tickets: agents never resume), before and after a TLS reload', async () => {
+    expect(await resumes()).toBe(false);
+    server.updateTls({ cert: serverPem.cert, key: serverPem.key, ca: ca.cert });
+    expect(await resumes()).toBe(false);
+  });
+});
+
 describe('several server replicas behind one address', () => {
   it('the agent dials through the balancer until it holds a tunnel to every replica', async () => {
     const second = await startServer({ ...testServerConfig(ca, serverPem, tokens), serverId: 'replica-2', serverCount: 2 }, silentLogger());

@@ -1,6 +1,6 @@
 import { EventEmitter } from 'node:events';
 import type { ClientRequest, IncomingMessage } from 'node:http';
-import { createSecureContext, type ConnectionOptions, type SecureContext } from 'node:tls';
+import type { ConnectionOptions } from 'node:tls';
 import { WebSocket, type ClientOptions } from 'ws';
 import {
   AGENT_PATH,
@@ -9,6 +9,7 @@ import {
   SUBPROTOCOL,
   Session,
   WsTransport,
+  clientContext,
   type IncomingOpen,
   type Logger,
 } from '@kubetunnel/shared';
@@ -73,8 +74,6 @@ export class Connector extends EventEmitter {
   private closed = false;
   /** The client certificate, key and hub CA of the next dials; replaced by updateTls (a reload or a renewal). */
   private tls: TunnelTls;
-  /** The TLS context made of `tls`: once, not at every dial (a reconnect storm would parse the key each time). */
-  private secureContext: SecureContext | undefined;
 
   constructor(
     private readonly config: AgentConfig,
@@ -208,7 +207,6 @@ export class Connector extends EventEmitter {
   /** New certificate, key and CA for the tunnels dialed from now on; tunnels open now keep theirs. */
   updateTls(tls: TunnelTls): void {
     this.tls = { ...tls };
-    this.secureContext = undefined;
   }
 
   /** The registration headers of a dial: who this agent is, and the replicas it holds already. */
@@ -226,10 +224,11 @@ export class Connector extends EventEmitter {
   }
 
   private openWebSocket(endpoint: Endpoint): WebSocket {
-    this.secureContext ??= createSecureContext(this.tls);
-    // ws hands its options on to tls.connect, which takes a ready context.
+    // ws hands its options on to tls.connect, which takes a ready context:
+    // made once for the certificate, not at every dial (a reconnect storm
+    // would parse the key each time).
     const options: ClientOptions & Pick<ConnectionOptions, 'secureContext'> = {
-      secureContext: this.secureContext,
+      secureContext: clientContext(this.tls),
       headers: this.registrationHeaders(),
       perMessageDeflate: false,
       maxPayload: Defaults.maxWsPayload,

@@ -6,7 +6,7 @@ import type { Server } from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { Defaults, SERVER_TLS_POLICY, createHealthServer, defaultLimits, guardListener, type ListenerGuard, type Logger } from '@kubetunnel/shared';
 import { createAdminServer } from './admin.js';
-import { AgentGateway } from './agent-gateway.js';
+import { AgentGateway, GATEWAY_TLS_POLICY } from './agent-gateway.js';
 import { indexTokens } from './auth.js';
 import type { ListenerName, ServerConfig } from './config.js';
 import type { FrontendDeps } from './deps.js';
@@ -277,7 +277,8 @@ function running(config: ServerConfig, parts: Parts, addresses: ServerAddresses,
     frontendSockets: () => frontend.openSockets,
     updateTls(tls) {
       // A new secure context starts from Node's defaults: the TLS policy goes with it.
-      for (const s of [frontend.server, gateway.server]) s.setSecureContext({ ...SERVER_TLS_POLICY, ...tls });
+      frontend.server.setSecureContext({ ...SERVER_TLS_POLICY, ...tls });
+      gateway.server.setSecureContext({ ...GATEWAY_TLS_POLICY, ...tls });
       grpcTls.set(tls);
       log.info('TLS certificate, key and CA reloaded');
     },

@@ -8,6 +8,7 @@ import path from 'node:path';
 import tls from 'node:tls';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { isValidClusterName } from '../src/names.js';
+import { clientContext } from '../src/tls.js';
 import { forgeCert } from './helpers.js';
 import {
   agentClusterOf,
@@ -280,6 +281,22 @@ describe('certificate roles and the two CAs', () => {
     expect(err.message).toMatch(/permitted subtree violation/);
     // The hub's own certificate verifies under the same CA.
     expect(spawnSync('openssl', ['verify', '-CAfile', path.join(pki.dir, 'ca.crt'), path.join(pki.dir, 'server.crt')]).status).toBe(0);
+  });
+});
+
+describe('client TLS contexts', () => {
+  it('one per CA, certificate and key in a process; the few most recent kept', () => {
+    const ca = createCA();
+    const agent = issueAgentCert(ca, { cluster: 'c1' });
+    const pem = { ca: ca.cert, cert: agent.cert, key: agent.key };
+    const first = clientContext(pem);
+    expect(clientContext({ ...pem })).toBe(first);
+    expect(clientContext({ ca: ca.cert })).not.toBe(first);
+    // The same text split otherwise between the parts is other material.
+    expect(clientContext({ ca: ca.cert + agent.cert, key: agent.key })).not.toBe(first);
+    // Eight other sets later, the first has been made again.
+    for (let i = 1; i <= 8; i++) clientContext({ ...pem, ca: ca.cert + '\n'.repeat(i) });
+    expect(clientContext(pem)).not.toBe(first);
   });
 });
 

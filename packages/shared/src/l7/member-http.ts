@@ -14,6 +14,7 @@ import { impersonationHeaders, onProxyResponse, stripCallerHeaders } from './hea
 import { identityProblem } from './identity.js';
 import { sendStatus, sendStatusRaw } from '../http/respond.js';
 import { relayUpgrade, upgradeRequestHeaders } from './upgrade.js';
+import { clientContext } from '../tls.js';
 
 /** How the member side reaches its apiserver: a byte stream to it for one connection (TLS is started on it here), or an error. */
 export type ApiserverConnector = (done: (err: Error | null, socket: Duplex) => void) => void;
@@ -69,7 +70,7 @@ interface ApiserverTls {
 
 /**
  * TLS options toward the apiserver. The CA and client certificate go in a
- * secure context made once: an https.Agent names its kept connections by
+ * secure context made once (clientContext): an https.Agent names its kept connections by
  * their TLS options (a PEM CA in them makes a name of kilobytes, built and
  * hashed on every request), and tls.connect would otherwise parse them again
  * for every connection.
@@ -78,12 +79,7 @@ function tlsOptions(config: MemberHttpConfig): ApiserverTls {
   const t = config.tls ?? {};
   const host = config.apiserver.hostname.replace(/^\[(.*)\]$/, '$1');
   const servername = t.servername ?? (net.isIP(host) ? undefined : host);
-  const secureContext = tls.createSecureContext({
-    ...(t.ca ? { ca: t.ca } : {}),
-    ...(t.cert ? { cert: t.cert } : {}),
-    ...(t.key ? { key: t.key } : {}),
-  });
-  return { secureContext, ...(servername ? { servername } : {}) };
+  return { secureContext: clientContext(t), ...(servername ? { servername } : {}) };
 }
 
 /** A connection from `connector` with TLS to the apiserver started on it. */
