@@ -9,8 +9,8 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { Connector, startAgent, type Agent, type AgentConfig } from '@kubetunnel/agent';
 import { pino } from 'pino';
 import { startServer, type KubetunnelServer } from '@kubetunnel/server';
-import { createCA, issueAgentCert, issueServerCert, silentLogger, type Pem } from '@kubetunnel/shared';
-import { expectIdle, testAgentConfig, testServerConfig } from './fixtures.js';
+import { Defaults, advertisedPingInterval, createCA, issueAgentCert, issueServerCert, silentLogger, type Pem } from '@kubetunnel/shared';
+import { expectIdle, startRegisteredAgent, testAgentConfig, testServerConfig } from './fixtures.js';
 import { expectNoLeaks, liveResources } from '../packages/shared/test/helpers.js';
 
 const ca = createCA();
@@ -237,6 +237,40 @@ describe('the agent gateway', () => {
     expect(await resumes()).toBe(false);
     server.updateTls({ cert: serverPem.cert, key: serverPem.key, ca: ca.cert });
     expect(await resumes()).toBe(false);
+  });
+});
+
+describe('the PING interval', () => {
+  it('an agent takes the interval its server advertises, unless it was given its own or the value is out of range', async () => {
+    const servers = await Promise.all(
+      [45_000, 50].map((pingIntervalMs) => startServer({ ...testServerConfig(ca, serverPem, tokens), session: { pingIntervalMs } }, silentLogger())),
+    );
+    const agents: Agent[] = [];
+    /** The PING interval of a new agent's tunnel to `srv`, once both ends have it. */
+    const intervalOf = async (srv: KubetunnelServer, extra: Partial<AgentConfig> = {}) => {
+      const a = await startRegisteredAgent(srv, agentConfig(srv, echo.port, agentPem, extra));
+      agents.push(a);
+      if (!a.connector.ready) await once(a.connector, 'session');
+      return a.connector.sessions()[0]!.session.pingIntervalMs;
+    };
+    try {
+      const [slow, tooFast] = servers as [KubetunnelServer, KubetunnelServer];
+      expect(await intervalOf(slow)).toBe(45_000);
+      expect(await intervalOf(slow, { agentId: 'a2', session: { pingIntervalMs: 5000 } })).toBe(5000);
+      // 50 ms is below the 1 s an agent accepts: it keeps its default.
+      expect(await intervalOf(tooFast)).toBe(Defaults.pingIntervalMs);
+    } finally {
+      await Promise.all(agents.map((a) => a.close()));
+      await Promise.all(servers.map((s) => s.close()));
+    }
+  });
+
+  it('an advertised interval is whole milliseconds from 1 s to 10 min', () => {
+    expect(advertisedPingInterval('30000')).toBe(30_000);
+    expect(advertisedPingInterval('1000')).toBe(1000);
+    expect(advertisedPingInterval('600000')).toBe(600_000);
+    for (const bad of [undefined, '', '999', '600001', '30s', '3e4', '-5000', ' 30000', '30000.5', ['30000', '30000']])
+      expect(advertisedPingInterval(bad)).toBeUndefined();
   });
 });
 

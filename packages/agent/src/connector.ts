@@ -9,6 +9,7 @@ import {
   SUBPROTOCOL,
   Session,
   WsTransport,
+  advertisedPingInterval,
   clientContext,
   type IncomingOpen,
   type Logger,
@@ -30,6 +31,15 @@ const zeroMask = (mask: Buffer) => mask.fill(0);
 const STABLE_MS = 10_000;
 /** Longest wait before dialing again through a balancer that led to a replica already held. */
 const REBALANCE_MAX_MS = 2_000;
+
+/** What the server said in its 101 answer. */
+interface ServerAnswer {
+  serverId: string;
+  /** Replicas it reports (load balancer mode). */
+  count: number;
+  /** Its PING interval, if it gave one in range. */
+  pingIntervalMs: number | undefined;
+}
 
 /** What an agent dials its servers with: its client certificate and key, and the hub CA it trusts. */
 export interface TunnelTls {
@@ -184,9 +194,11 @@ export class Connector extends EventEmitter {
     this.sockets.add(ws);
     let serverId = '';
     let count = 1;
+    let pingIntervalMs: number | undefined;
     ws.once('upgrade', (res: IncomingMessage) => {
       serverId = String(res.headers[H.serverId] ?? '');
       count = Number(res.headers[H.serverCount] ?? 1) || 1;
+      pingIntervalMs = advertisedPingInterval(res.headers[H.pingInterval]);
     });
     ws.once('unexpected-response', (req: ClientRequest, res: IncomingMessage) => this.onAnswered(attempt, url, ws, req, res));
     ws.on('error', (err) =>
@@ -196,7 +208,7 @@ export class Connector extends EventEmitter {
         return delay;
       }),
     );
-    ws.once('open', () => this.onOpened(attempt, endpoint, ws, serverId, count));
+    ws.once('open', () => this.onOpened(attempt, endpoint, ws, { serverId, count, pingIntervalMs }));
     ws.once('close', () => {
       this.sockets.delete(ws);
       // After an error this changes nothing: the error drew the wait.
@@ -282,7 +294,8 @@ export class Connector extends EventEmitter {
   }
 
   /** The handshake completed: a tunnel to a replica not held yet, else closed at once. */
-  private onOpened(attempt: DialAttempt, endpoint: Endpoint, ws: WebSocket, serverId: string, count: number): void {
+  private onOpened(attempt: DialAttempt, endpoint: Endpoint, ws: WebSocket, answer: ServerAnswer): void {
+    const { serverId, count } = answer;
     // The session must exist now: the server's first frames may have
     // arrived together with the 101 answer.
     if (this.closed) {
@@ -300,12 +313,18 @@ export class Connector extends EventEmitter {
       });
       return;
     }
-    this.attach(endpoint.url, serverId, ws);
+    this.attach(endpoint.url, answer, ws);
     attempt.to('open');
   }
 
-  private attach(url: string, serverId: string, ws: WebSocket): void {
-    const session = new Session(new WsTransport(ws), { role: 'agent', ...this.config.session });
+  private attach(url: string, { serverId, pingIntervalMs }: ServerAnswer, ws: WebSocket): void {
+    // The server's interval, so that an idle tunnel carries the server's PINGs
+    // alone; an interval given to this agent comes first.
+    const session = new Session(new WsTransport(ws), {
+      role: 'agent',
+      ...(pingIntervalMs !== undefined ? { pingIntervalMs } : {}),
+      ...this.config.session,
+    });
     const log = this.log.child({ serverId, server: url });
     const live: LiveSession = { serverId, url, session };
     this.live.set(serverId, live);

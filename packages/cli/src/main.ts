@@ -111,6 +111,7 @@ program
   .option('--registration-grace <duration>', 'after start, how long /readyz stays 503 and an unknown cluster gets 503 with Retry-After rather than 404, while agents reconnect', '10s')
   .option('--shutdown-delay <duration>', 'on SIGTERM, how long /readyz answers 503 before new connections are refused', '5s')
   .option('--dial-timeout <duration>', 'how long a dial (CONNECT, L7, gRPC) waits for the agent to reach its target', '10s')
+  .option('--ping-interval <duration>', 'how often each agent tunnel is PINGed (1s to 10m); agents take the same interval. Longer: less idle CPU with many agents, a dead agent noticed later', seconds(Defaults.pingIntervalMs))
   .option('--max-streams-per-client <n>', 'streams one user may hold open at once', '10000')
   .option('--grpc-port <port>', 'Konnectivity ProxyService (gRPC, TLS) for konnectivity clients (default: off)')
   .option('--grpc-uds <path>', 'Konnectivity ProxyService on a Unix socket, mode 0600, as kube-apiserver\'s egress selector uses (default: off)')

@@ -8,6 +8,7 @@ import { PassThrough } from 'node:stream';
 import { pino } from 'pino';
 import { LOG_LEVELS, createCA, issueServerCert } from '@kubetunnel/shared';
 import { buildKubeconfig } from '../src/commands/kubeconfig.js';
+import { pingInterval } from '../src/commands/server.js';
 import { Settings, SettingError, parseDuration } from '../src/options.js';
 import { watchTlsFiles } from '../src/reload.js';
 
@@ -56,6 +57,15 @@ describe('settings: flag > KUBETUNNEL_* > config file > default', () => {
   it('reads lists from repeated flags, YAML lists and comma-separated variables', () => {
     expect(make({ server: ['a', 'b'] }, ['server'], {}).list('server')).toEqual(['a', 'b']);
     expect(make({ server: [] }, [], { KUBETUNNEL_SERVER: 'x, y' }).list('server')).toEqual(['x', 'y']);
+  });
+
+  it('takes a --ping-interval from 1s to 10m', () => {
+    expect(pingInterval(make({ pingInterval: '10s' }, [], {}))).toBe(10_000);
+    expect(pingInterval(make({ pingInterval: '10s' }, [], { KUBETUNNEL_PING_INTERVAL: '10m' }))).toBe(600_000);
+    expect(() => pingInterval(make({ pingInterval: '500ms' }, ['ping-interval'], {}))).toThrow(
+      new SettingError('ping-interval', 'want 1s to 10m, got "500ms"'),
+    );
+    expect(() => pingInterval(make({ pingInterval: '11m' }, ['ping-interval'], {}))).toThrow(/--ping-interval: want 1s to 10m/);
   });
 
   it('parses durations', () => {

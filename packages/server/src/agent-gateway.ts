@@ -150,7 +150,11 @@ export class AgentGateway {
       handleProtocols: (protocols) => (protocols.has(SUBPROTOCOL) ? SUBPROTOCOL : false),
     });
     this.wss.on('headers', (headers) => {
-      headers.push(`${H.serverId}: ${config.serverId}`, `${H.serverCount}: ${config.serverCount}`);
+      headers.push(
+        `${H.serverId}: ${config.serverId}`,
+        `${H.serverCount}: ${config.serverCount}`,
+        `${H.pingInterval}: ${config.session?.pingIntervalMs ?? Defaults.pingIntervalMs}`,
+      );
     });
     this.handshakes = new HandshakeLimit(this.server, config.maxConcurrentHandshakes ?? defaultMaxConcurrentHandshakes(), metrics.registry, log);
     this.server.on('secureConnection', (s) => this.sockets.add(s));

@@ -27,7 +27,22 @@ export const RegistrationHeaders = {
   serverId: 'x-kubetunnel-server-id',
   /** Response: how many server replicas there are. */
   serverCount: 'x-kubetunnel-server-count',
+  /**
+   * Response: the server's PING interval in milliseconds (its
+   * --ping-interval). The agent, which PINGs only after an interval in which
+   * it heard nothing, takes the same interval unless it was given its own.
+   */
+  pingInterval: 'x-kubetunnel-ping-interval',
 } as const;
+
+/** The PING intervals a server may be given and an agent takes from it: 1 s to 10 min. */
+export const PING_INTERVAL_RANGE = { minMs: 1000, maxMs: 600_000 } as const;
+
+/** A server's advertised PING interval, or undefined if absent or out of range. */
+export function advertisedPingInterval(value: string | string[] | undefined): number | undefined {
+  const ms = typeof value === 'string' && /^[0-9]{1,9}$/.test(value) ? Number(value) : NaN;
+  return ms >= PING_INTERVAL_RANGE.minMs && ms <= PING_INTERVAL_RANGE.maxMs ? ms : undefined;
+}
 
 /** Agent ids: printable, short, no separators that could confuse logs. */
 export function isValidAgentId(id: string): boolean {

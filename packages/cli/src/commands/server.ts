@@ -1,6 +1,6 @@
 import { X509Certificate } from 'node:crypto';
 import os from 'node:os';
-import { Defaults, LOG_LEVELS, createLogger, defaultLimits } from '@kubetunnel/shared';
+import { Defaults, LOG_LEVELS, PING_INTERVAL_RANGE, createLogger, defaultLimits } from '@kubetunnel/shared';
 import { parsePolicy, parseTokenFile, readMemberKubeconfigs, startServer, type ServerConfig, type KubetunnelServer } from '@kubetunnel/server';
 import { SettingError, type Settings } from '../options.js';
 import { watchTlsFiles } from '../reload.js';
@@ -74,6 +74,14 @@ export function serverLimits(s: Settings): NonNullable<ServerConfig['limits']> {
   return { proxy, agent, health: plain, admin: plain, grpc: proxy, 'anp-agent': agent };
 }
 
+/** --ping-interval, within the range agents take from a server. */
+export function pingInterval(s: Settings): number {
+  const ms = s.duration('ping-interval');
+  const { minMs, maxMs } = PING_INTERVAL_RANGE;
+  if (ms < minMs || ms > maxMs) throw new SettingError('ping-interval', `want ${minMs / 1000}s to ${maxMs / 60_000}m, got ${JSON.stringify(s.string('ping-interval'))}`);
+  return ms;
+}
+
 /** Builds and checks the server's config; errors name the flag. */
 export function serverConfig(s: Settings): ServerConfig {
   const tokenText = s.file('token-file');
@@ -107,6 +115,7 @@ export function serverConfig(s: Settings): ServerConfig {
     maxStreamsPerClient: s.int('max-streams-per-client', 1, 1_000_000),
     limits: serverLimits(s),
     maxConcurrentHandshakes: s.int('max-concurrent-handshakes', 1, 100_000),
+    session: { pingIntervalMs: pingInterval(s) },
   };
   const policyText = s.file('policy');
   if (policyText !== undefined) {
