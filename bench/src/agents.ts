@@ -39,6 +39,7 @@ const job = JSON.parse(process.argv[2]!) as Job;
 
 async function main(): Promise<void> {
   const ca = fs.readFileSync(path.join(job.certDir, 'ca.crt'), 'utf8');
+  const log = silentLogger();
   const started = performance.now();
   const agents: Agent[] = [];
   const up: Array<Promise<unknown>> = [];
@@ -66,7 +67,7 @@ async function main(): Promise<void> {
           backoff: job.backoff ?? { initialMs: 200, maxMs: 5000 },
           dialTimeoutMs: 5000,
         },
-        silentLogger(),
+        log,
       );
       agents.push(agent);
       dialing++;

@@ -6,12 +6,14 @@
  * connection limit is raised above the count for the run.
  *
  *   npm run bench:fleet [-- --quick] [-- --sessions N] [-- --processes P] [-- --idle SECONDS] [-- --concurrency C]
+ *                       [-- --ping-interval SECONDS] [-- --out FILE]
  *
  * Reports the time from the first pool's start until the server has logged
  * every registration, the server's RSS, and its CPU while idle (nothing but
  * the tunnels' pings) over `--idle` seconds, with the load average at each
- * step (the machine is shared). Writes bench/results/fleet.json
- * (fleet-quick.json with --quick). --quick (200 sessions, 3 s idle) checks
+ * step (the machine is shared). --ping-interval is the server's (the agents
+ * take it from the server). Writes bench/results/fleet.json (fleet-quick.json
+ * with --quick; --out names another file there). --quick (200 sessions, 3 s idle) checks
  * that every session registers; it says nothing about speed.
  */
 import type { ChildProcess } from 'node:child_process';
@@ -32,6 +34,9 @@ const quick = argv.includes('--quick');
 const sessions = option('sessions') ?? (quick ? 200 : 10_000);
 const processes = option('processes') ?? (quick ? 2 : 5);
 const idleSeconds = option('idle') ?? (quick ? 3 : 30);
+const pingIntervalMs = (option('ping-interval') ?? Defaults.pingIntervalMs / 1000) * 1000;
+const outIndex = argv.indexOf('--out');
+const outName = outIndex >= 0 ? argv[outIndex + 1] : undefined;
 /** First dials in flight at once per agent process (agents.ts). */
 const concurrency = option('concurrency') ?? 50;
 /** Time for the sessions to settle after the last registration, before the idle measurement. */
@@ -55,7 +60,7 @@ async function startServer(pki: Pki): Promise<FleetServer> {
     'server', '--cert', pki.file('server.crt'), '--key', pki.file('server.key'), '--client-ca', pki.file('client-ca.crt'),
     '--bind-address', '127.0.0.1', '--proxy-port', '0', '--agent-port', '0', '--health-port', '0', '--admin-port', '0',
     '--token-file', tokens, '--max-agent-connections', limit, '--max-connections', limit,
-    '--shutdown-delay', '0s', '--registration-grace', '0s', '--grace-period', '2s', '--log-level', 'info',
+    '--shutdown-delay', '0s', '--registration-grace', '0s', '--grace-period', '2s', '--log-level', 'info', '--ping-interval', `${pingIntervalMs}ms`,
   ]);
   let count = 0;
   let buf = '';
@@ -83,7 +88,7 @@ async function startServer(pki: Pki): Promise<FleetServer> {
 stopOnSignals(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
 async function main(): Promise<boolean> {
-  progress(`${sessions} agent sessions in ${processes} processes on one server; files in ${tmp}`);
+  progress(`${sessions} agent sessions in ${processes} processes on one server, PING every ${pingIntervalMs / 1000} s; files in ${tmp}`);
   const pki = await makeCerts(path.join(tmp, 'certs'), ['fleet']);
   const upstream = await startUpstream(pki);
   const server = await startServer(pki);
@@ -93,7 +98,7 @@ async function main(): Promise<boolean> {
 
   const t0 = performance.now();
   const { pools, ready: poolsReady } = startAgentPools(path.join(DIST, 'agents.js'), sessions, processes, (n, i) => ({
-    server: `wss://localhost:${server.agentPort}`,
+    server: `wss://127.0.0.1:${server.agentPort}`,
     certDir: pki.dir,
     clusters: ['fleet'],
     perCluster: n,
@@ -146,7 +151,7 @@ async function main(): Promise<boolean> {
     sessions,
     processes,
     concurrencyPerProcess: concurrency,
-    pingIntervalMs: Defaults.pingIntervalMs,
+    pingIntervalMs,
     registeredInMs,
     serverCpuDuringRegistrationS: Math.round(registerCpu * 100) / 100,
     serverRss: { before: rssBefore, registered: rssRegistered, afterIdle: rssIdle, peakIdle: rssPeakIdle },
@@ -159,7 +164,7 @@ async function main(): Promise<boolean> {
       idleCpuAtMost5Percent: idleCpu <= 0.05,
     },
   };
-  const out = path.join(ROOT, 'bench/results', quick ? 'fleet-quick.json' : 'fleet.json');
+  const out = path.resolve(ROOT, 'bench/results', outName ?? (quick ? 'fleet-quick.json' : 'fleet.json'));
   fs.writeFileSync(out, JSON.stringify(result, null, 2) + '\n');
   progress(`wrote ${path.relative(ROOT, out)}`);
   await Promise.all(pools.map(endInput));

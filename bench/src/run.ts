@@ -15,7 +15,8 @@
  *   npm run bench [-- --quick] [-- --only bulk,small] [-- --out l7.json]
  *     [-- --watch-clusters 200 --watches-per-cluster 20 --watch-rate 2000 --watch-seconds 30]
  *
- * Writes bench/results/latest.json and the tables in docs/benchmarks.md;
+ * Writes bench/results/latest.json (with the last results of the
+ * benchmarks that run on their own) and the tables in docs/benchmarks.md;
  * --quick (the CI smoke run: small counts, checks nothing about speed)
  * writes bench/results/quick.json only, --only bench/results/partial.json
  * (--out NAME: bench/results/NAME instead).
@@ -33,6 +34,20 @@ import * as scenario from './scenarios.js';
 import { startSsh, type Ssh } from './ssh.js';
 
 const quick = process.argv.includes('--quick');
+/**
+ * The last results of the benchmarks that run on their own (npm run
+ * bench:fleet, the workers and idle-floor scripts), each with its own date
+ * and machine, so that latest.json carries every figure.
+ */
+function separateRuns(): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const name of ['fleet', 'fleet-ping-30s', 'fleet-ping-600s', 'idle-floor', 'workers']) {
+    const file = path.join(ROOT, 'bench/results', `${name}.json`);
+    if (fs.existsSync(file)) out[name] = JSON.parse(fs.readFileSync(file, 'utf8')) as unknown;
+  }
+  return out;
+}
+
 /** --only bulk,small: run just these scenarios (results go to bench/results/partial.json). */
 const onlyAt = process.argv.indexOf('--only');
 const only = onlyAt > 0 ? new Set((process.argv[onlyAt + 1] ?? '').split(',').filter(Boolean)) : undefined;
@@ -131,7 +146,16 @@ async function main(): Promise<boolean> {
     }
   }
 
-  const report = { date, quick, machine: machine(), loadavg: fs.readFileSync('/proc/loadavg', 'utf8').trim(), ssh: ssh ? ssh.version : 'unavailable', scale, results };
+  const report = {
+    date,
+    quick,
+    machine: machine(),
+    loadavg: fs.readFileSync('/proc/loadavg', 'utf8').trim(),
+    ssh: ssh ? ssh.version : 'unavailable',
+    scale,
+    results,
+    ...(!quick && !only ? { separateRuns: separateRuns() } : {}),
+  };
   if (failed.length > 0) {
     process.stderr.write(`${JSON.stringify(report, null, 2)}\n`);
     progress(`scenarios that did not complete: ${failed.join(', ')}; no results written`);
