@@ -1,6 +1,7 @@
 /** Configurations for tests that run a server and agents in this process. */
 import { once } from 'node:events';
 import fs from 'node:fs';
+import type { Socket } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { expect } from 'vitest';
@@ -137,4 +138,11 @@ export async function startL7Member(
       fs.rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+/** Whether Node has turned Nagle's algorithm off on `socket` (its kSetNoDelay field). */
+export function noDelayOf(socket: Socket): unknown {
+  const field = Object.getOwnPropertySymbols(socket).find((s) => s.description === 'kSetNoDelay');
+  if (field === undefined) throw new Error('this Node keeps no kSetNoDelay field on its sockets');
+  return (socket as unknown as Record<symbol, unknown>)[field];
 }

@@ -7,17 +7,20 @@
  * client.
  */
 import { execFile } from 'node:child_process';
+import diagnostics from 'node:diagnostics_channel';
 import { once } from 'node:events';
 import fs from 'node:fs';
 import http2 from 'node:http2';
+import type { Socket } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import tls from 'node:tls';
 import { promisify } from 'node:util';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { KubetunnelServer } from '@kubetunnel/server';
 import { defaultLimits, type MuxStream } from '@kubetunnel/shared';
 import type { StandinApiserver } from '@kubetunnel/standin-apiserver';
-import { expectIdle, startL7Member, type L7Member } from './fixtures.js';
+import { expectIdle, noDelayOf, startL7Member, type L7Member } from './fixtures.js';
 
 const IDLE_MS = 300;
 const TOKEN = 'alice-token';
@@ -115,6 +118,23 @@ describe('one port, both protocols', () => {
       expect(last).toBe(`${version} 200`);
       expect(JSON.parse(body!).cluster).toBe('member-1');
       expect(api.requests[api.requests.length - 1]!.effectiveUser).toBe('alice');
+    }
+  });
+
+  it('client connections of both protocols run without Nagle delay (a CONNECT answer waited 40 ms for a delayed ACK)', async () => {
+    // Node's HTTP/1.1 server turns Nagle off by default; its HTTP/2 server does not.
+    const accepted: Socket[] = [];
+    const onSocket = ({ socket }: { socket: Socket }) => void (socket.localPort === server.addresses.proxy.port && accepted.push(socket));
+    diagnostics.subscribe('net.server.socket', onSocket as (message: unknown) => void);
+    try {
+      await connect();
+      const h1 = tls.connect({ host: '127.0.0.1', port: server.addresses.proxy.port, ca: member.hubCA.cert, servername: 'localhost', ALPNProtocols: ['http/1.1'] });
+      await once(h1, 'secureConnect');
+      h1.destroy();
+      await once(h1, 'close');
+      expect(accepted.map(noDelayOf)).toEqual([true, true]);
+    } finally {
+      diagnostics.unsubscribe('net.server.socket', onSocket as (message: unknown) => void);
     }
   });
 

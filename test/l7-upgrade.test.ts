@@ -17,7 +17,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Agent } from '@kubetunnel/agent';
 import { startServer, type KubetunnelServer } from '@kubetunnel/server';
 import { createCA, issueAgentCert, issueServerCert, silentLogger } from '@kubetunnel/shared';
-import { startRegisteredAgent, testAgentConfig, testServerConfig } from './fixtures.js';
+import { noDelayOf, startRegisteredAgent, testAgentConfig, testServerConfig } from './fixtures.js';
 
 const hubCA = createCA();
 const hubCert = issueServerCert(hubCA, { sans: ['localhost'] });
@@ -147,9 +147,3 @@ describe('L7 passthrough', () => {
   });
 });
 
-/** Whether Node has turned Nagle's algorithm off on `socket` (its kSetNoDelay field). */
-function noDelayOf(socket: Socket): unknown {
-  const field = Object.getOwnPropertySymbols(socket).find((s) => s.description === 'kSetNoDelay');
-  if (field === undefined) throw new Error('this Node keeps no kSetNoDelay field on its sockets');
-  return (socket as unknown as Record<symbol, unknown>)[field];
-}
