@@ -70,10 +70,10 @@ interface ApiserverTls {
 
 /**
  * TLS options toward the apiserver. The CA and client certificate go in a
- * secure context made once (clientContext): an https.Agent names its kept connections by
- * their TLS options (a PEM CA in them makes a name of kilobytes, built and
- * hashed on every request), and tls.connect would otherwise parse them again
- * for every connection.
+ * secure context made once (clientContext): an https.Agent names its kept
+ * connections by their TLS options (a PEM CA in them makes a name of
+ * kilobytes, built and hashed on every request), and tls.connect would
+ * otherwise parse them again for every connection.
  */
 function tlsOptions(config: MemberHttpConfig): ApiserverTls {
   const t = config.tls ?? {};
