@@ -13,7 +13,7 @@
  * the tunnels' pings) over `--idle` seconds, with the load average at each
  * step (the machine is shared). --ping-interval is the server's (the agents
  * take it from the server). Writes bench/results/fleet.json (fleet-quick.json
- * with --quick; --out names another file there). --quick (200 sessions, 3 s idle) checks
+ * with --quick; --out NAME writes bench/results/NAME). --quick (200 sessions, 3 s idle) checks
  * that every session registers; it says nothing about speed.
  */
 import type { ChildProcess } from 'node:child_process';
@@ -23,7 +23,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Defaults } from '@kubetunnel/shared';
 import { endInput, makeCerts, ROOT, startUpstream, type Pki } from './parties.js';
-import { cpuOf, loadavg, progress, rssOf, start, startAgentPools, stopAll, stopOnSignals, wholeNumberOption, within } from './procs.js';
+import { cpuOf, loadavg, outOption, progress, rssOf, start, startAgentPools, stopAll, stopOnSignals, wholeNumberOption, within } from './procs.js';
 
 const CLI = path.join(ROOT, 'packages/cli/bin/kubetunnel.js');
 const DIST = fileURLToPath(new URL('.', import.meta.url));
@@ -35,8 +35,7 @@ const sessions = option('sessions') ?? (quick ? 200 : 10_000);
 const processes = option('processes') ?? (quick ? 2 : 5);
 const idleSeconds = option('idle') ?? (quick ? 3 : 30);
 const pingIntervalMs = (option('ping-interval') ?? Defaults.pingIntervalMs / 1000) * 1000;
-const outIndex = argv.indexOf('--out');
-const outName = outIndex >= 0 ? argv[outIndex + 1] : undefined;
+const outName = outOption(argv);
 /** First dials in flight at once per agent process (agents.ts). */
 const concurrency = option('concurrency') ?? 50;
 /** Time for the sessions to settle after the last registration, before the idle measurement. */
@@ -164,7 +163,7 @@ async function main(): Promise<boolean> {
       idleCpuAtMost5Percent: idleCpu <= 0.05,
     },
   };
-  const out = path.resolve(ROOT, 'bench/results', outName ?? (quick ? 'fleet-quick.json' : 'fleet.json'));
+  const out = path.join(ROOT, 'bench/results', outName ?? (quick ? 'fleet-quick.json' : 'fleet.json'));
   fs.writeFileSync(out, JSON.stringify(result, null, 2) + '\n');
   progress(`wrote ${path.relative(ROOT, out)}`);
   await Promise.all(pools.map(endInput));

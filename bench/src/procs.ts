@@ -182,6 +182,12 @@ export function runChild(main: () => Promise<unknown>): void {
   );
 }
 
+/** `--out NAME` of a benchmark's arguments: a file name in bench/results (any directory part is dropped), or undefined. */
+export function outOption(argv: string[]): string | undefined {
+  const i = argv.indexOf('--out');
+  return i >= 0 ? path.basename(argv[i + 1] ?? '') || undefined : undefined;
+}
+
 /** `--name N` of a benchmark's arguments: a whole number of at least 1, or undefined; anything else exits 2 saying so. */
 export function wholeNumberOption(argv: string[], name: string): number | undefined {
   const i = argv.indexOf(`--${name}`);

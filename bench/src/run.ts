@@ -26,7 +26,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { startAgent, makeCerts, ROOT, startRelay, startServer, startUpstream } from './parties.js';
-import { freePort, progress, stopAll, stopOnSignals, wholeNumberOption, within } from './procs.js';
+import { freePort, outOption, progress, stopAll, stopOnSignals, wholeNumberOption, within } from './procs.js';
 import { writeReport, type Report } from './report.js';
 import { l7 } from './l7.js';
 import { watch } from './watch.js';
@@ -56,8 +56,7 @@ if (only && (only.size === 0 || [...only].some((n) => !SCENARIOS.includes(n)))) 
   process.stderr.write(`--only takes a comma-separated list of: ${SCENARIOS.join(', ')}\n`);
   process.exit(2);
 }
-const outAt = process.argv.indexOf('--out');
-const outName = outAt > 0 ? path.basename(process.argv[outAt + 1] ?? '') : undefined;
+const outName = outOption(process.argv);
 const scale: scenario.Scale = { ...(quick ? scenario.QUICK : scenario.FULL) };
 // The watch fan-out's size, for looking into a figure: --watch-clusters N --watches-per-cluster N --watch-rate N --watch-seconds N.
 for (const key of ['watchClusters', 'watchesPerCluster', 'watchRate', 'watchSeconds'] as const) {
