@@ -201,10 +201,10 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     transport.on('message', this.onMessage);
     transport.on('close', this.onTransportClose);
 
-    const pingInterval = (this.pingIntervalMs = options.pingIntervalMs ?? Defaults.pingIntervalMs);
-    if (pingInterval > 0) {
+    this.pingIntervalMs = options.pingIntervalMs ?? Defaults.pingIntervalMs;
+    if (this.pingIntervalMs > 0) {
       const onlyWhenSilent = options.pingOnlyWhenSilent ?? options.role === 'agent';
-      this.stopPingTicks = everyInterval(pingInterval, () => {
+      this.stopPingTicks = everyInterval(this.pingIntervalMs, () => {
         const heard = this.heardSinceTick;
         this.heardSinceTick = false;
         if (!(onlyWhenSilent && heard)) this.ping();
