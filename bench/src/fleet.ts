@@ -23,7 +23,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Defaults } from '@kubetunnel/shared';
 import { endInput, makeCerts, ROOT, startUpstream, type Pki } from './parties.js';
-import { cpuOf, loadavg, outOption, progress, rssOf, start, startAgentPools, stopAll, stopOnSignals, wholeNumberOption, within } from './procs.js';
+import { cpuOf, loadavg, machine, outOption, progress, rssOf, start, startAgentPools, stopAll, stopOnSignals, wholeNumberOption, within } from './procs.js';
 
 const CLI = path.join(ROOT, 'packages/cli/bin/kubetunnel.js');
 const DIST = fileURLToPath(new URL('.', import.meta.url));
@@ -141,11 +141,10 @@ async function main(): Promise<boolean> {
   load.end = loadavg();
   progress(`  idle ${wall.toFixed(0)} s: server CPU ${(idleCpu * 100).toFixed(1)}% of a core (agent pools ${(poolsCpu * 100).toFixed(1)}%); server RSS ${(rssIdle / 2 ** 20).toFixed(0)} MiB`);
 
-  const cpus = os.cpus();
   const result = {
     date: new Date().toISOString(),
     quick,
-    machine: { cpuModel: cpus[0]?.model.trim() ?? 'unknown', cores: cpus.length, memoryGiB: Math.round(os.totalmem() / 2 ** 30), node: process.version, os: `${os.type()} ${os.release()}` },
+    machine: machine(),
     loadavg: load,
     sessions,
     processes,

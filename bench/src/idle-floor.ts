@@ -18,7 +18,7 @@ import path from 'node:path';
 import tls from 'node:tls';
 import { fileURLToPath } from 'node:url';
 import { makeCerts, ROOT } from './parties.js';
-import { loadavg, progress, start, stopAll, stopOnSignals, wholeNumberOption } from './procs.js';
+import { loadavg, machine, progress, start, stopAll, stopOnSignals, wholeNumberOption } from './procs.js';
 
 const argv = process.argv.slice(2);
 
@@ -97,10 +97,9 @@ async function main(): Promise<void> {
   server.close();
   await stopAll();
   fs.rmSync(tmp, { recursive: true, force: true });
-  const cpus = os.cpus();
   const result = {
     date: new Date().toISOString(),
-    machine: { cpuModel: cpus[0]?.model.trim() ?? 'unknown', cores: cpus.length, node: process.version },
+    machine: machine(),
     loadavg: loadavg(),
     connections,
     exchangesPerSecond: rate,

@@ -26,7 +26,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { startAgent, makeCerts, ROOT, startRelay, startServer, startUpstream } from './parties.js';
-import { freePort, outOption, progress, stopAll, stopOnSignals, wholeNumberOption, within } from './procs.js';
+import { freePort, machine, outOption, progress, stopAll, stopOnSignals, wholeNumberOption, within } from './procs.js';
 import { writeReport, type Report } from './report.js';
 import { l7 } from './l7.js';
 import { watch } from './watch.js';
@@ -79,17 +79,6 @@ stopOnSignals(async () => {
   await ssh?.stop();
   fs.rmSync(tmp, { recursive: true, force: true });
 });
-
-function machine() {
-  const cpus = os.cpus();
-  return {
-    cpuModel: cpus[0]?.model.trim() ?? 'unknown',
-    cores: cpus.length,
-    memoryGiB: Math.round(os.totalmem() / 2 ** 30),
-    node: process.version,
-    os: `${os.type()} ${os.release()}`,
-  };
-}
 
 async function main(): Promise<boolean> {
   const date = new Date().toISOString();

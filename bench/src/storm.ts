@@ -32,7 +32,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { percentile } from './common.js';
 import { endInput, makeCerts, ROOT, startUpstream, type Pki } from './parties.js';
-import { cpuOf, line, lowFreePorts, progress, start, startAgentPools, stop, stopAll, stopOnSignals, wholeNumberOption, within } from './procs.js';
+import { cpuOf, line, lowFreePorts, machine, progress, start, startAgentPools, stop, stopAll, stopOnSignals, wholeNumberOption, within } from './procs.js';
 
 const CLI = path.join(ROOT, 'packages/cli/bin/kubetunnel.js');
 const DIST = fileURLToPath(new URL('.', import.meta.url));
@@ -240,7 +240,7 @@ async function main(): Promise<boolean> {
   const result = {
     date: new Date().toISOString(),
     quick,
-    machine: { cpuModel: os.cpus()[0]?.model.trim() ?? 'unknown', cores: os.cpus().length, node: process.version, loadAverageAtEnd: os.loadavg().map((x) => Math.round(x * 10) / 10) },
+    machine: { ...machine(), loadAverageAtEnd: os.loadavg().map((x) => Math.round(x * 10) / 10) },
     command: `npm run bench:storm -- ${argv.join(' ')}`.trim(),
     sessions,
     processes,
