@@ -54,3 +54,17 @@ describe('readiness before drain', () => {
     expect(await server.proc.exited).toBe(0);
   });
 });
+
+describe('a log whose reader is gone', () => {
+  it('SIGTERM still stops the server, with its exit status, when nothing reads its standard output', async () => {
+    const s = await startServerProc(certDir, ['--token-file', path.join(dir, 'tokens.csv')]);
+    // The reader of the log pipe goes away: the server's next writes fail (EPIPE).
+    s.proc.child.stdout!.destroy();
+    s.proc.child.kill('SIGTERM');
+    let timer: NodeJS.Timeout | undefined;
+    const stuck = new Promise<'stuck'>((resolve) => (timer = setTimeout(() => resolve('stuck'), 20_000)));
+    const code = await Promise.race([s.proc.exited, stuck]).finally(() => clearTimeout(timer));
+    if (code === 'stuck') s.proc.child.kill('SIGKILL');
+    expect(code).toBe(0);
+  });
+});
