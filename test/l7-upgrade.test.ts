@@ -118,14 +118,17 @@ describe('L7 passthrough', () => {
   });
 
   it('sends to the upstream without Nagle delay, plain requests and upgrades alike', async () => {
-    // The agent runs in this process: its requests to the upstream are seen
-    // here, on their sockets. Node keeps a socket's TCP_NODELAY setting in
+    // The agent runs in this process: the connections it sends requests to
+    // the upstream on are seen here, plain requests' from its pool (undici's
+    // channel), upgrades' from Node's HTTP client. Node keeps a socket's TCP_NODELAY setting in
     // its kSetNoDelay field (false until setNoDelay(true)).
     const upstreamPort = (upstream.address() as AddressInfo).port;
-    const requests: Array<{ socket: Socket | null }> = [];
-    const onStart = ({ request }: { request: { socket: Socket | null } }) => void requests.push(request);
+    const sockets: Socket[] = [];
+    const onSendHeaders = ({ socket }: { socket: Socket }) => void sockets.push(socket);
+    const onStart = ({ request }: { request: { socket: Socket | null } }) => void (request.socket && sockets.push(request.socket));
     /** Nagle off or on, for each connection the agent sent a request on since the last call. */
-    const upstreamNoDelay = () => requests.splice(0).filter((r) => r.socket?.remotePort === upstreamPort).map((r) => noDelayOf(r.socket!));
+    const upstreamNoDelay = () => sockets.splice(0).filter((s) => s.remotePort === upstreamPort).map(noDelayOf);
+    diagnostics.subscribe('undici:client:sendHeaders', onSendHeaders as (message: unknown) => void);
     diagnostics.subscribe('http.client.request.start', onStart as (message: unknown) => void);
     try {
       const plain = await hub();
@@ -142,6 +145,7 @@ describe('L7 passthrough', () => {
       expect(upstreamNoDelay()).toEqual([true]);
       upgraded.destroy();
     } finally {
+      diagnostics.unsubscribe('undici:client:sendHeaders', onSendHeaders as (message: unknown) => void);
       diagnostics.unsubscribe('http.client.request.start', onStart as (message: unknown) => void);
     }
   });

@@ -163,7 +163,7 @@ function writeHead(res: FrontendResponse, upstream: IncomingMessage): void {
     for (const name of HTTP1_ONLY) delete headers[name];
     res.writeHead(status, headers);
   } else res.writeHead(status, upstream.statusMessage, headers);
-  flushStreamedHead(upstream, res);
+  flushStreamedHead(upstream.headers['content-length'] === undefined, () => upstream.readableLength > 0, res);
 }
 
 /** An answer to write: status, one-line message, headers. */

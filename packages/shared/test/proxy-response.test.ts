@@ -1,19 +1,12 @@
 /**
- * onProxyResponse, the response hook of both L7 proxies: hop-by-hop headers
- * go, and the head of a streamed answer (no Content-Length) is flushed on its
- * own only when no body came in with it.
+ * How both L7 proxies pass an answer's head on: hop-by-hop headers go
+ * (dropHopByHop for a parsed head, relayedHeaderLines for raw lines), and the
+ * head of a streamed answer (no Content-Length) is flushed on its own only
+ * when no body came in with it (flushStreamedHead).
  */
-import type { IncomingMessage, ServerResponse } from 'node:http';
-import { PassThrough } from 'node:stream';
+import type { ServerResponse } from 'node:http';
 import { describe, expect, it } from 'vitest';
-import { onProxyResponse } from '../src/index.js';
-
-/** An upstream answer as http-proxy hands it over: a readable with headers; `body` arrives in the same read as the head. */
-function upstream(headers: Record<string, string>, body?: string): IncomingMessage {
-  const u = Object.assign(new PassThrough(), { headers: { ...headers } }) as unknown as IncomingMessage;
-  if (body !== undefined) (u as unknown as PassThrough).write(body);
-  return u;
-}
+import { dropHopByHop, flushStreamedHead, relayedHeaderLines } from '../src/index.js';
 
 /** The response toward the client: counts flushHeaders calls. */
 function response(): ServerResponse & { flushes: number } {
@@ -26,30 +19,55 @@ function response(): ServerResponse & { flushes: number } {
 
 const tick = () => new Promise<void>((resolve) => process.nextTick(resolve));
 
-describe('onProxyResponse', () => {
+describe('flushStreamedHead', () => {
   it('flushes the head of a streamed answer that came alone (a watch before its first event)', async () => {
     const res = response();
-    onProxyResponse(upstream({ 'transfer-encoding': 'chunked', connection: 'keep-alive' }), res);
+    flushStreamedHead(true, () => false, res);
     await tick();
     expect(res.flushes).toBe(1);
   });
 
   it('leaves the head of a streamed answer to go with the body bytes that came with it', async () => {
-    const u = upstream({ 'transfer-encoding': 'chunked' });
     const res = response();
-    onProxyResponse(u, res);
-    // The parser pushes the body of the same read right after the head's 'response' event.
-    (u as unknown as PassThrough).write('{"kind":"Pod"}');
+    let came = false;
+    flushStreamedHead(true, () => came, res);
+    // The parser hands over the body of the same read right after the head.
+    came = true;
     await tick();
     expect(res.flushes).toBe(0);
   });
 
-  it('never flushes an answer with a Content-Length, and drops hop-by-hop headers', async () => {
-    const u = upstream({ 'content-length': '2', connection: 'keep-alive, x-private', 'keep-alive': 'timeout=5', 'x-private': '1', te: 'trailers' }, 'ok');
+  it('never flushes an answer with a Content-Length', async () => {
     const res = response();
-    onProxyResponse(u, res);
+    flushStreamedHead(false, () => false, res);
     await tick();
     expect(res.flushes).toBe(0);
-    expect(u.headers).toEqual({ 'content-length': '2' });
+  });
+});
+
+describe('hop-by-hop headers of an answer', () => {
+  it('dropHopByHop removes them, and those Connection names, from a parsed head', () => {
+    const headers = { 'content-length': '2', connection: 'keep-alive, x-private, Content-Length', 'keep-alive': 'timeout=5', 'x-private': '1', te: 'trailers' };
+    dropHopByHop(headers);
+    expect(headers).toEqual({ 'content-length': '2' });
+  });
+
+  it('relayedHeaderLines keeps the other lines in order, case and bytes, repeated ones too', () => {
+    const raw = [
+      'Content-Type', 'application/json',
+      'Connection', 'keep-alive, X-Private',
+      'Set-Cookie', 'a=1',
+      'X-Private', 'secret',
+      'Transfer-Encoding', 'chunked',
+      'Keep-Alive', 'timeout=5',
+      'Set-Cookie', 'b=2',
+      'X-Name', 'caf\u00c3\u00a9',
+    ].map((s) => Buffer.from(s, 'latin1'));
+    expect(relayedHeaderLines(raw)).toEqual(['Content-Type', 'application/json', 'Set-Cookie', 'a=1', 'Set-Cookie', 'b=2', 'X-Name', 'caf\u00c3\u00a9']);
+  });
+
+  it('relayedHeaderLines keeps a framing header that Connection names', () => {
+    const raw = ['Connection', 'content-length', 'Content-Length', '2'].map((s) => Buffer.from(s));
+    expect(relayedHeaderLines(raw)).toEqual(['Content-Length', '2']);
   });
 });

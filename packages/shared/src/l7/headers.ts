@@ -1,4 +1,4 @@
-import type { IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
+import type { IncomingHttpHeaders, OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import { Http2ServerResponse } from 'node:http2';
 import type { Identity } from '../protocol/frame.js';
 
@@ -6,6 +6,14 @@ import type { Identity } from '../protocol/frame.js';
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'proxy-authenticate', 'te', 'trailer']);
 /** Framing headers: the proxy frames the body itself and keeps these consistent. */
 const FRAMING = new Set(['content-length', 'transfer-encoding', 'upgrade', 'host']);
+
+/** Adds the header names a Connection header's value lists (lower case) to `named`. */
+function addConnectionNames(named: Set<string>, value: string | number | string[]): void {
+  for (const part of (Array.isArray(value) ? value.join(',') : String(value)).split(',')) {
+    const name = part.trim().toLowerCase();
+    if (name) named.add(name);
+  }
+}
 
 /** True for a header a caller must never get through to a member apiserver. */
 export function isCallerCredential(name: string): boolean {
@@ -22,11 +30,7 @@ export function isCallerCredential(name: string): boolean {
  */
 export function stripCallerHeaders(headers: IncomingHttpHeaders | OutgoingHttpHeaders): OutgoingHttpHeaders {
   const named = new Set<string>();
-  for (const [k, v] of Object.entries(headers)) {
-    if (k.toLowerCase() !== 'connection' || v === undefined) continue;
-    for (const part of (Array.isArray(v) ? v.join(',') : String(v)).split(','))
-      if (part.trim()) named.add(part.trim().toLowerCase());
-  }
+  for (const [k, v] of Object.entries(headers)) if (k.toLowerCase() === 'connection' && v !== undefined) addConnectionNames(named, v);
   const out: OutgoingHttpHeaders = {};
   for (const [k, v] of Object.entries(headers)) {
     const n = k.toLowerCase();
@@ -89,11 +93,29 @@ export function impersonationHeaders(id: Identity): OutgoingHttpHeaders {
  * response in place: each hop decides its own keep-alive.
  */
 export function dropHopByHop(headers: IncomingHttpHeaders): void {
-  const named = String(headers.connection ?? '')
-    .split(',')
-    .map((s) => s.trim().toLowerCase())
-    .filter((n) => n && !FRAMING.has(n));
-  for (const n of [...HOP_BY_HOP, ...named]) delete headers[n];
+  const named = new Set<string>();
+  if (headers.connection !== undefined) addConnectionNames(named, headers.connection);
+  for (const n of [...HOP_BY_HOP, ...named]) if (!FRAMING.has(n)) delete headers[n];
+}
+
+/**
+ * A response's raw header lines (name, value, name, value, ...) as the next
+ * hop is sent them, in order and letter case: no hop-by-hop header, none
+ * that Connection names, and no Transfer-Encoding (each hop frames the body
+ * itself). Values stay the bytes they came as (Latin-1 strings, as Node
+ * reads and writes header values).
+ */
+export function relayedHeaderLines(raw: Buffer[]): string[] {
+  const lines = raw.map((b) => b.toString('latin1'));
+  const named = new Set<string>();
+  for (let i = 0; i + 1 < lines.length; i += 2) if (lines[i]!.toLowerCase() === 'connection') addConnectionNames(named, lines[i + 1]!);
+  const out: string[] = [];
+  for (let i = 0; i + 1 < lines.length; i += 2) {
+    const name = lines[i]!.toLowerCase();
+    if (HOP_BY_HOP.has(name) || name === 'transfer-encoding' || (named.has(name) && !FRAMING.has(name))) continue;
+    out.push(lines[i]!, lines[i + 1]!);
+  }
+  return out;
 }
 
 /**
@@ -103,19 +125,14 @@ export function dropHopByHop(headers: IncomingHttpHeaders): void {
  * read in one go, as most apiserver answers of a few KiB are), the head waits
  * for them instead: they are relayed next, so head and body leave in one
  * write rather than two at every hop. Call it once the head is set on `res`,
- * before the body is relayed.
+ * before the body is relayed; `bodyCame` tells, a tick later, whether body
+ * bytes came with the head.
  */
-export function flushStreamedHead(upstream: IncomingMessage, res: ServerResponse | Http2ServerResponse): void {
-  if (upstream.headers['content-length'] !== undefined) return;
+export function flushStreamedHead(streamed: boolean, bodyCame: () => boolean, res: ServerResponse | Http2ServerResponse): void {
+  if (!streamed) return;
   process.nextTick(() => {
-    if (upstream.readableLength > 0 || (res instanceof Http2ServerResponse ? res.stream.destroyed : res.destroyed)) return;
+    if (bodyCame() || (res instanceof Http2ServerResponse ? res.stream.destroyed : res.destroyed)) return;
     // Sends nothing when the head went already. Http2ServerResponse has it too; Node's types omit it.
     (res as ServerResponse).flushHeaders();
   });
-}
-
-/** Response hook for a proxy (http-proxy): drops hop-by-hop headers, and sends a streamed answer's head (flushStreamedHead). */
-export function onProxyResponse(upstream: IncomingMessage, res: ServerResponse): void {
-  dropHopByHop(upstream.headers);
-  flushStreamedHead(upstream, res);
 }

@@ -3,14 +3,13 @@ import net from 'node:net';
 import http from 'node:http';
 import https from 'node:https';
 import tls from 'node:tls';
-import { parse as parseUrl, type Url } from 'node:url';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
-import httpProxy from 'http-proxy';
+import { Pool, type Dispatcher } from 'undici';
 import type { Logger } from '../logging.js';
 import type { MuxStream } from '../mux/stream.js';
 import type { Identity } from '../protocol/frame.js';
-import { impersonationHeaders, onProxyResponse, stripCallerHeaders } from './headers.js';
+import { flushStreamedHead, impersonationHeaders, relayedHeaderLines, stripCallerHeaders } from './headers.js';
 import { identityProblem } from './identity.js';
 import { sendStatus, sendStatusRaw } from '../http/respond.js';
 import { relayUpgrade, upgradeRequestHeaders } from './upgrade.js';
@@ -69,11 +68,10 @@ interface ApiserverTls {
 }
 
 /**
- * TLS options toward the apiserver. The CA and client certificate go in a
- * secure context made once (clientContext): an https.Agent names its kept
- * connections by their TLS options (a PEM CA in them makes a name of
- * kilobytes, built and hashed on every request), and tls.connect would
- * otherwise parse them again for every connection.
+ * TLS options toward the apiserver, for the pool's connections and each
+ * upgrade's own. The CA and client certificate go in a secure context made
+ * once (clientContext): tls.connect would otherwise parse them again for
+ * every connection.
  */
 function tlsOptions(config: MemberHttpConfig): ApiserverTls {
   const t = config.tls ?? {};
@@ -98,36 +96,62 @@ function connectTls(connector: ApiserverConnector, options: ApiserverTls, done: 
 /**
  * No Nagle delay toward the apiserver: a request whose head and body (or
  * body and chunked terminator) leave in separate writes must not wait for
- * the apiserver's delayed ACK of the first. An https.Agent does not turn
- * it on by itself (its noDelay option is not applied to TLS connections).
- * Over a connector's stream that is not TCP it does nothing.
+ * the apiserver's delayed ACK of the first. The pool turns it off on the
+ * connections it makes; connections from a connector, and an upgrade's (Node's
+ * https.request does not), get it here. Over a connector's stream that is
+ * not TCP it does nothing.
  */
 function noDelay(socket: Duplex): void {
   (socket as Partial<net.Socket>).setNoDelay?.(true);
 }
 
-/** The https.Agent toward the apiserver's own address: its TCP connections without Nagle delay. */
-class ApiserverAgent extends https.Agent {
-  override createConnection(options: unknown, done?: (err: Error | null, socket: Duplex) => void): Duplex | undefined {
-    const socket = (https.Agent.prototype as unknown as { createConnection(o: unknown, d?: unknown): Duplex | undefined }).createConnection.call(this, options, done);
-    if (socket) noDelay(socket);
-    return socket;
-  }
-}
+/**
+ * Relays the apiserver's answer to one request as it comes: its head without
+ * hop-by-hop headers (a streamed answer's head at once, flushStreamedHead),
+ * then its body, read no faster than the caller takes it. A caller gone
+ * aborts the request; a failure before the head is answered by `failed`,
+ * after it cuts the answer short.
+ */
+class ResponseRelay implements Dispatcher.DispatchHandlers {
+  private bodyCame = false;
+  /** Aborts the request on its connection (the latest, if the pool sent it again on another). */
+  private abort?: (err?: Error) => void;
 
-/** An https.Agent whose connections come from a connector. */
-class ConnectorAgent extends https.Agent {
   constructor(
-    private readonly connector: ApiserverConnector,
-    private readonly tlsOpts: ApiserverTls,
-    options: https.AgentOptions,
+    private readonly res: ServerResponse,
+    private readonly failed: (err: Error) => void,
   ) {
-    super(options);
+    res.once('close', () => {
+      if (!res.writableEnded) this.abort?.();
+    });
   }
 
-  override createConnection(_options: unknown, done?: (err: Error | null, socket: Duplex) => void): Duplex | undefined {
-    connectTls(this.connector, this.tlsOpts, (err, socket) => done?.(err, socket));
-    return undefined;
+  onConnect(abort: (err?: Error) => void): void {
+    this.abort = abort;
+  }
+
+  onHeaders(status: number, raw: Buffer[], resume: () => void, statusText: string): boolean {
+    if (status < 200) return true; // informational: the final answer follows
+    const lines = relayedHeaderLines(raw);
+    this.res.writeHead(status, statusText, lines);
+    this.res.on('drain', resume);
+    const streamed = !lines.some((line, i) => i % 2 === 0 && line.toLowerCase() === 'content-length');
+    flushStreamedHead(streamed, () => this.bodyCame, this.res);
+    return true;
+  }
+
+  onData(chunk: Buffer): boolean {
+    this.bodyCame = true;
+    return this.res.write(chunk);
+  }
+
+  onComplete(): void {
+    this.res.end();
+  }
+
+  onError(err: Error): void {
+    if (this.res.headersSent) this.res.destroy();
+    else this.failed(err);
   }
 }
 
@@ -139,9 +163,10 @@ type Caller = { impersonation: http.OutgoingHttpHeaders } | { status: number; re
  * for one caller, whose identity came in the stream's OPEN. Every request
  * goes to the apiserver with the impersonator's own credentials and
  * impersonation headers for that identity; whatever credential or identity
- * header arrived is removed first (the hub removed them too). Responses
- * stream back as they arrive; upgrades (exec, attach, port-forward) are
- * relayed. The agent runs it next to its apiserver; the hub runs it for
+ * header arrived is removed first (the hub removed them too). Requests go
+ * on kept connections to the apiserver (an undici Pool) and answers stream
+ * back as they arrive; upgrades (exec, attach, port-forward) are relayed on
+ * a connection of their own. The agent runs it next to its apiserver; the hub runs it for
  * clusters served by ANP agents, which only dial TCP.
  */
 export class MemberHttp {
@@ -152,22 +177,26 @@ export class MemberHttp {
    * served. Worked out once per stream, as its OPEN named the caller once.
    */
   private readonly callers = new WeakMap<Duplex, Caller>();
-  private readonly proxy: httpProxy;
-  private readonly agent: https.Agent;
+  /** Kept connections to the apiserver, for every request but upgrades. */
+  private readonly pool: Pool;
   private readonly tls: ApiserverTls;
-  /** The apiserver as http-proxy takes a target, parsed once (given a string, it parses it on every request). */
-  private readonly target: Url;
+  private readonly keepAlive: boolean;
+  /** How a failure to reach the apiserver is answered (whose side could not). */
+  private readonly unreachable: string;
 
   constructor(private readonly config: MemberHttpConfig) {
     this.tls = tlsOptions(config);
-    this.target = parseUrl(config.apiserver.origin);
-    const agentOptions: https.AgentOptions = { keepAlive: config.keepAlive ?? true, maxFreeSockets: 64, ...this.tls };
-    this.agent = config.connect ? new ConnectorAgent(config.connect, this.tls, agentOptions) : new ApiserverAgent(agentOptions);
-    this.proxy = httpProxy.createProxyServer({});
-    this.proxy.on('proxyRes', (upstream: IncomingMessage, _req: IncomingMessage, res: ServerResponse) => onProxyResponse(upstream, res));
-    this.proxy.on('error', (err: Error, _req: IncomingMessage, res: ServerResponse | Duplex) => {
-      config.log.debug({ err: err.message }, 'apiserver request failed');
-      fail(res, 502, `${config.connect ? 'the hub' : 'agent'} could not reach the apiserver: ${err.message}`);
+    this.keepAlive = config.keepAlive ?? true;
+    this.unreachable = `${config.connect ? 'the hub' : 'agent'} could not reach the apiserver`;
+    const connect = config.connect;
+    this.pool = new Pool(config.apiserver.origin, {
+      // TLS over a connector's stream, else a TLS connection of the pool's own (which turns Nagle off).
+      connect: connect ? (_options, done) => connectTls(connect, this.tls, done as (err: Error | null, socket: Duplex) => void) : { ...this.tls },
+      // No time limit on an answer: a watch waits for events as long as the caller keeps it.
+      headersTimeout: 0,
+      bodyTimeout: 0,
+      keepAliveTimeout: 60_000,
+      keepAliveMaxTimeout: 600_000,
     });
     // Keep-alive: a stream carries one request after another (the hub keeps
     // streams for its caller's later requests). keepAliveTimeout 0 means no
@@ -221,8 +250,20 @@ export class MemberHttp {
   private onRequest(req: IncomingMessage, res: ServerResponse): void {
     const caller = this.callerOf(req);
     if ('reason' in caller) return sendStatus(res, caller.status, caller.reason);
-    req.headers = this.withImpersonation(req.headers, caller.impersonation) as http.IncomingHttpHeaders;
-    this.proxy.web(req, res, { target: this.target, agent: this.agent, secure: true, changeOrigin: false });
+    const headers = this.withImpersonation(req.headers, caller.impersonation);
+    // The pool frames the body itself (chunked unless Content-Length gives its
+    // length); an Upgrade header outside an upgrade, or an Expect this side's
+    // server answered already, is not for the apiserver.
+    delete headers['transfer-encoding'];
+    delete headers.upgrade;
+    delete headers.expect;
+    const length = req.headers['content-length'];
+    const body = req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0') ? req : null;
+    const options: Dispatcher.DispatchOptions = { path: req.url ?? '/', method: req.method as Dispatcher.HttpMethod, headers: headers as Record<string, string | string[]>, body, reset: !this.keepAlive };
+    this.pool.dispatch(options, new ResponseRelay(res, (err) => {
+      this.config.log.debug({ err: err.message }, 'apiserver request failed');
+      fail(res, 502, `${this.unreachable}: ${err.message}`);
+    }));
   }
 
   private onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
@@ -249,7 +290,6 @@ export class MemberHttp {
 
   close(): void {
     this.server.close();
-    this.agent.destroy();
-    this.proxy.close();
+    void this.pool.destroy().catch(() => {});
   }
 }
