@@ -8,6 +8,7 @@ import {
   identityProblem,
   dropHopByHop,
   flushStreamedHead,
+  http1HasBody,
   relayUpgrade,
   sendStatus,
   sendStatusRaw,
@@ -96,15 +97,9 @@ function isHttp2(req: FrontendRequest): req is Http2ServerRequest {
   return req instanceof Http2ServerRequest;
 }
 
-/**
- * True when a request has a body: HTTP/1.1 announces it (any
- * Transfer-Encoding, or a non-zero Content-Length); an HTTP/2 request has
- * one unless its HEADERS ended the stream.
- */
+/** True when a request has a body: an HTTP/2 request unless its HEADERS ended the stream, an HTTP/1.1 one as its head says (http1HasBody). */
 function hasBody(req: FrontendRequest): boolean {
-  if (isHttp2(req)) return !req.stream.endAfterHeaders;
-  const length = req.headers['content-length'];
-  return req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0');
+  return isHttp2(req) ? !req.stream.endAfterHeaders : http1HasBody(req.headers);
 }
 
 /** The client connection a request came on: its streams to members are kept with it (StreamPool). */

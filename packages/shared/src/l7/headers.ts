@@ -15,6 +15,12 @@ function addConnectionNames(named: Set<string>, value: string | number | string[
   }
 }
 
+/** True when the head of an HTTP/1.1 request announces a body: any Transfer-Encoding, or a Content-Length other than 0. */
+export function http1HasBody(headers: IncomingHttpHeaders): boolean {
+  const length = headers['content-length'];
+  return headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0');
+}
+
 /** True for a header a caller must never get through to a member apiserver. */
 export function isCallerCredential(name: string): boolean {
   const n = name.toLowerCase();

@@ -9,7 +9,7 @@ import { Pool, type Dispatcher } from 'undici';
 import type { Logger } from '../logging.js';
 import type { MuxStream } from '../mux/stream.js';
 import type { Identity } from '../protocol/frame.js';
-import { flushStreamedHead, impersonationHeaders, relayedHeaderLines, stripCallerHeaders } from './headers.js';
+import { flushStreamedHead, http1HasBody, impersonationHeaders, relayedHeaderLines, stripCallerHeaders } from './headers.js';
 import { identityProblem } from './identity.js';
 import { sendStatus, sendStatusRaw } from '../http/respond.js';
 import { relayUpgrade, upgradeRequestHeaders } from './upgrade.js';
@@ -257,8 +257,7 @@ export class MemberHttp {
     delete headers['transfer-encoding'];
     delete headers.upgrade;
     delete headers.expect;
-    const length = req.headers['content-length'];
-    const body = req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0') ? req : null;
+    const body = http1HasBody(req.headers) ? req : null;
     const options: Dispatcher.DispatchOptions = { path: req.url ?? '/', method: req.method as Dispatcher.HttpMethod, headers: headers as Record<string, string | string[]>, body, reset: !this.keepAlive };
     this.pool.dispatch(options, new ResponseRelay(res, (err) => {
       this.config.log.debug({ err: err.message }, 'apiserver request failed');
