@@ -166,8 +166,8 @@ type Caller = { impersonation: http.OutgoingHttpHeaders } | { status: number; re
  * header arrived is removed first (the hub removed them too). Requests go
  * on kept connections to the apiserver (an undici Pool) and answers stream
  * back as they arrive; upgrades (exec, attach, port-forward) are relayed on
- * a connection of their own. The agent runs it next to its apiserver; the hub runs it for
- * clusters served by ANP agents, which only dial TCP.
+ * a connection of their own. The agent runs it next to its apiserver; the
+ * hub runs it for clusters served by ANP agents, which only dial TCP.
  */
 export class MemberHttp {
   private readonly server: http.Server;
