@@ -261,7 +261,7 @@ export class MemberHttp {
     const options: Dispatcher.DispatchOptions = { path: req.url ?? '/', method: req.method as Dispatcher.HttpMethod, headers: headers as Record<string, string | string[]>, body, reset: !this.keepAlive };
     this.pool.dispatch(options, new ResponseRelay(res, (err) => {
       this.config.log.debug({ err: err.message }, 'apiserver request failed');
-      fail(res, 502, `${this.unreachable}: ${err.message}`);
+      sendStatus(res, 502, `${this.unreachable}: ${err.message}`);
     }));
   }
 
