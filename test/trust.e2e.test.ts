@@ -155,11 +155,11 @@ describe('a hostile hub cannot pass for a member apiserver', () => {
       });
 });
 
-/** openssl s_client against 127.0.0.1:port; whether the handshake succeeded, and the protocol and cipher. */
-async function sClient(port: number, args: string[]): Promise<{ ok: boolean; out: string }> {
+/** openssl s_client against 127.0.0.1:port, trusting `certs`' hub CA; whether the handshake succeeded, and the protocol and cipher. */
+async function sClient(certs: string, port: number, args: string[]): Promise<{ ok: boolean; out: string }> {
   const child = spawn(
     'openssl',
-    ['s_client', '-connect', `127.0.0.1:${port}`, '-servername', 'localhost', '-CAfile', path.join(certDir, 'ca.crt'), '-verify_return_error', ...args],
+    ['s_client', '-connect', `127.0.0.1:${port}`, '-servername', 'localhost', '-CAfile', path.join(certs, 'ca.crt'), '-verify_return_error', ...args],
     { stdio: ['ignore', 'pipe', 'pipe'] },
   );
   let out = '';
@@ -169,47 +169,69 @@ async function sClient(port: number, args: string[]): Promise<{ ok: boolean; out
   return { ok: code === 0 && /Verify return code: 0 \(ok\)/.test(out), out };
 }
 
-describe('TLS policy of every listener', () => {
+/**
+ * The certificate directory with the server certificate's key of `kind`:
+ * ECDSA as `certs init` writes it, or RSA 2048 as a user may bring (same hub
+ * CA and names). A suite of TLS 1.2 names the key it signs with, so each
+ * policy check needs both.
+ */
+function serverKeyDir(kind: 'ECDSA' | 'RSA'): string {
+  if (kind === 'ECDSA') return certDir;
+  const rsaDir = path.join(dir, 'certs-rsa-server');
+  fs.cpSync(certDir, rsaDir, { recursive: true });
+  const hubCA = { cert: fs.readFileSync(path.join(certDir, 'ca.crt'), 'utf8'), key: fs.readFileSync(path.join(certDir, 'ca.key'), 'utf8') };
+  const rsa = forgeCert(hubCA, { commonName: 'localhost', serial: '0c', eku: { serverAuth: true }, altNames: [{ type: 2, value: 'localhost' }, { type: 7, ip: '127.0.0.1' }] });
+  fs.writeFileSync(path.join(rsaDir, 'server.crt'), rsa.cert);
+  fs.writeFileSync(path.join(rsaDir, 'server.key'), rsa.key, { mode: 0o600 });
+  return rsaDir;
+}
+
+describe.each(['ECDSA', 'RSA'] as const)('TLS policy of every listener, server key %s', (kind) => {
   let server: ServerProc;
+  let certs: string;
   beforeAll(async () => {
-    server = await startServerProc(certDir, ['--token-file', path.join(dir, 'tokens.csv')]);
+    certs = serverKeyDir(kind);
+    server = await startServerProc(certs, ['--token-file', path.join(dir, 'tokens.csv')]);
   });
   afterAll(async () => {
     await server.proc.stop();
   });
 
-  const agentCert = () => ['-cert', path.join(certDir, 'agent-member-1.crt'), '-key', path.join(certDir, 'agent-member-1.key')];
+  const agentCert = () => ['-cert', path.join(certs, 'agent-member-1.crt'), '-key', path.join(certs, 'agent-member-1.key')];
   const listeners = [
     ['frontend', () => server.proxy],
     ['agent gateway', () => server.agent],
   ] as const;
+  /** CBC suites of both kinds, with ECDHE and without: the policy refuses them, whatever the server's key. */
+  const CBC = ['AES128-SHA', 'AES256-SHA256', 'ECDHE-RSA-AES128-SHA', 'ECDHE-RSA-AES256-SHA384', 'ECDHE-ECDSA-AES128-SHA', 'ECDHE-ECDSA-AES256-SHA384'];
 
-  it.each(listeners)('%s: static-RSA CBC, ECDHE with CBC, and TLS 1.1 are refused; TLS 1.3 and ECDHE-GCM on 1.2 are accepted', async (_name, port) => {
-    for (const cipher of ['AES128-SHA', 'AES256-SHA256', 'ECDHE-RSA-AES128-SHA', 'ECDHE-RSA-AES256-SHA384']) {
-      const r = await sClient(port(), ['-tls1_2', '-cipher', cipher, ...agentCert()]);
+  it.each(listeners)('%s: CBC suites (static RSA or ECDHE) and TLS 1.1 are refused; TLS 1.3 and ECDHE-GCM on 1.2 are accepted', async (_name, port) => {
+    for (const cipher of CBC) {
+      const r = await sClient(certs, port(), ['-tls1_2', '-cipher', cipher, ...agentCert()]);
       expect(r.ok, `${cipher} accepted:\n${r.out}`).toBe(false);
       expect(r.out).toMatch(/handshake failure|no cipher|alert/i);
     }
-    expect((await sClient(port(), ['-tls1_1', '-cipher', 'DEFAULT@SECLEVEL=0', ...agentCert()])).ok).toBe(false);
-    const v13 = await sClient(port(), ['-tls1_3', ...agentCert()]);
+    expect((await sClient(certs, port(), ['-tls1_1', '-cipher', 'DEFAULT@SECLEVEL=0', ...agentCert()])).ok).toBe(false);
+    const v13 = await sClient(certs, port(), ['-tls1_3', ...agentCert()]);
     expect(v13.ok, v13.out).toBe(true);
     expect(v13.out).toMatch(/New, TLSv1\.3, Cipher is TLS_AES_256_GCM_SHA384/);
-    const v12 = await sClient(port(), ['-tls1_2', '-cipher', 'ECDHE-RSA-AES128-GCM-SHA256', ...agentCert()]);
+    const v12 = await sClient(certs, port(), ['-tls1_2', '-cipher', `ECDHE-${kind}-AES128-GCM-SHA256`, ...agentCert()]);
     expect(v12.ok, v12.out).toBe(true);
-    expect(v12.out).toMatch(/Cipher is ECDHE-RSA-AES128-GCM-SHA256/);
+    expect(v12.out).toMatch(new RegExp(`Cipher is ECDHE-${kind}-AES128-GCM-SHA256`));
     // Offered everything, the server picks TLS 1.3.
-    expect((await sClient(port(), agentCert())).out).toMatch(/New, TLSv1\.3,/);
+    expect((await sClient(certs, port(), agentCert())).out).toMatch(/New, TLSv1\.3,/);
   });
 
   it('the policy survives a certificate reload', async () => {
     const reloaded = server.proc.count((l) => l.msg === 'TLS certificate, key and CA reloaded');
     const later = new Date(Date.now() + 5000);
-    fs.utimesSync(path.join(certDir, 'server.crt'), later, later);
+    fs.utimesSync(path.join(certs, 'server.crt'), later, later);
     let n = 0;
     await server.proc.waitFor((l) => l.msg === 'TLS certificate, key and CA reloaded' && ++n > reloaded, 'certificate reload');
     for (const [, port] of listeners) {
-      expect((await sClient(port(), ['-tls1_2', '-cipher', 'AES128-SHA', ...agentCert()])).ok).toBe(false);
-      expect((await sClient(port(), ['-tls1_3', ...agentCert()])).ok).toBe(true);
+      expect((await sClient(certs, port(), ['-tls1_2', '-cipher', `ECDHE-${kind}-AES128-SHA`, ...agentCert()])).ok).toBe(false);
+      expect((await sClient(certs, port(), ['-tls1_2', '-cipher', `ECDHE-${kind}-AES128-GCM-SHA256`, ...agentCert()])).ok).toBe(true);
+      expect((await sClient(certs, port(), ['-tls1_3', ...agentCert()])).ok).toBe(true);
     }
   });
 });

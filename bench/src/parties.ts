@@ -37,7 +37,7 @@ export interface Pki {
 
 /**
  * A CA, the server certificate (also the upstream's) and an agent
- * certificate per cluster, issued a few at a time (each is an RSA key).
+ * certificate per cluster, issued a few at a time (one `certs` process each).
  */
 export async function makeCerts(dir: string, clusters: string[]): Promise<Pki> {
   await cli('certs', 'init', '--dir', dir);

@@ -12,9 +12,10 @@ import { respondRaw, type Logger } from '@kubetunnel/shared';
  * registers somewhat faster, but not in proportion. What the limit bounds
  * is the handshake work queued in the event loop at once (at most twice the
  * limit, see HandshakeLimit), and with it the delay a storm adds to every
- * other connection: about 3 ms of server CPU per agent handshake (measured
- * on the 2-core benchmark machine: mutual TLS with RSA-2048 certificates and
- * one request) times 2 × 32 is about 0.2 s at worst there.
+ * other connection: 2–3 ms of server CPU per agent registration (measured
+ * on the 2-core benchmark machine: mutual TLS with the certificates `certs`
+ * issues, the upgrade and the registration; docs/benchmarks.md "Fleet
+ * scale") times 2 × 32 is about 0.2 s at worst there.
  */
 export function defaultMaxConcurrentHandshakes(): number {
   return Math.min(64, 16 * os.availableParallelism());

@@ -207,6 +207,18 @@ describe('certificates verified by Node TLS', () => {
     for (const f of ['ca', 'client-ca', 'server', 'agent-member-1', 'client-alice@example.com'])
       expect(openssl(['x509', '-noout', '-serial'], path.join(pki.dir, `${f}.crt`)).trim()).toMatch(/^serial=(0[1-9A-F]|[1-7][0-9A-F])[0-9A-F]{30}$/);
   });
+
+  it('openssl: leaf keys are ECDSA P-256 for signatures only, CA keys RSA 2048; each key belongs to its certificate', () => {
+    for (const f of ['server', 'agent-member-1', 'client-alice@example.com']) {
+      const text = openssl(['x509', '-noout', '-text'], path.join(pki.dir, `${f}.crt`));
+      expect(text, f).toMatch(/Public Key Algorithm: id-ecPublicKey\n *Public-Key: \(256 bit\)[\s\S]*NIST CURVE: P-256/);
+      expect(text, f).toMatch(/X509v3 Key Usage: critical\n *Digital Signature\n/);
+      expect(text, f).toMatch(/Signature Algorithm: sha256WithRSAEncryption/);
+      const keyPublic = openssl(['pkey', '-pubout'], path.join(pki.dir, `${f}.key`));
+      expect(openssl(['x509', '-noout', '-pubkey'], path.join(pki.dir, `${f}.crt`)), f).toBe(keyPublic);
+    }
+    for (const f of ['ca', 'client-ca']) expect(openssl(['x509', '-noout', '-text'], path.join(pki.dir, `${f}.crt`)), f).toMatch(/Public-Key: \(2048 bit\)/);
+  });
 });
 
 describe('certificate roles and the two CAs', () => {
