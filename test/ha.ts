@@ -29,12 +29,16 @@ export class HAProxy {
   private constructor(
     readonly child: ChildProcess,
     private readonly stderr: string[],
+    /** The runtime API's socket (HAProxy's "stats socket"). */
+    private readonly socket: string,
   ) {}
 
   static async start(dir: string, frontends: Array<{ name: string; port: number; checkPath: string; backends: Backend[] }>): Promise<HAProxy> {
+    const socket = path.join(dir, 'haproxy.sock');
     const lines = [
       'global',
       '  maxconn 4000',
+      `  stats socket ${socket} mode 600 level operator`,
       'defaults',
       '  mode tcp',
       '  timeout connect 2s',
@@ -55,7 +59,7 @@ export class HAProxy {
     const child = spawn('haproxy', ['-db', '-f', file], { stdio: ['ignore', 'ignore', 'pipe'] });
     const stderr: string[] = [];
     child.stderr!.setEncoding('utf8').on('data', (c: string) => stderr.push(c));
-    const h = new HAProxy(child, stderr);
+    const h = new HAProxy(child, stderr, socket);
     // Ready when every frontend accepts connections.
     for (const f of frontends) await h.waitListening(f.port);
     return h;
@@ -73,6 +77,33 @@ export class HAProxy {
       await new Promise((r) => setTimeout(r, 25));
     }
     throw new Error(`haproxy did not listen on ${port}: ${this.stderr.join('')}`);
+  }
+
+  /**
+   * Resolves once HAProxy routes new connections of `backend` to every one
+   * of its servers (each passed its health check: for kubetunnel's proxy
+   * port, the replica is ready), as a rolling update waits for readiness.
+   */
+  async waitAllUp(backend: string, withinMs = 30_000): Promise<void> {
+    const deadline = Date.now() + withinMs;
+    for (;;) {
+      // "show servers state": one line per server; the 6th field is its operational state, 2 = running.
+      const answer = await this.command(`show servers state ${backend}`);
+      const states = answer.split('\n').filter((l) => /^\d+ /.test(l)).map((l) => l.split(' ')[5]);
+      if (states.length > 0 && states.every((s) => s === '2')) return;
+      if (Date.now() > deadline) throw new Error(`${backend}: not every server up in HAProxy:\n${answer}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+
+  /** One command on the runtime API; resolves with the answer. */
+  private async command(line: string): Promise<string> {
+    const s = net.connect(this.socket);
+    s.end(`${line}\n`);
+    let answer = '';
+    s.setEncoding('utf8').on('data', (d: string) => (answer += d));
+    await once(s, 'close');
+    return answer;
   }
 
   async stop(): Promise<void> {

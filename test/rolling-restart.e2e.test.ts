@@ -92,6 +92,7 @@ beforeAll(async () => {
     for (let a = 0; a < AGENTS_PER_CLUSTER; a++) startAgent(cluster, a);
   }
   await waitForMesh(adminUrls(), expectedAgents());
+  await haproxy.waitAllUp('proxy-servers');
 });
 
 afterAll(async () => {
@@ -215,7 +216,9 @@ describe('restarts under load', () => {
         servers[i] = undefined;
         await startServer(i);
         await waitForMesh(adminUrls(), expectedAgents());
-        console.log(`server ${i} restarted; every agent is back on it`);
+        // As a rolling update does, the next replica stops once this one is ready.
+        await haproxy.waitAllUp('proxy-servers');
+        console.log(`server ${i} restarted, ready, and every agent is back on it`);
       }
       for (const [id, proc] of [...agents]) {
         const cluster = id.slice(0, id.lastIndexOf('-a'));
