@@ -15,28 +15,14 @@ Stdin: "drain" sends DRAIN; end of input closes the agent.
            [--identifiers host=...] [--resolve HOST:PORT=IP:PORT ...]
 """
 import argparse
-import importlib
 import json
-import os
 import queue
 import socket
 import sys
-import tempfile
 import threading
 
 import grpc
-from grpc_tools import protoc
-
-
-def compile_proto(proto):
-    out = tempfile.mkdtemp(prefix="anp-proto-")
-    include = os.path.join(os.path.dirname(protoc.__file__), "_proto")
-    if protoc.main(["protoc", "-I" + os.path.dirname(os.path.abspath(proto)), "-I" + include,
-                    "--python_out=" + out, "--grpc_python_out=" + out, os.path.basename(proto)]) != 0:
-        raise SystemExit("protoc failed on " + proto)
-    sys.path.insert(0, out)
-    name = os.path.splitext(os.path.basename(proto))[0]
-    return importlib.import_module(name + "_pb2"), importlib.import_module(name + "_pb2_grpc")
+from protos import compile_proto
 
 
 out_lock = threading.Lock()

@@ -1,39 +1,23 @@
 #!/usr/bin/python3
 """A Konnectivity client written against the upstream protocol with grpcio.
 
-Compiles the given .proto at run time (grpc_tools.protoc, into a temporary
-directory), then for each cluster opens one ProxyService.Proxy stream, dials
-"<cluster>:443", runs TLS inside the stream to the member apiserver and GETs
-/version. Prints one JSON line per cluster: the cluster, the HTTP status and
-the parsed body. It shares no code with kubetunnel.
+Compiles the given .proto at run time (protos.py), then for each cluster
+opens one ProxyService.Proxy stream, dials "<cluster>:443", runs TLS inside
+the stream to the member apiserver and GETs /version. Prints one JSON line
+per cluster: the cluster, the HTTP status and the parsed body. It shares no
+code with kubetunnel.
 
   proxy_client.py --proto FILE --target HOST:PORT|unix:PATH [--ca F --cert F --key F --server-name N]
                   --member-ca CLUSTER=FILE ... --token T CLUSTER ...
 """
 import argparse
-import importlib
 import json
-import os
 import queue
 import random
 import ssl
-import sys
-import tempfile
 
 import grpc
-from grpc_tools import protoc
-
-
-def compile_proto(proto):
-    out = tempfile.mkdtemp(prefix="anp-proto-")
-    include = os.path.join(os.path.dirname(protoc.__file__), "_proto")
-    args = ["protoc", "-I" + os.path.dirname(os.path.abspath(proto)), "-I" + include,
-            "--python_out=" + out, "--grpc_python_out=" + out, os.path.basename(proto)]
-    if protoc.main(args) != 0:
-        raise SystemExit("protoc failed on " + proto)
-    sys.path.insert(0, out)
-    name = os.path.splitext(os.path.basename(proto))[0]
-    return importlib.import_module(name + "_pb2"), importlib.import_module(name + "_pb2_grpc")
+from protos import compile_proto
 
 
 class Conn:
