@@ -72,6 +72,46 @@ class Windowed {
   }
 }
 
+/** The shortest time a rate is measured over (a storm's first registrations come close together). */
+const MIN_RATE_SPAN_MS = 100;
+/** Registration times kept for the rate; past it the oldest go (the rate is then at least this a second anyway). */
+const MAX_RATE_SAMPLES = 10_000;
+
+/**
+ * Events a second: those of the last WINDOW_MS, over the time since the
+ * first of them when that is shorter (at least MIN_RATE_SPAN_MS). A storm's
+ * rate is thus known within its first tenth of a second, not a window later:
+ * counted over a whole window, the first registrations of a storm read as a
+ * slow server, and the agents refused then were told to stay away for many
+ * times the time the server needed.
+ */
+export class RecentRate {
+  private readonly times: number[] = [];
+  private head = 0;
+
+  add(now: number): void {
+    this.trim(now);
+    if (this.times.length - this.head >= MAX_RATE_SAMPLES) this.head++;
+    this.times.push(now);
+  }
+
+  perSecond(now: number): number {
+    this.trim(now);
+    const n = this.times.length - this.head;
+    if (n === 0) return 0;
+    const span = Math.min(WINDOW_MS, Math.max(MIN_RATE_SPAN_MS, now - this.times[this.head]!));
+    return (n * 1000) / span;
+  }
+
+  private trim(now: number): void {
+    while (this.head < this.times.length && this.times[this.head]! <= now - WINDOW_MS) this.head++;
+    if (this.head > 1024 && this.head * 2 > this.times.length) {
+      this.times.splice(0, this.head);
+      this.head = 0;
+    }
+  }
+}
+
 /**
  * A bound on agent registrations in progress at once on the agent gateway,
  * against reconnect storms. The CPU of a registration is almost all in the
@@ -97,8 +137,8 @@ class Windowed {
  * So at most 2 × max handshakes are ever in the event loop's work at once.
  * Retry-After spreads the refused agents over the time the server needs for
  * them: the connections waiting plus the 503s of the last second, divided
- * by the registrations of the last second (at least `max` a second), in
- * seconds, from 1 to 30.
+ * by the rate of registrations lately (RecentRate; at least `max` a second),
+ * in seconds, from 1 to 30.
  */
 export class HandshakeLimit {
   private readonly conns = new Map<string, Conn>();
@@ -109,7 +149,7 @@ export class HandshakeLimit {
   /** Node's own connection listener: wraps an accepted socket in TLS and starts the handshake. */
   private readonly startTls: (raw: Socket) => void;
   private peak = 0;
-  private readonly done = new Windowed();
+  private readonly done = new RecentRate();
   private readonly refused = new Windowed();
   private readonly limited: client.Counter<'response'>;
   private readonly queuedTotal: client.Counter;
@@ -280,7 +320,7 @@ export class HandshakeLimit {
   /** Seconds for the agents refused lately to come back at the rate the server registers them. */
   private retryAfter(): number {
     const now = performance.now();
-    const rate = Math.max(this.done.rate(now), this.max);
+    const rate = Math.max(this.done.perSecond(now), this.max);
     return Math.min(MAX_RETRY_AFTER_S, Math.max(1, Math.ceil((this.queue.size + this.refused.rate(now) + 1) / rate)));
   }
 

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { credentialsFromAuthorization, indexTokens, lookupToken, parseTokenFile } from '../src/auth.js';
+import { RecentRate } from '../src/handshake-limit.js';
 import type { AgentTunnel, ClusterEntry } from '../src/registry.js';
 import { parseAuthority, resolveCluster, routeL7 } from '../src/routing/resolve.js';
 import { pickTunnel } from '../src/routing/tunnels.js';
@@ -181,5 +182,35 @@ describe('policy', () => {
     ['non-string', 'rules:\n  - users: [1]\n    clusters: [b]'],
   ])('rejects a policy with %s', (_what, text) => {
     expect(() => parsePolicy(text)).toThrow(/policy/);
+  });
+});
+
+describe('RecentRate (the registration rate behind Retry-After)', () => {
+  it('a storm\'s rate is known from its first tenth of a second, not a whole second later', () => {
+    const r = new RecentRate();
+    expect(r.perSecond(0)).toBe(0);
+    // 40 registrations in the first 100 ms of a storm: 400 a second.
+    for (let t = 1000; t < 1100; t += 2.5) r.add(t);
+    expect(r.perSecond(1100)).toBeCloseTo(400, 0);
+    // A steady 200 a second, counted over the last second.
+    const s = new RecentRate();
+    for (let t = 0; t < 3000; t += 5) s.add(t);
+    expect(s.perSecond(3000)).toBeCloseTo(200, 0);
+  });
+
+  it('one event reads as at most 10 a second; events a second old are forgotten', () => {
+    const r = new RecentRate();
+    r.add(500);
+    expect(r.perSecond(500)).toBe(10);
+    expect(r.perSecond(1499)).toBeCloseTo(1000 / 999, 3);
+    expect(r.perSecond(1500)).toBe(0);
+  });
+
+  it('keeps a bounded number of times', () => {
+    const r = new RecentRate();
+    for (let i = 0; i < 50_000; i++) r.add(1000 + i / 1000);
+    // 10,000 kept, the newest, over their span (10 ms, counted as 100).
+    expect(r.perSecond(1050)).toBe(100_000);
+    expect((r as unknown as { times: number[] }).times.length).toBeLessThanOrEqual(20_000);
   });
 });
