@@ -225,7 +225,7 @@ export function issueForKey(
       ),
       extensions: [
         { name: 'basicConstraints', cA: false, critical: true },
-        // Signatures only: an ECDSA key does no key encipherment.
+        // Signatures only: ECDHE needs no key encipherment, and an ECDSA key cannot do it.
         { name: 'keyUsage', digitalSignature: true, critical: true },
         {
           name: 'authorityKeyIdentifier',
