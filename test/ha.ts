@@ -96,9 +96,10 @@ export class HAProxy {
     }
   }
 
-  /** One command on the runtime API; resolves with the answer. */
+  /** One command on the runtime API; resolves with the answer (empty if the socket could not be reached). */
   private async command(line: string): Promise<string> {
     const s = net.connect(this.socket);
+    s.on('error', () => {});
     s.end(`${line}\n`);
     let answer = '';
     s.setEncoding('utf8').on('data', (d: string) => (answer += d));
