@@ -65,11 +65,12 @@ interface CertificateFields {
 /**
  * The certificate for `publicKey` (any key Node reads), signed by Node with
  * `signingKey` (a CA's RSA key, SHA-256) and checked with Node before it is
- * returned. forge builds the to-be-signed part, but its certificate objects
+ * returned: its signature, and that `issuer` (itself when undefined: a CA's
+ * own certificate) issued it. forge builds the to-be-signed part, but its certificate objects
  * hold RSA keys only: it is built around the signer's public key, whose place
  * `publicKey` then takes.
  */
-function signCertificate(f: CertificateFields, publicKey: KeyObject, signingKey: KeyObject): string {
+function signCertificate(f: CertificateFields, publicKey: KeyObject, signingKey: KeyObject, issuer?: X509Certificate): string {
   const signerPublic = createPublicKey(signingKey);
   const cert = forge.pki.createCertificate();
   cert.publicKey = forge.pki.publicKeyFromPem(signerPublic.export({ type: 'spki', format: 'pem' }).toString());
@@ -88,7 +89,8 @@ function signCertificate(f: CertificateFields, publicKey: KeyObject, signingKey:
   const signature = sign('sha256', toDer(tbs), signingKey);
   const certPem = pem('CERTIFICATE', toDer(asn1.create(asn1.Class.UNIVERSAL, asn1.Type.SEQUENCE, true, [tbs, algorithmIdentifier(OID.sha256WithRSA, true), bitString(signature)])));
   // What was made must verify with Node before anyone is given it.
-  if (!new X509Certificate(certPem).verify(signerPublic)) throw new Error('the issued certificate does not verify against its issuer');
+  const made = new X509Certificate(certPem);
+  if (!made.verify(signerPublic) || !made.checkIssued(issuer ?? made)) throw new Error('the issued certificate does not verify against its issuer');
   return certPem;
 }
 
@@ -186,6 +188,7 @@ export function namePermitted(name: string, permitted: string[]): boolean {
 /** A CA read to sign with: Node's key, forge's certificate (for its subject and key identifier); checked with Node first (a CA, an RSA key, and the key belongs to it). */
 interface Signer {
   key: KeyObject;
+  x509: X509Certificate;
   cert: forge.pki.Certificate;
 }
 
@@ -201,7 +204,7 @@ function loadSigner(ca: Pem): Signer {
   if (!x509.ca) throw new Error('the CA certificate is not a certificate authority (basicConstraints CA:FALSE)');
   if (!x509.checkPrivateKey(key)) throw new Error('the CA key does not belong to the CA certificate');
   if (key.asymmetricKeyType !== 'rsa') throw new Error(`the CA key is ${key.asymmetricKeyType ?? 'an unknown'} key; kubetunnel signs with RSA keys only`);
-  return { key, cert: forge.pki.certificateFromPem(ca.cert) };
+  return { key, x509, cert: forge.pki.certificateFromPem(ca.cert) };
 }
 
 /**
@@ -238,6 +241,7 @@ export function issueForKey(
     },
     o.publicKey,
     signer.key,
+    signer.x509,
   );
 }
 
