@@ -5,6 +5,7 @@
  *   direct          client -> upstream
  *   kubetunnel L7   client -> server frontend (/clusters/c1/..., bearer token) -> tunnel -> agent c1 -> upstream
  *   nginx chain     client -> nginx "hub" -> nginx "agent" -> upstream (bench/src/nginx.ts), TLS on every hop
+ *   node chain      client -> node "hub" -> node "agent" -> upstream (bench/src/l7relay.ts), the same in Node.js
  *
  * small: one client, sequential GET /version; load: `l7Clients` clients at
  * once for `l7Seconds`, requests/s, latency and the hub's and agent's CPU
@@ -17,7 +18,7 @@ import path from 'node:path';
 import { latRuns, type Lat, type LatRuns, type Summary } from './common.js';
 import type { L7Target } from './l7client.js';
 import { nginxAvailable, startNginxChain, type NginxChain } from './nginx.js';
-import { ROOT } from './parties.js';
+import { ROOT, startNodeL7Chain } from './parties.js';
 import { cpuOf, line, loadavg, peakOf, progress, rssOf, start, stop } from './procs.js';
 import type { Bench } from './scenarios.js';
 
@@ -86,6 +87,8 @@ export async function l7(b: Bench): Promise<L7Result> {
     { name: 'kubetunnel L7', target: { port: b.server.ports.proxy, prefix: '/clusters/c1', token: b.server.token, ca: b.pki.ca }, hub: b.server.proc, agent: b.agentC1 },
   ];
   if (chain) paths.push({ name: 'nginx chain', target: { port: chain.port, prefix: '', ca: b.pki.ca }, hub: chain.hub, agent: chain.agent });
+  const node = await startNodeL7Chain(b.pki, b.upstreamPort);
+  paths.push({ name: 'node chain', target: { port: node.port, prefix: '', ca: b.pki.ca }, hub: node.hub, agent: node.agent });
   const avg: Record<string, string> = {};
   try {
     avg.small = loadavg();
@@ -157,6 +160,6 @@ export async function l7(b: Bench): Promise<L7Result> {
       loadavg: avg,
     };
   } finally {
-    if (chain) await Promise.all([stop(chain.hub), stop(chain.agent)]);
+    await Promise.all([stop(node.hub), stop(node.agent), ...(chain ? [stop(chain.hub), stop(chain.agent)] : [])]);
   }
 }

@@ -69,6 +69,20 @@ export async function startRelay(pki: Pki, upstreamPort: number): Promise<Route>
   return { kind: 'proxy', proxyPort: front, cluster: 'upstream', token: 'none', hubCA: pki.ca };
 }
 
+/**
+ * The node chain of the L7 scenarios (bench/src/l7relay.ts): an "agent" and
+ * a "hub" process in series in front of the upstream.
+ */
+export async function startNodeL7Chain(pki: Pki, upstreamPort: number): Promise<{ hub: ChildProcess; agent: ChildProcess; port: number }> {
+  const one = async (next: number, what: string) => {
+    const proc = start(path.join(DIST, 'l7relay.js'), [pki.dir, String(next)]);
+    return { proc, port: (await line<{ port: number }>(proc, (o) => typeof o.port === 'number', what)).port };
+  };
+  const agent = await one(upstreamPort, 'node chain agent');
+  const hub = await one(agent.port, 'node chain hub');
+  return { hub: hub.proc, agent: agent.proc, port: hub.port };
+}
+
 export interface Server {
   proc: ChildProcess;
   ports: { proxy: number; agent: number; health: number; admin: number; grpc: number };

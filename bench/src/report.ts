@@ -152,6 +152,7 @@ export function renderL7(l7: L7Result, scale: Scale): string[] {
   const addedP99 = kt ? kt.p99.median - small.direct!.p99.median : NaN;
   const nginxRps = l7.load['nginx chain']?.rps;
   const ktRps = l7.load['kubetunnel L7']?.rps ?? NaN;
+  const nodeRps = l7.load['node chain']?.rps;
   const cpu = (x: number) => (Number.isFinite(x) ? f(x * 1000, 0) : '–');
   return [
     `**L7, small GETs**: ${scale.l7Small.toLocaleString('en')} sequential \`GET /version\` on one kept-alive HTTP/1.1 connection over TLS (load average at the start: ${l7.loadavg.small}).`,
@@ -165,9 +166,11 @@ export function renderL7(l7: L7Result, scale: Scale): string[] {
     ...Object.entries(l7.load).map(
       ([name, v]) =>
         `| ${name} | ${f(v.rps)} | ${f(v.p50, 2)} / ${f(v.p99, 2)} | ${cpu(v.cpuPer1000.hub)} / ${cpu(v.cpuPer1000.agent)} | ${f(v.cpuShare.hub, 2)} / ${f(v.cpuShare.agent, 2)} | ${
-          name === 'kubetunnel L7' && nginxRps ? `≥ 0.5 × nginx chain: ${met(ktRps >= 0.5 * nginxRps)} (${f(ktRps / nginxRps, 2)} ×)` : ''
+          name === 'kubetunnel L7' && nginxRps ? `≥ 0.5 × nginx chain: ${met(ktRps >= 0.5 * nginxRps)} (${f(ktRps / nginxRps, 2)} ×${nodeRps ? `; ${f(ktRps / nodeRps, 2)} × node chain` : ''})` : ''
         } |`,
     ),
+    '',
+    'The node chain (`bench/src/l7relay.ts`) is the reference for what two Node.js HTTP proxies in series can do here: Node\'s HTTPS server toward the client and an undici pool of kept TLS connections toward the next hop in each, nothing else (no authentication, header rewriting, audit, tunnel or multiplexing).',
     '',
     `**L7, LIST**: ${scale.l7ListRuns} × \`GET /api/v1/pods\` answering ${mib(l7.list.direct?.bytes ?? NaN)} of JSON on one connection; peak RSS is VmHWM, reset before the LISTs (load average at the start: ${l7.loadavg.list}).`,
     '',
