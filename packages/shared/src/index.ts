@@ -17,3 +17,5 @@ export * from './tls.js';
 export * from './l7/identity.js';
 export * from './net/guard.js';
 export * from './l7/member-http.js';
+export * from './l7/response-relay.js';
+export * from './l7/end-after-read.js';

@@ -5,11 +5,13 @@ import https from 'node:https';
 import tls from 'node:tls';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
-import { Pool, type Dispatcher } from 'undici';
+import { buildConnector, Pool, type Dispatcher } from 'undici';
 import type { Logger } from '../logging.js';
 import type { MuxStream } from '../mux/stream.js';
 import type { Identity } from '../protocol/frame.js';
-import { flushStreamedHead, http1HasBody, impersonationHeaders, relayedHeaderLines, stripCallerHeaders } from './headers.js';
+import { http1HasBody, impersonationHeaders, stripCallerHeaders } from './headers.js';
+import { ResponseRelay } from './response-relay.js';
+import { EndAfterRead } from './end-after-read.js';
 import { identityProblem } from './identity.js';
 import { sendStatus, sendStatusRaw } from '../http/respond.js';
 import { relayUpgrade, upgradeRequestHeaders } from './upgrade.js';
@@ -105,56 +107,6 @@ function noDelay(socket: Duplex): void {
   (socket as Partial<net.Socket>).setNoDelay?.(true);
 }
 
-/**
- * Relays the apiserver's answer to one request as it comes: its head without
- * hop-by-hop headers (a streamed answer's head at once, flushStreamedHead),
- * then its body, read no faster than the caller takes it. A caller gone
- * aborts the request; a failure before the head is answered by `failed`,
- * after it cuts the answer short.
- */
-class ResponseRelay implements Dispatcher.DispatchHandlers {
-  private bodyCame = false;
-  /** Aborts the request on its connection (the latest, if the pool sent it again on another). */
-  private abort?: (err?: Error) => void;
-
-  constructor(
-    private readonly res: ServerResponse,
-    private readonly failed: (err: Error) => void,
-  ) {
-    res.once('close', () => {
-      if (!res.writableEnded) this.abort?.();
-    });
-  }
-
-  onConnect(abort: (err?: Error) => void): void {
-    this.abort = abort;
-  }
-
-  onHeaders(status: number, raw: Buffer[], resume: () => void, statusText: string): boolean {
-    if (status < 200) return true; // informational: the final answer follows
-    const lines = relayedHeaderLines(raw);
-    this.res.writeHead(status, statusText, lines);
-    this.res.on('drain', resume);
-    const streamed = !lines.some((line, i) => i % 2 === 0 && line.toLowerCase() === 'content-length');
-    flushStreamedHead(streamed, () => this.bodyCame, this.res);
-    return true;
-  }
-
-  onData(chunk: Buffer): boolean {
-    this.bodyCame = true;
-    return this.res.write(chunk);
-  }
-
-  onComplete(): void {
-    this.res.end();
-  }
-
-  onError(err: Error): void {
-    if (this.res.headersSent) this.res.destroy();
-    else this.failed(err);
-  }
-}
-
 /** A stream's caller as its requests need it: the impersonation headers for it, or why it cannot be served. */
 type Caller = { impersonation: http.OutgoingHttpHeaders } | { status: number; reason: string };
 
@@ -189,9 +141,14 @@ export class MemberHttp {
     this.keepAlive = config.keepAlive ?? true;
     this.unreachable = `${config.connect ? 'the hub' : 'agent'} could not reach the apiserver`;
     const connect = config.connect;
+    // TLS over a connector's stream, else a TLS connection of undici's own (which turns Nagle off).
+    const tcp = connect ? undefined : buildConnector({ ...this.tls });
+    const open = (options: buildConnector.Options, done: (err: Error | null, socket: Duplex) => void) =>
+      connect ? connectTls(connect, this.tls, done) : tcp!(options, (err, socket) => done(err, socket as Duplex));
     this.pool = new Pool(config.apiserver.origin, {
-      // TLS over a connector's stream, else a TLS connection of the pool's own (which turns Nagle off).
-      connect: connect ? (_options, done) => connectTls(connect, this.tls, done as (err: Error | null, socket: Duplex) => void) : { ...this.tls },
+      // Every connection with its end held back until its last bytes are read (EndAfterRead).
+      connect: (options, done) =>
+        open(options, (err, socket) => (err ? done(err, null) : done(null, new EndAfterRead(socket) as unknown as net.Socket))),
       // No time limit on an answer: a watch waits for events as long as the caller keeps it.
       headersTimeout: 0,
       bodyTimeout: 0,
