@@ -9,14 +9,15 @@ import diagnostics from 'node:diagnostics_channel';
 import { once } from 'node:events';
 import fs from 'node:fs';
 import https from 'node:https';
-import type { AddressInfo, Socket } from 'node:net';
+import { Socket, type AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import tls from 'node:tls';
+import type { Duplex } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Agent } from '@kubetunnel/agent';
 import { startServer, type KubetunnelServer } from '@kubetunnel/server';
-import { createCA, issueAgentCert, issueServerCert, silentLogger } from '@kubetunnel/shared';
+import { createCA, EndAfterRead, issueAgentCert, issueServerCert, silentLogger } from '@kubetunnel/shared';
 import { noDelayOf, startRegisteredAgent, testAgentConfig, testServerConfig } from './fixtures.js';
 
 const hubCA = createCA();
@@ -124,7 +125,8 @@ describe('L7 passthrough', () => {
     // its kSetNoDelay field (false until setNoDelay(true)).
     const upstreamPort = (upstream.address() as AddressInfo).port;
     const sockets: Socket[] = [];
-    const onSendHeaders = ({ socket }: { socket: Socket }) => void sockets.push(socket);
+    // undici is given each connection wrapped (EndAfterRead); the hub's undici sends on tunnel streams, not sockets.
+    const onSendHeaders = ({ socket }: { socket: Duplex }) => void (socket instanceof EndAfterRead && socket.inner instanceof Socket && sockets.push(socket.inner));
     const onStart = ({ request }: { request: { socket: Socket | null } }) => void (request.socket && sockets.push(request.socket));
     /** Nagle off or on, for each connection the agent sent a request on since the last call. */
     const upstreamNoDelay = () => sockets.splice(0).filter((s) => s.remotePort === upstreamPort).map(noDelayOf);

@@ -1,7 +1,7 @@
 import type { EventEmitter } from 'node:events';
-import http from 'node:http';
-import type { Duplex } from 'node:stream';
-import type { Identity, MuxStream } from '@kubetunnel/shared';
+import type { Socket } from 'node:net';
+import { Client, type Dispatcher } from 'undici';
+import { EndAfterRead, type Identity, type MuxStream } from '@kubetunnel/shared';
 import type { DialResult } from './dial.js';
 import type { Refusal } from './refusal.js';
 import type { AgentTunnel } from './registry.js';
@@ -11,11 +11,12 @@ import type { AgentTunnel } from './registry.js';
  * one caller, and the agent acts for that caller on every request the stream
  * carries; so a stream is kept, after its answer, for later requests of the
  * same caller to the same cluster, and never for anyone else's. Streams are
- * kept per client connection: an http.Agent per (client connection, cluster,
- * identity) whose connections are tunnel streams. A caller's keep-alive
- * connection thus pays one OPEN for its first request only, and its streams
- * end when it does (the frontend's keep-alive timeout closes idle client
- * connections; an idle stream is closed sooner on its own timer).
+ * kept per client connection: a PooledStreams per (client connection,
+ * cluster, identity), each of its streams an undici Client that speaks
+ * HTTP/1.1 on it. A caller's keep-alive connection thus pays one OPEN for its
+ * first request only, and its streams end when it does (the frontend's
+ * keep-alive timeout closes idle client connections; an idle stream is
+ * closed sooner on its own timer).
  *
  * A kept stream is never handed out again once it failed, its agent closed
  * it or ended its half, or its tunnel stopped taking new streams (GOAWAY,
@@ -45,92 +46,178 @@ export class DialRefused extends Error {
 /** Opens a new `http` stream for one (cluster, identity). */
 export type StreamDialer = () => Promise<DialResult>;
 
-const noop = (): void => {};
+/** One request's use of a stream, for its audit line and for sending it again. */
+export interface StreamUse {
+  /** The stream was kept from an earlier request. */
+  readonly reused: boolean;
+  /** Bytes the stream carried each way since the request got it (0 before it is open). */
+  bytes(): { in: number; out: number };
+  /** Whether no byte of the request has gone into the tunnel yet. */
+  unsent(): boolean;
+}
+
+/** The origin undici is told for a stream: requests carry their own Host. */
+const ORIGIN = 'http://l7.kubetunnel.invalid';
+
+/** One tunnel stream and the undici Client that sends requests on it; it is dialed on the first request and never again. */
+class PooledStream {
+  readonly client: Client;
+  stream?: MuxStream;
+  tunnel?: AgentTunnel;
+  private dialed = false;
+
+  /** `onStream` takes a new stream into its pool, or refuses it (false). */
+  constructor(dial: StreamDialer, onStream: (s: PooledStream) => boolean) {
+    this.client = new Client(ORIGIN, {
+      connect: (_options, done) => {
+        // A stream that closed is not replaced: its requests fail, and the pool picks another stream.
+        if (this.dialed) return done(new Error('this tunnel stream is closed'), null);
+        this.dialed = true;
+        dial().then(
+          (result) => {
+            if (!result.ok) return done(new DialRefused(result.refusal), null);
+            this.stream = result.stream;
+            this.tunnel = result.tunnel;
+            // undici's types want a net.Socket; it reads and writes any Duplex.
+            if (onStream(this)) return done(null, new EndAfterRead(result.stream) as unknown as Socket);
+            result.stream.destroy();
+            done(new Error('the client connection is gone'), null);
+          },
+          (err: unknown) => done(err instanceof Error ? err : new Error(String(err)), null),
+        );
+      },
+      pipelining: 1,
+      // No time limit on an answer: a watch waits for events as long as the caller keeps it.
+      headersTimeout: 0,
+      bodyTimeout: 0,
+      // Idle streams are closed by the pool's own timer.
+      keepAliveTimeout: 2 ** 31 - 1,
+      keepAliveMaxTimeout: 2 ** 31 - 1,
+    });
+  }
+
+  /** Whether the stream may take another request: open both ways, its tunnel still taking streams. */
+  get healthy(): boolean {
+    const s = this.stream;
+    return s !== undefined && s.state === 'open' && !s.destroyed && s.writable && !s.readableEnded && this.tunnel?.session.usable === true;
+  }
+
+  destroy(): void {
+    this.stream?.destroy();
+    void this.client.destroy().catch(() => {});
+  }
+}
 
 /** The pooled streams of one client connection, cluster and identity. */
-export class PooledStreams extends http.Agent {
-  /** Idle streams and their idle timers. */
-  private readonly idle = new Map<Duplex, NodeJS.Timeout>();
-  /** The tunnel each stream runs on. */
-  private readonly tunnels = new WeakMap<Duplex, AgentTunnel>();
+export class PooledStreams {
+  /** Idle streams, the most recently used last, and their idle timers. */
+  private readonly idle = new Map<PooledStream, NodeJS.Timeout>();
+  /** Every stream of this key, idle or carrying a request. */
+  private readonly all = new Set<PooledStream>();
   private retired = false;
 
   constructor(
     private readonly pool: StreamPool,
     private readonly dial: StreamDialer,
-  ) {
-    super({ keepAlive: true, maxFreeSockets: pool.limits.freePerKey, scheduling: 'lifo' });
-  }
+  ) {}
 
-  override createConnection(_options: unknown, done?: (err: Error | null, socket: Duplex) => void): Duplex | undefined {
-    // A failed dial has no socket to hand back.
-    const fail = (err: Error): void => done?.(err, undefined as unknown as Duplex);
-    this.dial().then(
-      (result) => {
-        if (!result.ok) return fail(new DialRefused(result.refusal));
-        const { stream, tunnel } = result;
-        if (this.retired) {
-          stream.destroy();
-          return fail(new Error('the client connection is gone'));
-        }
-        this.tunnels.set(stream, tunnel);
-        // http.Agent refs and unrefs the sockets it keeps; a stream holds no
-        // handle of its own (its tunnel's socket keeps the process alive).
-        Object.assign(stream, { ref: noop, unref: noop });
-        // The agent ended its half while the stream was idle: it takes no more requests.
-        stream.on('end', () => {
-          if (this.idle.has(stream)) stream.destroy();
-        });
-        stream.once('close', () => this.unidle(stream));
-        done?.(null, stream);
+  /**
+   * Sends a request on the most recently used idle stream, or on a new one;
+   * the stream is kept or closed once its answer is in. `use` tells what the
+   * request's stream carried.
+   */
+  dispatch(options: Dispatcher.DispatchOptions, handler: Dispatcher.DispatchHandlers): StreamUse {
+    let kept: PooledStream | undefined;
+    for (const ps of this.idle.keys()) kept = ps;
+    const ps = kept ?? this.open();
+    if (kept) this.unidle(kept);
+    const at = { in: ps.stream?.bytesIn ?? 0, out: ps.stream?.bytesOut ?? 0 };
+    const done = () => this.release(ps);
+    ps.client.dispatch(options, {
+      ...bound(handler),
+      onComplete: (trailers) => {
+        handler.onComplete?.(trailers);
+        done();
       },
-      (err: unknown) => fail(err instanceof Error ? err : new Error(String(err))),
-    );
-    return undefined;
+      onError: (err) => {
+        this.discard(ps);
+        handler.onError?.(err);
+      },
+    });
+    return {
+      reused: kept !== undefined,
+      bytes: () => ({ in: (ps.stream?.bytesIn ?? 0) - at.in, out: (ps.stream?.bytesOut ?? 0) - at.out }),
+      unsent: () => (ps.stream?.bytesOut ?? 0) === at.out,
+    };
   }
 
-  /** Whether a stream may take another request: open both ways, its tunnel still taking streams. */
-  private healthy(stream: Duplex): boolean {
-    const s = stream as MuxStream;
-    return s.state === 'open' && !s.destroyed && s.writable && !s.readableEnded && this.tunnels.get(s)?.session.usable === true;
+  private open(): PooledStream {
+    const ps = new PooledStream(this.dial, (opened) => {
+      if (this.retired) return false;
+      // The agent ended its half while the stream was idle: it takes no more requests.
+      opened.stream!.on('end', () => {
+        if (this.idle.has(opened)) this.discard(opened);
+      });
+      opened.stream!.once('close', () => this.discard(opened));
+      return true;
+    });
+    this.all.add(ps);
+    return ps;
   }
 
-  /** After an answer: keep the stream idle (true), or have it destroyed. */
-  override keepSocketAlive(socket: Duplex): boolean {
-    if (this.retired || !this.healthy(socket) || !this.pool.takeIdle()) return false;
-    const timer = setTimeout(() => socket.destroy(), this.pool.limits.idleMs);
+  /** After an answer: the stream is kept idle, or closed. */
+  private release(ps: PooledStream): void {
+    if (this.retired || !ps.healthy || this.idle.size >= this.pool.limits.freePerKey || !this.pool.takeIdle()) return this.discard(ps);
+    const timer = setTimeout(() => this.discard(ps), this.pool.limits.idleMs);
     timer.unref();
-    this.idle.set(socket, timer);
-    return true;
-  }
-
-  override reuseSocket(socket: Duplex, req: http.ClientRequest): void {
-    this.unidle(socket);
-    (http.Agent.prototype as unknown as { reuseSocket(s: Duplex, r: http.ClientRequest): void }).reuseSocket.call(this, socket, req);
+    this.idle.set(ps, timer);
   }
 
   /** Destroys the idle streams that can take no more requests, so that the next request opens a fresh one. */
   prune(): void {
-    for (const stream of this.idle.keys()) if (!this.healthy(stream)) stream.destroy();
+    for (const ps of [...this.idle.keys()]) if (!ps.healthy) this.discard(ps);
   }
 
   /** Closes the idle streams and keeps none from now on; streams carrying a request finish it and close. */
   retire(): void {
     this.retired = true;
-    for (const stream of [...this.idle.keys()]) stream.destroy();
+    for (const ps of [...this.idle.keys()]) this.discard(ps);
+  }
+
+  /** Closes every stream, idle or not. */
+  destroy(): void {
+    this.retire();
+    for (const ps of [...this.all]) this.discard(ps);
   }
 
   get idleStreams(): number {
     return this.idle.size;
   }
 
-  private unidle(stream: Duplex): void {
-    const timer = this.idle.get(stream);
+  /** A stream that closed or failed: out of the pool, and closed with its Client. */
+  private discard(ps: PooledStream): void {
+    this.unidle(ps);
+    this.all.delete(ps);
+    ps.destroy();
+  }
+
+  private unidle(ps: PooledStream): void {
+    const timer = this.idle.get(ps);
     if (timer === undefined) return;
     clearTimeout(timer);
-    this.idle.delete(stream);
+    this.idle.delete(ps);
     this.pool.giveIdle();
   }
+}
+
+/** A handler's methods bound to it, to be passed on one by one. */
+function bound(h: Dispatcher.DispatchHandlers): Dispatcher.DispatchHandlers {
+  return {
+    onConnect: h.onConnect?.bind(h),
+    onHeaders: h.onHeaders?.bind(h),
+    onData: h.onData?.bind(h),
+    onUpgrade: h.onUpgrade?.bind(h),
+  };
 }
 
 /** The pools of every client connection of a frontend. */
@@ -146,28 +233,28 @@ export class StreamPool {
    * `connection` (they close with it: an HTTP/1.1 socket or an HTTP/2
    * session, either emits 'close'); `dial` opens a new one.
    */
-  agentFor(connection: EventEmitter, cluster: string, identity: Identity, dial: StreamDialer): PooledStreams {
-    let agents = this.byConnection.get(connection);
-    if (!agents) {
-      agents = new Map();
-      this.byConnection.set(connection, agents);
+  streamsFor(connection: EventEmitter, cluster: string, identity: Identity, dial: StreamDialer): PooledStreams {
+    let keys = this.byConnection.get(connection);
+    if (!keys) {
+      keys = new Map();
+      this.byConnection.set(connection, keys);
       connection.once('close', () => this.drop(connection));
     }
     const key = `${cluster}\n${identityKey(identity)}`;
-    let agent = agents.get(key);
-    if (agent) agents.delete(key); // re-inserted below: the Map's order is the order of use
+    let streams = keys.get(key);
+    if (streams) keys.delete(key); // re-inserted below: the Map's order is the order of use
     else {
-      agent = new PooledStreams(this, dial);
-      if (this.closed) agent.retire();
+      streams = new PooledStreams(this, dial);
+      if (this.closed) streams.retire();
     }
-    agents.set(key, agent);
-    if (agents.size > this.limits.keysPerConnection) {
-      const [oldest, lru] = agents.entries().next().value as [string, PooledStreams];
-      agents.delete(oldest);
+    keys.set(key, streams);
+    if (keys.size > this.limits.keysPerConnection) {
+      const [oldest, lru] = keys.entries().next().value as [string, PooledStreams];
+      keys.delete(oldest);
       lru.retire();
     }
-    agent.prune();
-    return agent;
+    streams.prune();
+    return streams;
   }
 
   /** Counts one more idle stream; false when the frontend keeps as many as it may. */
@@ -193,12 +280,9 @@ export class StreamPool {
   }
 
   private drop(connection: EventEmitter): void {
-    const agents = this.byConnection.get(connection);
+    const keys = this.byConnection.get(connection);
     this.byConnection.delete(connection);
-    for (const agent of agents?.values() ?? []) {
-      agent.retire();
-      agent.destroy();
-    }
+    for (const streams of keys?.values() ?? []) streams.destroy();
   }
 }
 

@@ -2,13 +2,13 @@ import type { EventEmitter } from 'node:events';
 import http from 'node:http';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Http2ServerRequest, Http2ServerResponse } from 'node:http2';
+import type { Dispatcher } from 'undici';
 import type { Duplex } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
 import {
   identityProblem,
-  dropHopByHop,
-  flushStreamedHead,
   http1HasBody,
+  ResponseRelay,
   relayUpgrade,
   sendStatus,
   sendStatusRaw,
@@ -22,7 +22,7 @@ import { authenticate } from './auth.js';
 import type { FrontendDeps } from './deps.js';
 import { dialCluster, type DialResult } from './dial.js';
 import { connectOnly, type FrontendRequest, type FrontendResponse, type HttpHandlers } from './frontend.js';
-import { DialRefused, StreamPool, type StreamPoolLimits } from './l7-pool.js';
+import { DialRefused, StreamPool, type StreamPoolLimits, type StreamUse } from './l7-pool.js';
 import { httpAnswer, refusal, refused, type Outcome, type Refusal } from './refusal.js';
 import { routeL7Request } from './routing/resolve.js';
 import { l7Request } from './routing/target.js';
@@ -115,50 +115,23 @@ function responseGone(res: FrontendResponse): boolean {
 /** Tries of one request on kept streams: a request is sent again at most this often in all. */
 const MAX_TRIES = 3;
 
-/** One request's use of a stream: which, whether it was kept from an earlier request, the bytes it carried. */
+/** One request's way through the pool: its tries, the bytes of those that are over, the stream of the latest. */
 interface Attempt {
   tries: number;
-  stream?: MuxStream;
-  reused?: boolean;
-  /** The stream's bytesOut when this request got it. */
-  sentBefore?: number;
+  use?: StreamUse;
   bytesIn: number;
   bytesOut: number;
-  /** Adds the bytes since the request got the stream to bytesIn/bytesOut (once). */
-  settle?: () => void;
   /** The dial was refused: answered and audited already. */
   refused: boolean;
 }
 
-/** Notes which stream a request got, and counts the bytes it carries on it until its answer is in. */
-function track(attempt: Attempt, out: http.ClientRequest, stream: MuxStream): void {
-  const inBefore = stream.bytesIn;
-  const outBefore = stream.bytesOut;
-  Object.assign(attempt, { stream, reused: out.reusedSocket, sentBefore: outBefore });
-  attempt.settle = () => {
-    attempt.settle = undefined;
-    attempt.bytesIn += stream.bytesIn - inBefore;
-    attempt.bytesOut += stream.bytesOut - outBefore;
-  };
-}
-
-/** Headers HTTP/2 forbids in a response (RFC 9113 section 8.2.2): HTTP/1.1's framing and connection. */
-const HTTP1_ONLY = ['transfer-encoding', 'upgrade', 'http2-settings'];
-
-/**
- * Writes the head of the member's answer: no hop-by-hop headers (nor, to an
- * HTTP/2 caller, HTTP/1.1's framing or reason phrase); a streamed answer's
- * head goes at once (flushStreamedHead).
- */
-function writeHead(res: FrontendResponse, upstream: IncomingMessage): void {
-  const headers = upstream.headers;
-  dropHopByHop(headers);
-  const status = upstream.statusCode ?? 502;
-  if (res instanceof Http2ServerResponse) {
-    for (const name of HTTP1_ONLY) delete headers[name];
-    res.writeHead(status, headers);
-  } else res.writeHead(status, upstream.statusMessage, headers);
-  flushStreamedHead(upstream.headers['content-length'] === undefined, () => upstream.readableLength > 0, res);
+/** Adds the bytes of the latest try to the request's (once). */
+function settle(attempt: Attempt): void {
+  const b = attempt.use?.bytes();
+  attempt.use = undefined;
+  if (!b) return;
+  attempt.bytesIn += b.in;
+  attempt.bytesOut += b.out;
 }
 
 /** An answer to write: status, one-line message, headers. */
@@ -214,55 +187,57 @@ class L7Frontend {
     }
     const attempt: Attempt = { tries: 0, bytesIn: 0, bytesOut: 0, refused: false };
     res.once('close', () => {
-      attempt.settle?.();
+      settle(attempt);
       if (!attempt.refused) this.audit(p, req, res.statusCode, attempt, started);
     });
-    this.forward(p, req, res, attempt, started);
+    const streams = this.pool.streamsFor(connectionOf(req), p.route.cluster, p.identity, () => this.dial(p));
+    const relay = new ResponseRelay(res, (err) => this.failed(err, p, req, res, send, attempt, started), () => settle(attempt));
+    const options = this.requestOptions(p, req);
+    // The request on a pooled stream; sent again (see failed) with the same relay and options.
+    const send = (): void => {
+      attempt.tries += 1;
+      attempt.use = streams.dispatch(options, relay);
+    };
+    send();
   }
 
   /**
-   * Sends the request on a pooled stream and relays the answer: its head,
-   * then its body as it comes; an answer cut short on the member's side is
-   * cut short for the caller too, and a caller gone ends the request on the
-   * stream. A kept stream that fails before any byte of the request went
-   * into the tunnel (it died while idle) is replaced by another, for a
-   * request without a body; otherwise a failure is a 502.
+   * The request as undici sends it on the stream: the member's headers (the
+   * stream frames the body itself, chunked unless Content-Length gives its
+   * length; an Upgrade header outside an upgrade, or an Expect the frontend
+   * answered already, is not for the member) and the body, streamed as it
+   * comes.
    */
-  private forward(p: Prepared, req: FrontendRequest, res: FrontendResponse, attempt: Attempt, started: number): void {
-    attempt.tries += 1;
-    const agent = this.pool.agentFor(connectionOf(req), p.route.cluster, p.identity, () => this.dial(p));
-    const out = http.request({ method: req.method, path: p.route.path, headers: p.headers, agent, setHost: false });
-    out.once('socket', (stream) => track(attempt, out, stream as unknown as MuxStream));
-    out.on('error', (err) => this.failed(err, p, req, res, attempt, started));
-    out.once('response', (upstream: IncomingMessage) => {
-      const cut = () => {
-        if (!upstream.complete) res.destroy();
-      };
-      upstream.on('error', cut).once('close', cut);
-      // The answer is in: what comes later on the stream belongs to the next request.
-      upstream.once('end', () => attempt.settle?.());
-      writeHead(res, upstream);
-      upstream.pipe(res as NodeJS.WritableStream);
-    });
-    res.once('close', () => {
-      if (!res.writableEnded) out.destroy();
-    });
-    if (hasBody(req)) req.pipe(out);
-    else out.end();
+  private requestOptions(p: Prepared, req: FrontendRequest): Dispatcher.DispatchOptions {
+    const headers = { ...p.headers };
+    delete headers['transfer-encoding'];
+    delete headers.upgrade;
+    delete headers.expect;
+    return {
+      path: p.route.path,
+      method: req.method as Dispatcher.HttpMethod,
+      headers: headers as Record<string, string | string[]>,
+      body: hasBody(req) ? req : null,
+    };
   }
 
-  /** The request failed on its stream: sent again (see forward), or answered. */
-  private failed(err: Error, p: Prepared, req: FrontendRequest, res: FrontendResponse, attempt: Attempt, started: number): void {
-    attempt.settle?.();
+  /**
+   * The request failed before its answer's head (after it, ResponseRelay cut
+   * the answer short). A kept stream that failed before any byte of the
+   * request went into the tunnel (it died while idle) is replaced by
+   * another, for a request without a body; otherwise a failure is a 502.
+   */
+  private failed(err: Error, p: Prepared, req: FrontendRequest, res: FrontendResponse, send: () => void, attempt: Attempt, started: number): void {
+    const use = attempt.use;
+    settle(attempt);
     if (err instanceof DialRefused) {
       attempt.refused = true;
       return this.answerRefusal(p, req, err.refusal, started, (a) => sendStatus(res, a.status, a.message, a.headers));
     }
     if (responseGone(res) || res.headersSent) return void res.destroy();
-    const unsent = attempt.reused === true && attempt.sentBefore === attempt.stream?.bytesOut;
-    if (unsent && !hasBody(req) && attempt.tries < MAX_TRIES) {
+    if (use?.reused === true && use.unsent() && !hasBody(req) && attempt.tries < MAX_TRIES) {
       this.deps.log.debug({ err: err.message }, 'kept L7 stream failed before the request was sent: sending it on another');
-      return this.forward(p, req, res, attempt, started);
+      return send();
     }
     this.deps.log.debug({ err: err.message }, 'L7 proxy error');
     sendStatus(res, 502, `tunnel to the member cluster failed: ${err.message}`);

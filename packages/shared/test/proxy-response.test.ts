@@ -1,12 +1,12 @@
 /**
  * How both L7 proxies pass an answer's head on: hop-by-hop headers go
- * (dropHopByHop for a parsed head, relayedHeaderLines for raw lines), and the
+ * (relayedHeaderLines, on the raw lines undici gives), and the
  * head of a streamed answer (no Content-Length) is flushed on its own only
  * when no body came in with it (flushStreamedHead).
  */
 import type { ServerResponse } from 'node:http';
 import { describe, expect, it } from 'vitest';
-import { dropHopByHop, flushStreamedHead, relayedHeaderLines } from '../src/index.js';
+import { flushStreamedHead, relayedHeaderLines } from '../src/index.js';
 
 /** The response toward the client: counts flushHeaders calls. */
 function response(): ServerResponse & { flushes: number } {
@@ -46,12 +46,6 @@ describe('flushStreamedHead', () => {
 });
 
 describe('hop-by-hop headers of an answer', () => {
-  it('dropHopByHop removes them, and those Connection names, from a parsed head', () => {
-    const headers = { 'content-length': '2', connection: 'keep-alive, x-private, Content-Length', 'keep-alive': 'timeout=5', 'x-private': '1', te: 'trailers' };
-    dropHopByHop(headers);
-    expect(headers).toEqual({ 'content-length': '2' });
-  });
-
   it('relayedHeaderLines keeps the other lines in order, case and bytes, repeated ones too', () => {
     const raw = [
       'Content-Type', 'application/json',

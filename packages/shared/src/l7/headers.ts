@@ -95,16 +95,6 @@ export function impersonationHeaders(id: Identity): OutgoingHttpHeaders {
 }
 
 /**
- * Removes hop-by-hop headers (and those a Connection header names) from a
- * response in place: each hop decides its own keep-alive.
- */
-export function dropHopByHop(headers: IncomingHttpHeaders): void {
-  const named = new Set<string>();
-  if (headers.connection !== undefined) addConnectionNames(named, headers.connection);
-  for (const n of [...HOP_BY_HOP, ...named]) if (!FRAMING.has(n)) delete headers[n];
-}
-
-/**
  * A response's raw header lines (name, value, name, value, ...) as the next
  * hop is sent them, in order and letter case: no hop-by-hop header, none
  * that Connection names, and no Transfer-Encoding (each hop frames the body
