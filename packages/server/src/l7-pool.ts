@@ -132,18 +132,7 @@ export class PooledStreams {
     const ps = kept ?? this.open();
     if (kept) this.unidle(kept);
     const at = { in: ps.stream?.bytesIn ?? 0, out: ps.stream?.bytesOut ?? 0 };
-    const done = () => this.release(ps);
-    ps.client.dispatch(options, {
-      ...bound(handler),
-      onComplete: (trailers) => {
-        handler.onComplete?.(trailers);
-        done();
-      },
-      onError: (err) => {
-        this.discard(ps);
-        handler.onError?.(err);
-      },
-    });
+    ps.client.dispatch(options, new Returning(handler, (ok) => (ok ? this.release(ps) : this.discard(ps))));
     return {
       reused: kept !== undefined,
       bytes: () => ({ in: (ps.stream?.bytesIn ?? 0) - at.in, out: (ps.stream?.bytesOut ?? 0) - at.out }),
@@ -210,14 +199,34 @@ export class PooledStreams {
   }
 }
 
-/** A handler's methods bound to it, to be passed on one by one. */
-function bound(h: Dispatcher.DispatchHandlers): Dispatcher.DispatchHandlers {
-  return {
-    onConnect: h.onConnect?.bind(h),
-    onHeaders: h.onHeaders?.bind(h),
-    onData: h.onData?.bind(h),
-    onUpgrade: h.onUpgrade?.bind(h),
-  };
+/** A request's handler that gives its stream back once the answer is in (true), or has it dropped when the request failed (false). */
+class Returning implements Dispatcher.DispatchHandlers {
+  constructor(
+    private readonly handler: Dispatcher.DispatchHandlers,
+    private readonly done: (ok: boolean) => void,
+  ) {}
+
+  onConnect(abort: (err?: Error) => void): void {
+    this.handler.onConnect?.(abort);
+  }
+
+  onHeaders(status: number, headers: Buffer[], resume: () => void, statusText: string): boolean {
+    return this.handler.onHeaders?.(status, headers, resume, statusText) ?? true;
+  }
+
+  onData(chunk: Buffer): boolean {
+    return this.handler.onData?.(chunk) ?? true;
+  }
+
+  onComplete(trailers: string[] | null): void {
+    this.handler.onComplete?.(trailers);
+    this.done(true);
+  }
+
+  onError(err: Error): void {
+    this.done(false);
+    this.handler.onError?.(err);
+  }
 }
 
 /** The pools of every client connection of a frontend. */
