@@ -123,8 +123,8 @@ export class PooledStreams {
 
   /**
    * Sends a request on the most recently used idle stream, or on a new one;
-   * the stream is kept or closed once its answer is in. `use` tells what the
-   * request's stream carried.
+   * the stream is kept or closed once its answer is in. What is returned
+   * tells what the request's stream carried.
    */
   dispatch(options: Dispatcher.DispatchOptions, handler: Dispatcher.DispatchHandlers): StreamUse {
     let kept: PooledStream | undefined;
