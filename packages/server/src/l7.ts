@@ -1,10 +1,10 @@
 import type { EventEmitter } from 'node:events';
 import http from 'node:http';
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { IncomingMessage } from 'node:http';
 import { Http2ServerRequest, Http2ServerResponse } from 'node:http2';
-import type { Dispatcher } from 'undici';
 import type { Duplex } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
+import type { Dispatcher } from 'undici';
 import {
   identityProblem,
   http1HasBody,
