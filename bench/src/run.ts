@@ -8,7 +8,8 @@
  *   node relay  client -> front (TLS, CONNECT) -> back (TLS) -> upstream: the same hops, nothing else (relay.ts)
  *
  * and, in the L7 scenario (l7.ts), HTTP requests over direct, kubetunnel L7
- * (/clusters/<name>/...) and two nginx in series (nginx.ts); in the watch
+ * (/clusters/<name>/...), two nginx in series (nginx.ts) and two bare Node.js
+ * proxies in series (l7relay.ts); in the watch
  * fan-out (watch.ts), one controller's watches on many clusters through L7
  * over HTTP/1.1 and HTTP/2.
  *
@@ -117,7 +118,7 @@ async function main(): Promise<boolean> {
     ['slowReader', `slow reader: ${scale.slowBytes >> 20} MiB of a 1 GiB download at ${scale.slowRate >> 20} MiB/s, small GETs beside it`, scenario.slowReader],
     ['manyAgents', `many agents: ${scale.agents} agent sessions in ${scale.agentProcesses} processes`, scenario.manyAgents],
     ['manyStreams', `many streams: ${scale.streams} open CONNECT streams across ${scale.streamClusters} clusters`, scenario.manyStreams],
-    ['l7', `L7: ${scale.l7Small} small GETs, ${scale.l7Clients} clients for ${scale.l7Seconds} s, ${scale.l7ListRuns} LISTs of ${scale.l7ListBytes >> 20} MiB over direct, kubetunnel L7, nginx chain`, l7],
+    ['l7', `L7: ${scale.l7Small} small GETs, ${scale.l7Clients} clients for ${scale.l7Seconds} s, ${scale.l7ListRuns} LISTs of ${scale.l7ListBytes >> 20} MiB over direct, kubetunnel L7, nginx chain, node chain`, l7],
     ['watch', `watch fan-out: ${scale.watchClusters} clusters × ${scale.watchesPerCluster} watches, ${scale.watchRate} events/s for ${scale.watchSeconds} s, HTTP/1.1 and HTTP/2`, watch],
   ];
   const results: Record<string, unknown> = {};
