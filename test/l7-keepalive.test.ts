@@ -2,7 +2,8 @@
  * Keep-alive over the tunnel: L7 requests of one client connection reuse the
  * tunnel streams of their caller and cluster instead of opening one each; a
  * stream carries the requests of one identity only; a kept stream that died
- * is never used again. Server, agent and stand-in apiserver run in this
+ * is never used again; an answer its caller reads slowly waits in the
+ * tunnel (the stream's window), not at the hub. Server, agent and stand-in apiserver run in this
  * process; requests are raw HTTP/1.1 over one TLS connection to the hub.
  */
 import { once } from 'node:events';
@@ -152,6 +153,61 @@ describe('L7 keep-alive over the tunnel', () => {
     await client.close();
     // The client went: its streams close with it.
     await expectIdle(server, member.agent);
+  });
+});
+
+/** Resolves once `condition` holds, checked every few ms; fails after 10 s. */
+async function until(condition: () => boolean, what: string): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`${what}: not within 10 s`);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+}
+
+describe('an answer the caller reads slower than it comes', () => {
+  it('waits in the tunnel, not at the hub, and then arrives whole', async () => {
+    const size = 32 * 2 ** 20;
+    const socket = tls.connect({ host: '127.0.0.1', port: server.addresses.proxy.port, ca: member.hubCA.cert, servername: 'localhost' });
+    await once(socket, 'secureConnect');
+    await countingOpens(async (streams) => {
+      const first = new Promise<Buffer>((resolve) =>
+        socket.once('data', (d: Buffer) => {
+          socket.pause();
+          resolve(d);
+        }),
+      );
+      socket.write(`GET /clusters/member-1/standin/bytes/${size} HTTP/1.1\r\nHost: hub\r\nAuthorization: Bearer alice-token\r\n\r\n`);
+      const head = await first;
+      expect(head.toString('latin1')).toMatch(/^HTTP\/1\.1 200 /);
+      const stream = streams[0]!;
+      // The caller reads nothing more: the hub stops taking the answer off its stream, and the agent uses up the stream's window.
+      await until(() => stream.recvCredit === 0, 'the stream window used up');
+      expect(stream.readableLength).toBeLessThanOrEqual(stream.window);
+      // What left the stand-in by then: the window, and what the sockets between hub and caller hold; far from the whole answer.
+      expect(stream.bytesIn).toBeLessThan(size / 2);
+      // The caller reads on: every byte arrives, in order (byte i is i mod 251).
+      const bodyStart = head.indexOf('\r\n\r\n') + 4;
+      let at = 0;
+      let wrong = 0;
+      const take = (chunk: Buffer) => {
+        for (const byte of chunk) if (byte !== at++ % 251) wrong += 1;
+      };
+      take(head.subarray(bodyStart));
+      const all = new Promise<void>((resolve) => {
+        socket.on('data', (d: Buffer) => {
+          take(d);
+          if (at >= size) resolve();
+        });
+      });
+      socket.resume();
+      if (at < size) await all;
+      expect(at).toBe(size);
+      expect(wrong).toBe(0);
+    }).finally(async () => {
+      socket.destroy();
+      if (!socket.closed) await once(socket, 'close');
+    });
   });
 });
 
