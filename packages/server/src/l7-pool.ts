@@ -164,19 +164,19 @@ export class PooledStreams {
 
   /** Destroys the idle streams that can take no more requests, so that the next request opens a fresh one. */
   prune(): void {
-    for (const ps of [...this.idle.keys()]) if (!ps.healthy) this.discard(ps);
+    for (const ps of this.idle.keys()) if (!ps.healthy) this.discard(ps);
   }
 
   /** Closes the idle streams and keeps none from now on; streams carrying a request finish it and close. */
   retire(): void {
     this.retired = true;
-    for (const ps of [...this.idle.keys()]) this.discard(ps);
+    for (const ps of this.idle.keys()) this.discard(ps);
   }
 
   /** Closes every stream, idle or not. */
   destroy(): void {
     this.retire();
-    for (const ps of [...this.all]) this.discard(ps);
+    for (const ps of this.all) this.discard(ps);
   }
 
   get idleStreams(): number {

@@ -13,6 +13,7 @@ import {
   sendStatus,
   sendStatusRaw,
   stripCallerHeaders,
+  undiciRequestHeaders,
   upgradeRequestHeaders,
   type Identity,
   type Logger,
@@ -201,24 +202,9 @@ class L7Frontend {
     send();
   }
 
-  /**
-   * The request as undici sends it on the stream: the member's headers (the
-   * stream frames the body itself, chunked unless Content-Length gives its
-   * length; an Upgrade header outside an upgrade, or an Expect the frontend
-   * answered already, is not for the member) and the body, streamed as it
-   * comes.
-   */
+  /** The request as undici sends it on the stream: the member's headers (undiciRequestHeaders), the body streamed as it comes. */
   private requestOptions(p: Prepared, req: FrontendRequest): Dispatcher.DispatchOptions {
-    const headers = { ...p.headers };
-    delete headers['transfer-encoding'];
-    delete headers.upgrade;
-    delete headers.expect;
-    return {
-      path: p.route.path,
-      method: req.method as Dispatcher.HttpMethod,
-      headers: headers as Record<string, string | string[]>,
-      body: hasBody(req) ? req : null,
-    };
+    return { path: p.route.path, method: req.method as Dispatcher.HttpMethod, headers: undiciRequestHeaders(p.headers), body: hasBody(req) ? req : null };
   }
 
   /**

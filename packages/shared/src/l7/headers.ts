@@ -95,6 +95,19 @@ export function impersonationHeaders(id: Identity): OutgoingHttpHeaders {
 }
 
 /**
+ * A relayed request's headers as undici is to send them, in place: undici
+ * frames the body itself (chunked unless Content-Length gives its length),
+ * an Upgrade header outside an upgrade is not for the next hop, nor an
+ * Expect that this hop's server answered already.
+ */
+export function undiciRequestHeaders(headers: OutgoingHttpHeaders): Record<string, string | string[]> {
+  delete headers['transfer-encoding'];
+  delete headers.upgrade;
+  delete headers.expect;
+  return headers as Record<string, string | string[]>;
+}
+
+/**
  * A response's raw header lines (name, value, name, value, ...) as the next
  * hop is sent them, in order and letter case: no hop-by-hop header, none
  * that Connection names, and no Transfer-Encoding (each hop frames the body

@@ -9,7 +9,7 @@ import { buildConnector, Pool, type Dispatcher } from 'undici';
 import type { Logger } from '../logging.js';
 import type { MuxStream } from '../mux/stream.js';
 import type { Identity } from '../protocol/frame.js';
-import { http1HasBody, impersonationHeaders, stripCallerHeaders } from './headers.js';
+import { http1HasBody, impersonationHeaders, stripCallerHeaders, undiciRequestHeaders } from './headers.js';
 import { ResponseRelay } from './response-relay.js';
 import { EndAfterRead } from './end-after-read.js';
 import { identityProblem } from './identity.js';
@@ -142,9 +142,9 @@ export class MemberHttp {
     this.unreachable = `${config.connect ? 'the hub' : 'agent'} could not reach the apiserver`;
     const connect = config.connect;
     // TLS over a connector's stream, else a TLS connection of undici's own (which turns Nagle off).
-    const tcp = connect ? undefined : buildConnector({ ...this.tls });
+    const tcp = buildConnector({ ...this.tls });
     const open = (options: buildConnector.Options, done: (err: Error | null, socket: Duplex) => void) =>
-      connect ? connectTls(connect, this.tls, done) : tcp!(options, (err, socket) => done(err, socket as Duplex));
+      connect ? connectTls(connect, this.tls, done) : tcp(options, (err, socket) => done(err, socket as Duplex));
     this.pool = new Pool(config.apiserver.origin, {
       // Every connection with its end held back until its last bytes are read (EndAfterRead).
       connect: (options, done) =>
@@ -207,15 +207,9 @@ export class MemberHttp {
   private onRequest(req: IncomingMessage, res: ServerResponse): void {
     const caller = this.callerOf(req);
     if ('reason' in caller) return sendStatus(res, caller.status, caller.reason);
-    const headers = this.withImpersonation(req.headers, caller.impersonation);
-    // The pool frames the body itself (chunked unless Content-Length gives its
-    // length); an Upgrade header outside an upgrade, or an Expect this side's
-    // server answered already, is not for the apiserver.
-    delete headers['transfer-encoding'];
-    delete headers.upgrade;
-    delete headers.expect;
+    const headers = undiciRequestHeaders(this.withImpersonation(req.headers, caller.impersonation));
     const body = http1HasBody(req.headers) ? req : null;
-    const options: Dispatcher.DispatchOptions = { path: req.url ?? '/', method: req.method as Dispatcher.HttpMethod, headers: headers as Record<string, string | string[]>, body, reset: !this.keepAlive };
+    const options: Dispatcher.DispatchOptions = { path: req.url ?? '/', method: req.method as Dispatcher.HttpMethod, headers, body, reset: !this.keepAlive };
     this.pool.dispatch(options, new ResponseRelay(res, (err) => {
       this.config.log.debug({ err: err.message }, 'apiserver request failed');
       sendStatus(res, 502, `${this.unreachable}: ${err.message}`);
