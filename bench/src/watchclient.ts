@@ -15,6 +15,8 @@
  * waits until N events have arrived (or T has passed) and prints the result:
  * event latency (arrival minus the creation time the stand-in wrote in the
  * object), and every event missing, repeated, or on a watch it was not for.
+ * The same line with "warmup": true first prints that result as
+ * {"phase":"warmed", ...}, then counts from zero for the next line.
  */
 import { once } from 'node:events';
 import http2 from 'node:http2';
@@ -166,36 +168,42 @@ async function main(): Promise<unknown> {
   const clientConnections = job.mode === 'h2' ? sessions.size : Object.values(h1Agent.sockets).reduce((n, s) => n + (s?.length ?? 0), 0);
   console.log(JSON.stringify({ phase: 'established', watches: todo.length, established, establishMs, failures, alpn, clientConnections }));
 
-  const lines = readline.createInterface({ input: process.stdin });
-  const [text] = (await once(lines, 'line')) as [string];
-  lines.close();
-  const { expect, timeoutMs } = JSON.parse(text) as { expect: number; timeoutMs: number };
-  await new Promise<void>((resolve) => {
-    const timer = setTimeout(resolve, timeoutMs);
-    onEvent = () => received >= expect && (clearTimeout(timer), resolve());
-    onEvent();
-  });
-  const endedEarly = problems.ended;
-  const first = created.reduce((a, b) => Math.min(a, b), Infinity);
+  // Each line a batch of events to wait for. A warm-up's are reported, then forgotten (watch.ts sends one first).
+  for await (const text of readline.createInterface({ input: process.stdin })) {
+    const { expect, timeoutMs, warmup } = JSON.parse(text) as { expect: number; timeoutMs: number; warmup?: boolean };
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, timeoutMs);
+      onEvent = () => received >= expect && (clearTimeout(timer), resolve());
+      onEvent();
+    });
+    const result = { expected: expect, received, ...problems, ...latencyOf(created, latencies) };
+    if (!warmup) {
+      h1Agent.destroy();
+      for (const s of sessions.values()) void s.then((x) => x.destroy(), () => undefined);
+      return { mode: job.mode, ...result };
+    }
+    console.log(JSON.stringify({ phase: 'warmed', ...result }));
+    created.length = 0;
+    latencies.length = 0;
+    received = 0;
+  }
+  throw new Error('standard input ended before the events were announced');
+}
+
+/** Latency percentiles of events, and p50 / p99 of those created in each WINDOW_MS, in order. */
+function latencyOf(createdAt: number[], latency: number[]) {
+  const first = createdAt.reduce((a, b) => Math.min(a, b), Infinity);
   const windows: number[][] = [];
-  created.forEach((t, i) => (windows[Math.floor((t - first) / WINDOW_MS)] ??= []).push(latencies[i]!));
+  createdAt.forEach((t, i) => (windows[Math.floor((t - first) / WINDOW_MS)] ??= []).push(latency[i]!));
   const byWindowMs = [...windows].map((w = []) => {
     const s = w.sort((a, b) => a - b);
     return { p50: percentile(s, 50), p99: percentile(s, 99) };
   });
-  const sorted = latencies.sort((a, b) => a - b);
-  const result = {
-    mode: job.mode,
-    expected: expect,
-    received,
-    ...problems,
-    ended: endedEarly,
+  const sorted = [...latency].sort((a, b) => a - b);
+  return {
     byWindowMs,
     latencyMs: { p50: percentile(sorted, 50), p90: percentile(sorted, 90), p99: percentile(sorted, 99), p999: percentile(sorted, 99.9), max: sorted[sorted.length - 1] ?? NaN, n: sorted.length },
   };
-  h1Agent.destroy();
-  for (const s of sessions.values()) void s.then((x) => x.destroy(), () => undefined);
-  return result;
 }
 
 runChild(main);
