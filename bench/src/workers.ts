@@ -6,7 +6,13 @@
  * between the two settings; the median of each is reported, with the CPU each
  * party took and the machine's load.
  *
- *   npm run build && node bench/dist/workers.js [--rounds 3] [--mib 128]
+ * --worker-cores Q holds each data-path process (the server itself with
+ * --workers 1, each worker with 2) to Q of a core by a CPU cgroup's quota, as
+ * a CPU limit per worker would: the server, not the parties feeding it, is
+ * then what limits the rounds, on a machine with fewer cores than the parties
+ * need (root, and the cgroup cpu controller, v1 or v2).
+ *
+ *   npm run build && node bench/dist/workers.js [--rounds 3] [--mib 128] [--worker-cores 0.2]
  */
 import fs from 'node:fs';
 import os from 'node:os';
@@ -22,6 +28,51 @@ const arg = (name: string, def: number) => {
 };
 const ROUNDS = arg('rounds', 3);
 const BYTES = arg('mib', 128) * 1024 * 1024;
+const WORKER_CORES = arg('worker-cores', 0);
+
+/** The cgroup cpu controller's directory and how a quota is written there (v1: cfs files; v2: cpu.max). */
+function cpuController(): { dir: string; limit: (group: string, cores: number) => void } {
+  const v1 = '/sys/fs/cgroup/cpu';
+  if (fs.existsSync(path.join(v1, 'cpu.cfs_quota_us'))) {
+    return {
+      dir: v1,
+      limit: (group, cores) => {
+        fs.writeFileSync(path.join(group, 'cpu.cfs_period_us'), '100000');
+        fs.writeFileSync(path.join(group, 'cpu.cfs_quota_us'), String(Math.round(cores * 100_000)));
+      },
+    };
+  }
+  const v2 = '/sys/fs/cgroup';
+  if (fs.readFileSync(path.join(v2, 'cgroup.subtree_control'), 'utf8').split(/\s+/).includes('cpu')) {
+    return { dir: v2, limit: (group, cores) => fs.writeFileSync(path.join(group, 'cpu.max'), `${Math.round(cores * 100_000)} 100000`) };
+  }
+  throw new Error('--worker-cores needs the cgroup cpu controller (v1 at /sys/fs/cgroup/cpu, or enabled in /sys/fs/cgroup/cgroup.subtree_control)');
+}
+
+/** The CPU cgroups made by limitCores, removed once their processes are gone (removeCgroups). */
+const cgroups: string[] = [];
+
+/** Puts each process in a CPU cgroup of its own limited to `cores` of a core. */
+function limitCores(pids: number[], cores: number): void {
+  const { dir, limit } = cpuController();
+  for (const pid of pids) {
+    const group = path.join(dir, `kubetunnel-bench-${pid}`);
+    fs.mkdirSync(group);
+    cgroups.push(group);
+    limit(group, cores);
+    fs.writeFileSync(path.join(group, 'cgroup.procs'), String(pid));
+  }
+}
+
+function removeCgroups(): void {
+  for (const g of cgroups.splice(0)) {
+    try {
+      fs.rmdirSync(g);
+    } catch (err) {
+      progress(`could not remove the cgroup ${g}: ${(err as Error).message}`);
+    }
+  }
+}
 
 /** A process and its descendants (the workers of a server), by pid. */
 function family(pid: number): number[] {
@@ -51,8 +102,8 @@ interface Round {
   /** All bytes of the 4 downloads over the time from the first start to the last end, MB/s. */
   aggregateMBps: number;
   perClientMBps: number[];
-  /** CPU seconds per wall second (1 = one core) of each party during the downloads. */
-  cores: { server: number; agents: number; upstream: number; clients: number };
+  /** CPU seconds per wall second (1 = one core) of each party during the downloads; the server's data-path processes among them (all of it with --workers 1, the workers with 2). */
+  cores: { server: number; dataPath: number; agents: number; upstream: number; clients: number };
   loadavg: string;
 }
 
@@ -61,7 +112,9 @@ async function round(pki: Awaited<ReturnType<typeof makeCerts>>, tmp: string, up
   const agents = CLUSTERS.map((c) => startAgent(pki, server, c, upstream.port));
   await server.waitAgents((m) => CLUSTERS.every((c) => (m.get(c) ?? 0) >= workers));
   const serverPids = family(server.proc.pid!);
-  const before = { server: cpu(serverPids), agents: cpu(agents.map((a) => a.pid!)), upstream: cpu([upstream.proc.pid!]) };
+  const dataPath = workers === 1 ? serverPids : serverPids.slice(1);
+  if (WORKER_CORES > 0) limitCores(dataPath, WORKER_CORES);
+  const before = { server: cpu(serverPids), dataPath: cpu(dataPath), agents: cpu(agents.map((a) => a.pid!)), upstream: cpu([upstream.proc.pid!]) };
   const t0 = performance.now();
   const clients = CLUSTERS.map((c) => startClient<{ mbps: number[] }>({ job: 'bulk', route: server.route(c), upstreamCA: pki.ca, bytes: BYTES, runs: 1 }));
   // The clients' CPU is read just before each exits: sample it while they run.
@@ -75,7 +128,7 @@ async function round(pki: Awaited<ReturnType<typeof makeCerts>>, tmp: string, up
   const results = await Promise.all(clients.map((c) => c.result));
   const seconds = (performance.now() - t0) / 1000;
   clearInterval(sampler);
-  const after = { server: cpu(serverPids), agents: cpu(agents.map((a) => a.pid!)), upstream: cpu([upstream.proc.pid!]) };
+  const after = { server: cpu(serverPids), dataPath: cpu(dataPath), agents: cpu(agents.map((a) => a.pid!)), upstream: cpu([upstream.proc.pid!]) };
   const loadavg = fs.readFileSync('/proc/loadavg', 'utf8').trim();
   const r: Round = {
     workers,
@@ -83,6 +136,7 @@ async function round(pki: Awaited<ReturnType<typeof makeCerts>>, tmp: string, up
     perClientMBps: results.map((x) => Math.round(x.mbps[0]! * 10) / 10),
     cores: {
       server: (after.server - before.server) / seconds,
+      dataPath: (after.dataPath - before.dataPath) / seconds,
       agents: (after.agents - before.agents) / seconds,
       upstream: (after.upstream - before.upstream) / seconds,
       clients: [...clientCpu.values()].reduce((a, b) => a + b, 0) / seconds,
@@ -91,6 +145,7 @@ async function round(pki: Awaited<ReturnType<typeof makeCerts>>, tmp: string, up
   };
   for (const a of agents) await stop(a);
   await stop(server.proc);
+  removeCgroups();
   return r;
 }
 
@@ -103,7 +158,7 @@ async function main(): Promise<void> {
     for (let i = 0; i < ROUNDS; i++)
       for (const workers of [1, 2]) {
         const r = await round(pki, tmp, upstream, workers);
-        progress(`workers ${workers}: ${r.aggregateMBps.toFixed(0)} MB/s; cores server ${r.cores.server.toFixed(2)} agents ${r.cores.agents.toFixed(2)} upstream ${r.cores.upstream.toFixed(2)} clients ${r.cores.clients.toFixed(2)}; load ${r.loadavg}`);
+        progress(`workers ${workers}: ${r.aggregateMBps.toFixed(0)} MB/s; cores server ${r.cores.server.toFixed(2)} (data path ${r.cores.dataPath.toFixed(2)}) agents ${r.cores.agents.toFixed(2)} upstream ${r.cores.upstream.toFixed(2)} clients ${r.cores.clients.toFixed(2)}; load ${r.loadavg}`);
         rounds.push(r);
       }
     const median = (w: number) => {
@@ -113,10 +168,11 @@ async function main(): Promise<void> {
     const one = median(1);
     const two = median(2);
     process.stdout.write(
-      JSON.stringify({ machine: { cpus: os.availableParallelism(), model: os.cpus()[0]?.model }, mibPerClient: BYTES / 1048576, rounds, medianMBps: { 1: one, 2: two }, ratio: two / one, target: 1.6 }, null, 2) + '\n',
+      JSON.stringify({ machine: { cpus: os.availableParallelism(), model: os.cpus()[0]?.model }, mibPerClient: BYTES / 1048576, ...(WORKER_CORES > 0 ? { workerCores: WORKER_CORES } : {}), rounds, medianMBps: { 1: one, 2: two }, ratio: two / one, target: 1.6 }, null, 2) + '\n',
     );
   } finally {
     await stopAll();
+    removeCgroups();
     fs.rmSync(tmp, { recursive: true, force: true });
   }
 }
