@@ -43,7 +43,8 @@ function cpuController(): { dir: string; limit: (group: string, cores: number) =
     };
   }
   const v2 = '/sys/fs/cgroup';
-  if (fs.readFileSync(path.join(v2, 'cgroup.subtree_control'), 'utf8').split(/\s+/).includes('cpu')) {
+  const enabled = path.join(v2, 'cgroup.subtree_control');
+  if (fs.existsSync(enabled) && fs.readFileSync(enabled, 'utf8').split(/\s+/).includes('cpu')) {
     return { dir: v2, limit: (group, cores) => fs.writeFileSync(path.join(group, 'cpu.max'), `${Math.round(cores * 100_000)} 100000`) };
   }
   throw new Error('--worker-cores needs the cgroup cpu controller (v1 at /sys/fs/cgroup/cpu, or enabled in /sys/fs/cgroup/cgroup.subtree_control)');
@@ -114,7 +115,8 @@ async function round(pki: Awaited<ReturnType<typeof makeCerts>>, tmp: string, up
   const serverPids = family(server.proc.pid!);
   const dataPath = workers === 1 ? serverPids : serverPids.slice(1);
   if (WORKER_CORES > 0) limitCores(dataPath, WORKER_CORES);
-  const before = { server: cpu(serverPids), dataPath: cpu(dataPath), agents: cpu(agents.map((a) => a.pid!)), upstream: cpu([upstream.proc.pid!]) };
+  const cpuNow = () => ({ server: cpu(serverPids), dataPath: cpu(dataPath), agents: cpu(agents.map((a) => a.pid!)), upstream: cpu([upstream.proc.pid!]) });
+  const before = cpuNow();
   const t0 = performance.now();
   const clients = CLUSTERS.map((c) => startClient<{ mbps: number[] }>({ job: 'bulk', route: server.route(c), upstreamCA: pki.ca, bytes: BYTES, runs: 1 }));
   // The clients' CPU is read just before each exits: sample it while they run.
@@ -128,7 +130,7 @@ async function round(pki: Awaited<ReturnType<typeof makeCerts>>, tmp: string, up
   const results = await Promise.all(clients.map((c) => c.result));
   const seconds = (performance.now() - t0) / 1000;
   clearInterval(sampler);
-  const after = { server: cpu(serverPids), dataPath: cpu(dataPath), agents: cpu(agents.map((a) => a.pid!)), upstream: cpu([upstream.proc.pid!]) };
+  const after = cpuNow();
   const loadavg = fs.readFileSync('/proc/loadavg', 'utf8').trim();
   const r: Round = {
     workers,
