@@ -268,6 +268,13 @@ describe.each(PEERS)('against $cluster', (peer) => {
   });
 });
 
+describe('HTTP/2 toward a member that offers it', () => {
+  it('nginx offers h2 and http/1.1: the agent sends requests over HTTP/2 (its upgrades stay on HTTP/1.1)', async () => {
+    const a = await l7('member-nginx', '/protocol');
+    expect([a.status, a.body.toString()]).toEqual([200, 'HTTP/2.0']);
+  });
+});
+
 describe.each(RECORDING)('what $cluster received', (peer) => {
   const large = () => (peer.cluster === 'member-nginx' ? { path: '/large.bin', size: NGINX_LARGE } : { path: `/large?size=${NGINX_LARGE}`, size: NGINX_LARGE });
 

@@ -144,8 +144,9 @@ export const NGINX_LARGE = 1024 * 1024 + 17;
  * in a fresh directory) as an HTTPS server on 127.0.0.1: /version and
  * /api/v1/namespaces are static files, /large.bin a static 1 MiB file,
  * /whoami echoes the impersonation headers it got (the first of each name, as
- * nginx 1.22 does) and the Authorization header; everything else, watches and
- * upgrades included, is proxied to a plain-HTTP kube_like.py.
+ * nginx 1.22 does) and the Authorization header, /protocol the protocol the
+ * request came over (HTTP/2 and HTTP/1.1 are offered); everything else,
+ * watches and upgrades included, is proxied to a plain-HTTP kube_like.py.
  */
 export async function startNginx(o: { dir: string; cert: string; key: string; ca: string }): Promise<Upstream & { backend: Upstream }> {
   if (!fs.existsSync(NGINX)) throw new Error(`${NGINX} is missing: the peers suite needs Debian's nginx (apt-get install nginx-light)`);
@@ -190,7 +191,8 @@ http {
   client_max_body_size 16m;
   map $http_upgrade $connection_upgrade { default upgrade; '' close; }
   server {
-    listen 127.0.0.1:${port} ssl;
+    # HTTP/2 and HTTP/1.1 by ALPN, as a kube-apiserver: the agent's requests come over HTTP/2, upgrades over HTTP/1.1.
+    listen 127.0.0.1:${port} ssl http2;
     ssl_certificate ${prefix}/server.crt;
     ssl_certificate_key ${prefix}/server.key;
     root ${www};
@@ -205,6 +207,7 @@ http {
       proxy_buffering off;
     }
     location = /large.bin { default_type application/octet-stream; }
+    location = /protocol { default_type text/plain; return 200 $server_protocol; }
     location = /whoami {
       return 200 '{"user":"$http_impersonate_user","group":"$http_impersonate_group","authorization":"$http_authorization"}';
     }

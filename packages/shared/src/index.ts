@@ -17,5 +17,6 @@ export * from './tls.js';
 export * from './l7/identity.js';
 export * from './net/guard.js';
 export * from './l7/member-http.js';
+export * from './l7/h2-upstream.js';
 export * from './l7/response-relay.js';
 export * from './l7/end-after-read.js';

@@ -44,9 +44,12 @@ function fromToken(req: IncomingMessage, config: AuthConfig): Identity | undefin
 
 function impersonate(req: IncomingMessage, user: Identity, config: AuthConfig): AuthResult {
   // Header values as the real apiserver reads them: the bytes as UTF-8 (Node hands them over as Latin-1).
-  const headers = Object.fromEntries(
-    Object.entries(req.headersDistinct).map(([k, v]) => [k, v?.map((s) => Buffer.from(s, 'latin1').toString('utf8'))]),
-  ) as NodeJS.Dict<string[]>;
+  // From the raw lines, one value per line as sent: over HTTP/2, Node joins repeated headers in `headers`, and has no headersDistinct.
+  const headers: NodeJS.Dict<string[]> = {};
+  for (let i = 0; i + 1 < req.rawHeaders.length; i += 2) {
+    const name = req.rawHeaders[i]!.toLowerCase();
+    (headers[name] ??= []).push(Buffer.from(req.rawHeaders[i + 1]!, 'latin1').toString('utf8'));
+  }
   const names = Object.keys(headers).filter((h) => h.startsWith('impersonate-'));
   if (names.length === 0) return { ok: true, user, effective: user };
 

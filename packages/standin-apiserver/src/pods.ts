@@ -75,7 +75,8 @@ export function serveLogs(res: ServerResponse, follow: boolean, cluster: string)
     sendText(res, 200, [1, 2, 3].map((n) => `echo ${cluster} line ${n}\n`).join(''));
     return;
   }
-  res.writeHead(200, { 'Content-Type': 'text/plain; charset=utf-8', 'Transfer-Encoding': 'chunked' });
+  // No Content-Length: chunked over HTTP/1.1, DATA frames until the end over HTTP/2.
+  res.writeHead(200, { 'Content-Type': 'text/plain; charset=utf-8' });
   res.flushHeaders();
   let n = 0;
   const timer = setInterval(() => {

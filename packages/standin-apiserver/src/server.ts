@@ -1,4 +1,5 @@
 import https from 'node:https';
+import http2 from 'node:http2';
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
@@ -14,11 +15,16 @@ import { notFound, rejectUpgrade, sendStatus, sendText } from './status.js';
 import type { RecordedRequest, StandinApiserver, StandinApiserverOptions } from './types.js';
 
 const MAX_RECORDED = 1000;
+/** Streams an HTTP/2 connection may carry at once: what k8s.io/apiserver's recommended serving options set (--http2-max-streams-per-connection). */
+const H2_MAX_STREAMS = 1000;
+const H2_MAX_HEADER_BYTES = 1 << 20;
+const H2_MAX_HEADER_LINES = 100_000;
 const HEALTH = /^\/(healthz|livez|readyz)(\/[^?]*)?(\?.*)?$/;
 const STREAMING = /^\/api\/v1\/namespaces\/([^/]+)\/pods\/([^/]+)\/(exec|attach|portforward)\/?$/;
 
 /**
- * Starts the stand-in apiserver: HTTPS (HTTP/1.1 only) with just enough of
+ * Starts the stand-in apiserver: HTTPS (HTTP/2 and HTTP/1.1 by ALPN, as a
+ * kube-apiserver; upgrades over HTTP/1.1) with just enough of
  * the Kubernetes API for kubectl get/watch namespaces and pods, auth whoami,
  * exec, logs and port-forward against one echo pod.
  */
@@ -41,12 +47,22 @@ export async function startStandinApiserver(opts: StandinApiserverOptions): Prom
   const webSockets = new Set<WebSocket>();
   const chosenProtocol = new WeakMap<IncomingMessage, string>();
 
-  const server = https.createServer({
+  const tlsOptions = {
     cert: opts.cert,
     key: opts.key,
     ...(opts.ca !== undefined ? { ca: opts.ca, requestCert: true, rejectUnauthorized: false } : {}),
-    ALPNProtocols: ['http/1.1'],
-  });
+  };
+  // Over HTTP/2, Node's compatibility API gives the handlers requests and responses shaped as HTTP/1.1's.
+  const server =
+    opts.http2 === false
+      ? https.createServer({ ...tlsOptions, ALPNProtocols: ['http/1.1'] })
+      : http2.createSecureServer({
+          ...tlsOptions,
+          allowHTTP1: true,
+          // A Go apiserver takes 1 MiB of request headers in any number of lines (long Impersonate-Group lists); Node's HTTP/2 defaults are 64 KiB and 128 lines.
+          maxHeaderListPairs: H2_MAX_HEADER_LINES,
+          settings: { maxConcurrentStreams: H2_MAX_STREAMS, maxHeaderListSize: H2_MAX_HEADER_BYTES },
+        });
   // Subprotocols are negotiated here, not by ws: ws rejects the offer
   // `SPDY/3.1+portforward.k8s.io` ("/" is not a token character), which
   // kubectl port-forward sends. The chosen one is added to the 101 response.
@@ -63,11 +79,15 @@ export async function startStandinApiserver(opts: StandinApiserverOptions): Prom
         if (name === 'authorization' || name === 'proxy-authorization') opts.onCredential(name, req.rawHeaders[i + 1]!);
       }
     }
+    // Headers as a Go apiserver has them: HTTP/2's pseudo-headers are not among them.
+    const rawHeaders = req.httpVersionMajor === 2 ? req.rawHeaders.filter((_, i, all) => !all[i - (i % 2)]!.startsWith(':')) : req.rawHeaders;
+    const headers = req.httpVersionMajor === 2 ? Object.fromEntries(Object.entries(req.headers).filter(([k]) => !k.startsWith(':'))) : req.headers;
     requests.push({
       method: req.method ?? '',
       path: req.url ?? '',
-      headers: redactHeaders(req.headers),
-      rawHeaders: redactRawHeaders(req.rawHeaders),
+      httpVersion: req.httpVersion,
+      headers: redactHeaders(headers),
+      rawHeaders: redactRawHeaders(rawHeaders),
       user: result?.ok ? result.user.username : undefined,
       effectiveUser: result?.ok ? result.effective.username : undefined,
       upgrade,
@@ -156,7 +176,7 @@ export async function startStandinApiserver(opts: StandinApiserverOptions): Prom
     const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
     for (const ws of webSockets) ws.terminate();
     wss.close();
-    server.closeAllConnections();
+    if ('closeAllConnections' in server) server.closeAllConnections();
     const open = [...tlsSockets].map((s) => new Promise<void>((resolve) => s.once('close', () => resolve())));
     for (const socket of tlsSockets) socket.destroy();
     for (const socket of rawSockets) socket.destroy();

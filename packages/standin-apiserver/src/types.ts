@@ -19,6 +19,8 @@ export interface StandinApiserverOptions {
   tokens: Record<string, TokenUser>;
   host?: string;
   port?: number;
+  /** Offer HTTP/2 by ALPN beside HTTP/1.1, as a kube-apiserver does (default true); false: HTTP/1.1 only. */
+  http2?: boolean;
   /** Users allowed to send Impersonate-* headers. Default: every token user. */
   impersonators?: string[];
   /**
@@ -42,7 +44,9 @@ export interface RecordedRequest {
   method: string;
   /** Path including the query string, exactly as received. */
   path: string;
-  /** Lower-cased header names; repeated headers joined by Node's rules. */
+  /** `1.1` or `2.0`: the protocol the request came over. */
+  httpVersion: string;
+  /** Lower-cased header names; repeated headers joined by Node's rules. HTTP/2's pseudo-headers are left out. */
   headers: IncomingHttpHeaders;
   /** Header names and values as received, in order, duplicates kept. */
   rawHeaders: string[];

@@ -15,13 +15,12 @@ export interface WatchOptions {
  * `timeoutSeconds`, or when the client goes away.
  */
 export function serveWatch(res: ServerResponse, options: WatchOptions): void {
+  // No Content-Length: chunked over HTTP/1.1, DATA frames until the end over HTTP/2 (every connection is without Nagle's delay).
   res.writeHead(200, {
     'Content-Type': 'application/json',
-    'Transfer-Encoding': 'chunked',
     'Cache-Control': 'no-cache, private',
   });
   res.flushHeaders();
-  res.socket?.setNoDelay(true);
 
   let unsubscribe: (() => void) | undefined;
   let timer: NodeJS.Timeout | undefined;

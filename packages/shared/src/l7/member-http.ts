@@ -16,6 +16,7 @@ import { identityProblem } from './identity.js';
 import { sendStatus, sendStatusRaw } from '../http/respond.js';
 import { relayUpgrade, upgradeRequestHeaders } from './upgrade.js';
 import { clientContext } from '../tls.js';
+import { H2Upstream } from './h2-upstream.js';
 
 /** How the member side reaches its apiserver: a byte stream to it for one connection (TLS is started on it here), or an error. */
 export type ApiserverConnector = (done: (err: Error | null, socket: Duplex) => void) => void;
@@ -35,6 +36,11 @@ export interface MemberHttpConfig {
   connect?: ApiserverConnector;
   /** Keep connections to the apiserver for later requests (default true). */
   keepAlive?: boolean;
+  /**
+   * Offer HTTP/2 to the apiserver (default: when connections are kept), as
+   * client-go does: if it is chosen, every request shares one connection.
+   */
+  http2?: boolean;
   log: Logger;
 }
 
@@ -63,6 +69,11 @@ export function fileToken(file: string | undefined): () => string | undefined {
   };
 }
 
+/** A URL's host as a socket takes it: an IPv6 address without its brackets. */
+function hostOf(url: URL): string {
+  return url.hostname.replace(/^\[(.*)\]$/, '$1');
+}
+
 /** TLS toward the apiserver: one secure context (its CA, a client certificate) for every connection, and the name on its certificate unless it is an address. */
 interface ApiserverTls {
   secureContext: tls.SecureContext;
@@ -77,16 +88,27 @@ interface ApiserverTls {
  */
 function tlsOptions(config: MemberHttpConfig): ApiserverTls {
   const t = config.tls ?? {};
-  const host = config.apiserver.hostname.replace(/^\[(.*)\]$/, '$1');
+  const host = hostOf(config.apiserver);
   const servername = t.servername ?? (net.isIP(host) ? undefined : host);
   return { secureContext: clientContext(t), ...(servername ? { servername } : {}) };
 }
 
+/** ALPN offers toward the apiserver. */
+const HTTP1 = ['http/1.1'];
+const H2_OR_HTTP1 = ['h2', 'http/1.1'];
+/** How long a connection to the apiserver may take to be made, TLS included (undici's default too). */
+const CONNECT_TIMEOUT_MS = 10_000;
+
 /** A connection from `connector` with TLS to the apiserver started on it. */
-function connectTls(connector: ApiserverConnector, options: ApiserverTls, done: (err: Error | null, socket: Duplex) => void): void {
+function connectTls(
+  connector: ApiserverConnector,
+  options: ApiserverTls,
+  done: (err: Error | null, socket: Duplex) => void,
+  alpn = HTTP1,
+): void {
   connector((err, raw) => {
     if (err) return done(err, raw);
-    const socket = tls.connect({ socket: raw, ...options, ALPNProtocols: ['http/1.1'] });
+    const socket = tls.connect({ socket: raw, ...options, ALPNProtocols: alpn });
     noDelay(socket);
     // Closing either ends the other: the TLS socket does not always end what it runs on.
     socket.once('close', () => raw.destroy());
@@ -105,6 +127,36 @@ function connectTls(connector: ApiserverConnector, options: ApiserverTls, done: 
  */
 function noDelay(socket: Duplex): void {
   (socket as Partial<net.Socket>).setNoDelay?.(true);
+}
+
+/**
+ * A TLS connection to the apiserver offering HTTP/2 and HTTP/1.1, handed
+ * over once its handshake is done (the chosen protocol known), or the
+ * reason it could not be made in time.
+ */
+function connectOfferingH2(config: MemberHttpConfig, options: ApiserverTls, done: (err: Error | null, socket?: tls.TLSSocket) => void): void {
+  const secured = (socket: tls.TLSSocket) => {
+    const fail = (err: Error) => {
+      socket.destroy();
+      done(err);
+    };
+    const timer = setTimeout(() => fail(new Error('timed out connecting to the apiserver')), CONNECT_TIMEOUT_MS);
+    socket.once('error', fail);
+    socket.once('secureConnect', () => {
+      clearTimeout(timer);
+      socket.off('error', fail);
+      done(null, socket);
+    });
+  };
+  if (config.connect) {
+    connectTls(config.connect, options, (err, socket) => (err ? done(err) : secured(socket as tls.TLSSocket)), H2_OR_HTTP1);
+    return;
+  }
+  const url = config.apiserver;
+  const socket = tls.connect({ host: hostOf(url), port: Number(url.port || 443), ...options, ALPNProtocols: H2_OR_HTTP1 });
+  socket.setNoDelay(true);
+  socket.setKeepAlive(true, 30_000);
+  secured(socket);
 }
 
 /** A stream's caller as its requests need it: the impersonation headers for it, or why it cannot be served. */
@@ -129,8 +181,10 @@ export class MemberHttp {
    * served. Worked out once per stream, as its OPEN named the caller once.
    */
   private readonly callers = new WeakMap<Duplex, Caller>();
-  /** Kept connections to the apiserver, for every request but upgrades. */
+  /** Kept connections to the apiserver, for every request but upgrades (over HTTP/1.1). */
   private readonly pool: Pool;
+  /** Requests over HTTP/2 when the apiserver speaks it, else to the pool. */
+  private readonly h2?: H2Upstream;
   private readonly tls: ApiserverTls;
   private readonly keepAlive: boolean;
   /** How a failure to reach the apiserver is answered (whose side could not). */
@@ -155,6 +209,9 @@ export class MemberHttp {
       keepAliveTimeout: 60_000,
       keepAliveMaxTimeout: 600_000,
     });
+    if (this.keepAlive && config.http2 !== false) {
+      this.h2 = new H2Upstream(config.apiserver.host, (done) => connectOfferingH2(config, this.tls, done), this.pool, 60_000);
+    }
     // Keep-alive: a stream carries one request after another (the hub keeps
     // streams for its caller's later requests). keepAliveTimeout 0 means no
     // idle timeout here: the hub closes an idle stream on its own timer, so
@@ -210,7 +267,7 @@ export class MemberHttp {
     const headers = undiciRequestHeaders(this.withImpersonation(req.headers, caller.impersonation));
     const body = http1HasBody(req.headers) ? req : null;
     const options: Dispatcher.DispatchOptions = { path: req.url ?? '/', method: req.method as Dispatcher.HttpMethod, headers, body, reset: !this.keepAlive };
-    this.pool.dispatch(options, new ResponseRelay(res, (err) => {
+    (this.h2 ?? this.pool).dispatch(options, new ResponseRelay(res, (err) => {
       this.config.log.debug({ err: err.message }, 'apiserver request failed');
       sendStatus(res, 502, `${this.unreachable}: ${err.message}`);
     }));
@@ -240,6 +297,7 @@ export class MemberHttp {
 
   close(): void {
     this.server.close();
+    this.h2?.close();
     void this.pool.destroy().catch(() => {});
   }
 }
