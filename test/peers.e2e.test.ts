@@ -269,9 +269,10 @@ describe.each(PEERS)('against $cluster', (peer) => {
 });
 
 describe('HTTP/2 toward a member that offers it', () => {
-  it('nginx offers h2 and http/1.1: the agent sends requests over HTTP/2 (its upgrades stay on HTTP/1.1)', async () => {
-    const a = await l7('member-nginx', '/protocol');
-    expect([a.status, a.body.toString()]).toEqual([200, 'HTTP/2.0']);
+  it('nginx offers h2 and http/1.1: the agent sends watches over HTTP/2, other requests over HTTP/1.1', async () => {
+    const [watch, get] = await Promise.all([l7('member-nginx', '/protocol?watch=true'), l7('member-nginx', '/protocol')]);
+    expect([watch.status, watch.body.toString()]).toEqual([200, 'HTTP/2.0']);
+    expect([get.status, get.body.toString()]).toEqual([200, 'HTTP/1.1']);
   });
 });
 

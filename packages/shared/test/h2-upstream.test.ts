@@ -5,7 +5,7 @@
  * server's stream limit is reached; a server without HTTP/2 gets every
  * request over the HTTP/1.1 pool; a reset stream fails its request only;
  * after GOAWAY new requests go on a new connection; an idle connection is
- * closed.
+ * closed. And which requests the member side sends this way: watches.
  */
 import { once } from 'node:events';
 import http2 from 'node:http2';
@@ -14,7 +14,7 @@ import type { AddressInfo } from 'node:net';
 import tls from 'node:tls';
 import { Pool, type Dispatcher } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
-import { createCA, H2Upstream, issueServerCert } from '../src/index.js';
+import { createCA, H2Upstream, isWatch, issueServerCert } from '../src/index.js';
 
 const ca = createCA();
 const pem = issueServerCert(ca, { sans: ['127.0.0.1'] });
@@ -186,5 +186,14 @@ describe('H2Upstream', () => {
     const failed = await Promise.allSettled([send(up, get('/1')), send(up, get('/2'))]);
     for (const f of failed) expect(String((f as PromiseRejectedResult).reason)).toMatch(/ECONNREFUSED/);
     expect(up.protocol).toBe('probe');
+  });
+});
+
+describe('isWatch', () => {
+  it('?watch= as the apiserver reads a boolean, and the older /watch/ paths', () => {
+    for (const p of ['/api/v1/namespaces?watch=true', '/api/v1/pods?resourceVersion=1&watch=1', '/apis/apps/v1/deployments?watch=True', '/api/v1/watch/namespaces', '/apis/apps/v1/watch/namespaces/a/deployments?x=1'])
+      expect([p, isWatch(p)]).toEqual([p, true]);
+    for (const p of ['/api/v1/namespaces', '/api/v1/namespaces?watch=false', '/api/v1/namespaces?watch=0', '/api/v1/namespaces?watch=', '/api/v1/namespaces/watch', '/version?x=watch', '/apis/watch/v1/things'])
+      expect([p, isWatch(p)]).toEqual([p, false]);
   });
 });

@@ -13,8 +13,8 @@ const { NGHTTP2_CANCEL } = http2.constants;
  * round trip whatever its number of streams. The connection's window is 32
  * times a stream's, so one caller that stops reading cannot stall the others.
  */
-export const H2_STREAM_WINDOW = 1 << 20;
-export const H2_SESSION_WINDOW = 32 << 20;
+const H2_STREAM_WINDOW = 1 << 20;
+const H2_SESSION_WINDOW = 32 << 20;
 
 /** Streams a connection takes until the apiserver's SETTINGS say otherwise (RFC 9113 suggests no fewer than 100). */
 const INITIAL_STREAM_LIMIT = 100;
@@ -27,6 +27,19 @@ const SETTINGS_TIMEOUT_MS = 10_000;
 
 /** Request headers HTTP/2 forbids (RFC 9113 section 8.2.2); Host becomes :authority. */
 const H2_FORBIDDEN = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'http2-settings', 'te', 'host']);
+
+/** Paths of the older watch form: /api/v1/watch/..., /apis/GROUP/VERSION/watch/... */
+const WATCH_PATH = /^\/(?:api\/[^/]+|apis\/[^/]+\/[^/]+)\/watch\//;
+/** What the apiserver reads as true in `?watch=` (Go's strconv.ParseBool). */
+const TRUE = new Set(['1', 't', 'T', 'true', 'TRUE', 'True']);
+
+/** True for a watch request (`?watch=true`, as client-go sends it, or the older /watch/ path): an answer that lasts. */
+export function isWatch(path: string): boolean {
+  const q = path.indexOf('?');
+  if (WATCH_PATH.test(q < 0 ? path : path.slice(0, q))) return true;
+  const value = q < 0 ? null : new URLSearchParams(path.slice(q + 1)).get('watch');
+  return value !== null && TRUE.has(value);
+}
 
 /** Opens a TLS connection to the apiserver that offers `h2` and `http/1.1` by ALPN. */
 export type H2Opener = (done: (err: Error | null, socket?: TLSSocket) => void) => void;
@@ -50,9 +63,9 @@ interface Waiting {
 
 /**
  * Requests to the apiserver over HTTP/2, as client-go sends them: every
- * request and watch of the member side shares one connection, and another
- * is opened only when the apiserver's limit of streams per connection is
- * reached. Answers go to an undici handler (ResponseRelay) as undici would
+ * request given (the member side gives its watches) shares one connection,
+ * and another is opened only when the apiserver's limit of streams per
+ * connection is reached. Answers go to an undici handler (ResponseRelay) as undici would
  * give them, so the relay is the same over either protocol.
  *
  * The first connection tells which protocol the apiserver speaks: if ALPN

@@ -16,7 +16,7 @@ import { identityProblem } from './identity.js';
 import { sendStatus, sendStatusRaw } from '../http/respond.js';
 import { relayUpgrade, upgradeRequestHeaders } from './upgrade.js';
 import { clientContext } from '../tls.js';
-import { H2Upstream } from './h2-upstream.js';
+import { H2Upstream, isWatch } from './h2-upstream.js';
 
 /** How the member side reaches its apiserver: a byte stream to it for one connection (TLS is started on it here), or an error. */
 export type ApiserverConnector = (done: (err: Error | null, socket: Duplex) => void) => void;
@@ -37,8 +37,9 @@ export interface MemberHttpConfig {
   /** Keep connections to the apiserver for later requests (default true). */
   keepAlive?: boolean;
   /**
-   * Offer HTTP/2 to the apiserver (default: when connections are kept), as
-   * client-go does: if it is chosen, every request shares one connection.
+   * Send watches over HTTP/2 when the apiserver offers it (default: when
+   * connections are kept), so that they share one connection as client-go's
+   * do; other requests go over kept HTTP/1.1 connections either way.
    */
   http2?: boolean;
   log: Logger;
@@ -168,8 +169,9 @@ type Caller = { impersonation: http.OutgoingHttpHeaders } | { status: number; re
  * goes to the apiserver with the impersonator's own credentials and
  * impersonation headers for that identity; whatever credential or identity
  * header arrived is removed first (the hub removed them too). Requests go
- * on kept connections to the apiserver (an undici Pool) and answers stream
- * back as they arrive; upgrades (exec, attach, port-forward) are relayed on
+ * on kept connections to the apiserver (an undici Pool), watches over one
+ * HTTP/2 connection where the apiserver offers it (H2Upstream), and answers
+ * stream back as they arrive; upgrades (exec, attach, port-forward) are relayed on
  * a connection of their own. The agent runs it next to its apiserver; the
  * hub runs it for clusters served by ANP agents, which only dial TCP.
  */
@@ -183,7 +185,7 @@ export class MemberHttp {
   private readonly callers = new WeakMap<Duplex, Caller>();
   /** Kept connections to the apiserver, for every request but upgrades (over HTTP/1.1). */
   private readonly pool: Pool;
-  /** Requests over HTTP/2 when the apiserver speaks it, else to the pool. */
+  /** Watches over HTTP/2 when the apiserver speaks it, else to the pool. */
   private readonly h2?: H2Upstream;
   private readonly tls: ApiserverTls;
   private readonly keepAlive: boolean;
@@ -267,7 +269,10 @@ export class MemberHttp {
     const headers = undiciRequestHeaders(this.withImpersonation(req.headers, caller.impersonation));
     const body = http1HasBody(req.headers) ? req : null;
     const options: Dispatcher.DispatchOptions = { path: req.url ?? '/', method: req.method as Dispatcher.HttpMethod, headers, body, reset: !this.keepAlive };
-    (this.h2 ?? this.pool).dispatch(options, new ResponseRelay(res, (err) => {
+    // Watches share one HTTP/2 connection where the apiserver offers it; a short request costs Node
+    // less over a kept HTTP/1.1 connection, a LIST less still (docs/benchmarks.md, the apiserver hop).
+    const upstream = this.h2 && isWatch(options.path) ? this.h2 : this.pool;
+    upstream.dispatch(options, new ResponseRelay(res, (err) => {
       this.config.log.debug({ err: err.message }, 'apiserver request failed');
       sendStatus(res, 502, `${this.unreachable}: ${err.message}`);
     }));
