@@ -50,9 +50,9 @@ export async function makeCerts(dir: string, clusters: string[]): Promise<Pki> {
   return { dir, ca: fs.readFileSync(path.join(dir, 'ca.crt'), 'utf8'), file: (name) => path.join(dir, name) };
 }
 
-/** The TLS upstream standing in for an apiserver; resolves with its port. */
-export async function startUpstream(pki: Pki): Promise<{ proc: ChildProcess; port: number }> {
-  const proc = start(path.join(DIST, 'upstream.js'), [pki.file('server.crt'), pki.file('server.key')]);
+/** The TLS upstream standing in for an apiserver (HTTP/2 and HTTP/1.1, or `http1` only); resolves with its port. */
+export async function startUpstream(pki: Pki, protocols: 'h2' | 'http1' = 'h2'): Promise<{ proc: ChildProcess; port: number }> {
+  const proc = start(path.join(DIST, 'upstream.js'), [pki.file('server.crt'), pki.file('server.key'), protocols]);
   const { port } = await line<{ port: number }>(proc, (o) => typeof o.port === 'number', 'upstream');
   return { proc, port };
 }

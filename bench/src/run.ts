@@ -13,7 +13,7 @@
  * fan-out (watch.ts), one controller's watches on many clusters through L7
  * over HTTP/1.1 and HTTP/2.
  *
- *   npm run bench [-- --quick] [-- --only bulk,small] [-- --out l7.json]
+ *   npm run bench [-- --quick] [-- --only bulk,small] [-- --out l7.json] [-- --member-http1]
  *     [-- --watch-clusters 200 --watches-per-cluster 20 --watch-rate 2000 --watch-seconds 30]
  *
  * Writes bench/results/latest.json (with the last results of the
@@ -35,6 +35,8 @@ import * as scenario from './scenarios.js';
 import { startSsh, type Ssh } from './ssh.js';
 
 const quick = process.argv.includes('--quick');
+/** --member-http1: the upstream and the watch scenario's stand-in apiservers speak HTTP/1.1 only (by default they offer h2 too, as a kube-apiserver). */
+const memberProtocols = process.argv.includes('--member-http1') ? 'http1' : 'h2';
 /**
  * The last results of the benchmarks that run on their own (npm run
  * bench:fleet, the workers and idle-floor scripts), each with its own date
@@ -94,7 +96,7 @@ async function main(): Promise<boolean> {
   const pki = await makeCerts(path.join(tmp, 'certs'), agentClusters);
 
   progress('upstream, kubetunnel server, agents for c1 and c2');
-  const upstream = await startUpstream(pki);
+  const upstream = await startUpstream(pki, memberProtocols);
   const server = await startServer(pki, tmp);
   const agentC1 = startAgent(pki, server, 'c1', upstream.port);
   const agentC2 = startAgent(pki, server, 'c2', upstream.port);
@@ -109,7 +111,7 @@ async function main(): Promise<boolean> {
   progress('node relay: front and back processes');
   const relay = await startRelay(pki, upstream.port);
 
-  const b: scenario.Bench = { scale, tmp, pki, server, upstreamPort: upstream.port, agentC1, agentC2, clusters, watchClusters, ssh, relay };
+  const b: scenario.Bench = { scale, tmp, pki, server, upstreamPort: upstream.port, memberProtocols, agentC1, agentC2, clusters, watchClusters, ssh, relay };
   const plan: Array<[string, string, (b: scenario.Bench) => Promise<unknown>]> = [
     ['bulk', `bulk: one stream, ${scale.bulkBytes >> 20} MiB download, ${scale.runs} run(s) per path`, scenario.bulk],
     ['small', `small requests: ${scale.small} sequential GETs on one kept-alive connection, ${scale.runs} run(s) per path`, scenario.small],
@@ -139,6 +141,7 @@ async function main(): Promise<boolean> {
     date,
     quick,
     machine: machine(),
+    memberProtocols: memberProtocols === 'h2' ? 'h2, http/1.1' : 'http/1.1',
     loadavg: fs.readFileSync('/proc/loadavg', 'utf8').trim(),
     ssh: ssh ? ssh.version : 'unavailable',
     scale,

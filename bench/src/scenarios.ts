@@ -56,6 +56,8 @@ export interface Bench {
   pki: Pki;
   server: Server;
   upstreamPort: number;
+  /** What the upstream and the watch scenario's stand-ins offer: HTTP/2 and HTTP/1.1 (as a kube-apiserver), or HTTP/1.1 only. */
+  memberProtocols: 'h2' | 'http1';
   /** The agent processes of c1 (carries the work) and c2 (a neighbour for fairness). */
   agentC1: ChildProcess;
   agentC2: ChildProcess;

@@ -11,6 +11,8 @@
  *       k / R s, in cluster k mod C, labelled for watch (k div C) mod W of
  *       that cluster (label bench.kubetunnel.io/watch=<run>-<cluster>-<watch>) and
  *       annotated with its creation time; prints {"emitted": N, ...}.
+ *   {"connections": true}
+ *       prints {"connections": N}: the TLS connections open to all of them.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -22,6 +24,8 @@ interface Job {
   certDir: string;
   clusters: string[];
   token: string;
+  /** Offer HTTP/2 beside HTTP/1.1 (false: HTTP/1.1 only). */
+  http2: boolean;
 }
 
 interface EventsCommand {
@@ -38,14 +42,15 @@ async function main(): Promise<void> {
   const key = read('server.key');
   const apis: StandinApiserver[] = [];
   for (const cluster of job.clusters) {
-    apis.push(await startStandinApiserver({ cluster, cert, key, tokens: { [job.token]: { user: 'kubetunnel-agent', groups: [] } } }));
+    apis.push(await startStandinApiserver({ cluster, cert, key, http2: job.http2, tokens: { [job.token]: { user: 'kubetunnel-agent', groups: [] } } }));
   }
   console.log(JSON.stringify({ ports: Object.fromEntries(job.clusters.map((c, i) => [c, apis[i]!.port])) }));
 
   let seq = 0;
   const lines = readline.createInterface({ input: process.stdin });
   for await (const text of lines) {
-    const cmd = (JSON.parse(text) as { events?: EventsCommand }).events;
+    const { events: cmd, connections } = JSON.parse(text) as { events?: EventsCommand; connections?: boolean };
+    if (connections) console.log(JSON.stringify({ connections: apis.reduce((n, a) => n + a.connections, 0) }));
     if (!cmd) continue;
     console.log(JSON.stringify(await generate(job.clusters, apis, cmd, () => seq++)));
   }

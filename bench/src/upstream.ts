@@ -1,15 +1,18 @@
 /**
  * The stand-in upstream of the benchmark: HTTPS with keep-alive, like an
- * apiserver. GET /small (and any other path) answers ~100 bytes; GET
+ * apiserver: HTTP/2 and HTTP/1.1 by ALPN, or HTTP/1.1 only when argv[4] is
+ * `http1` (bench --member-http1). GET /small (and any other path) answers ~100 bytes; GET
  * /bytes?n=N streams N bytes from a reused buffer; GET /api/v1/pods?bytes=N
  * answers a PodList of about N bytes of JSON (built once per size), as a
  * LIST would. Prints its port, then serves until killed.
  */
 import fs from 'node:fs';
+import http2 from 'node:http2';
 import https from 'node:https';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 
-const [certFile, keyFile] = process.argv.slice(2);
+const [certFile, keyFile, protocols] = process.argv.slice(2);
 const block = Buffer.alloc(1 << 20, 0x61);
 const small = Buffer.from(JSON.stringify({ kind: 'Status', status: 'Success', message: 'x'.repeat(40) }));
 
@@ -26,7 +29,7 @@ function podList(bytes: number): Buffer {
   return body;
 }
 
-const server = https.createServer({ cert: fs.readFileSync(certFile!), key: fs.readFileSync(keyFile!), keepAliveTimeout: 60_000 }, (req, res) => {
+function handle(req: IncomingMessage, res: ServerResponse): void {
   const url = new URL(req.url ?? '/', 'https://x');
   if (url.pathname === '/bytes') {
     let left = Number(url.searchParams.get('n') ?? 0);
@@ -48,6 +51,13 @@ const server = https.createServer({ cert: fs.readFileSync(certFile!), key: fs.re
   }
   res.writeHead(200, { 'Content-Length': small.length, 'Content-Type': 'application/json' });
   res.end(small);
-});
+}
+
+const tlsOptions = { cert: fs.readFileSync(certFile!), key: fs.readFileSync(keyFile!) };
+// Over HTTP/2, Node's compatibility API hands `handle` requests and responses shaped as HTTP/1.1's.
+const server =
+  protocols === 'http1'
+    ? https.createServer({ ...tlsOptions, keepAliveTimeout: 60_000 }, handle)
+    : http2.createSecureServer({ ...tlsOptions, allowHTTP1: true }, handle as unknown as (req: http2.Http2ServerRequest, res: http2.Http2ServerResponse) => void);
 server.maxConnections = 30_000;
 server.listen(0, '127.0.0.1', () => console.log(JSON.stringify({ port: (server.address() as AddressInfo).port })));

@@ -56,6 +56,8 @@ export interface WatchMode {
   clientConnections: number;
   /** At the hub (not direct), with every watch open: its gauge of open L7 frontend connections, the sockets ss sees on that port, its open tunnel streams. */
   hub?: { connections: number; sockets: number; tunnelStreams: number; rssEstablished: number; rssEnd: number; rssPeak: number };
+  /** TLS connections open to the member apiservers with every watch open (the agents', or the controller's when direct; not in results before 2026-12-03 11:00). */
+  memberConnections?: number;
   /** From the first watch request to the last watch's 200, ms (OPENING at once). */
   establishMs: number;
   /** CPU seconds used while the watches were being established (NaN: direct). */
@@ -215,9 +217,12 @@ async function runMode(
         throw new Error(`${mode}: the hub holds ${gauges.connections} L7 connections and ${gauges.tunnelStreams} tunnel streams for ${est.watches} watches on ${clusters.length} clusters (ALPN ${est.alpn ?? 'http/1.1'})`);
       }
     }
+    send(standins, { connections: true });
+    const { connections: memberConnections } = await line<{ connections: number }>(standins, (o) => typeof o.connections === 'number', 'stand-in apiservers');
     progress(
       `  ${mode}: ${est.established} watches in ${(est.establishMs / 1000).toFixed(2)} s; controller ${est.clientConnections} connections` +
-        (atHub ? `; at the hub ${atHub.connections} L7 connections (ss: ${atHub.sockets}), ${atHub.tunnelStreams} tunnel streams` : ''),
+        (atHub ? `; at the hub ${atHub.connections} L7 connections (ss: ${atHub.sockets}), ${atHub.tunnelStreams} tunnel streams` : '') +
+        `; at the apiservers ${memberConnections} connections`,
     );
 
     // Each party's CPU seconds so far (and the whole machine's), and its share of a core since an earlier reading.
@@ -264,6 +269,7 @@ async function runMode(
     return {
       watches: est.established,
       clientConnections: est.clientConnections,
+      memberConnections,
       ...(atHub ? { hub: atHub } : {}),
       establishMs: est.establishMs,
       establishCpu,
@@ -282,7 +288,7 @@ async function runMode(
 
 export async function watch(b: Bench): Promise<WatchResult> {
   const { scale } = b;
-  const standins = start(path.join(DIST, 'standins.js'), [JSON.stringify({ certDir: b.pki.dir, clusters: b.watchClusters, token: AGENT_APISERVER_TOKEN })], { stdin: true });
+  const standins = start(path.join(DIST, 'standins.js'), [JSON.stringify({ certDir: b.pki.dir, clusters: b.watchClusters, token: AGENT_APISERVER_TOKEN, http2: b.memberProtocols === 'h2' })], { stdin: true });
   try {
     const { ports } = await line<{ ports: Record<string, number> }>(standins, (o) => typeof o.ports === 'object', 'stand-in apiservers');
     const modes: WatchResult['modes'] = {
