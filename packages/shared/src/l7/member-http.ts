@@ -34,14 +34,11 @@ export interface MemberHttpConfig {
    * apiserver runs over it as over a TCP connection.
    */
   connect?: ApiserverConnector;
-  /** Keep connections to the apiserver for later requests (default true). */
-  keepAlive?: boolean;
   /**
-   * Send watches over HTTP/2 when the apiserver offers it (default: when
-   * connections are kept), so that they share one connection as client-go's
-   * do; other requests go over kept HTTP/1.1 connections either way.
+   * Keep connections to the apiserver for later requests (default true). Kept
+   * connections also carry watches over HTTP/2 when the apiserver offers it.
    */
-  http2?: boolean;
+  keepAlive?: boolean;
   log: Logger;
 }
 
@@ -211,7 +208,7 @@ export class MemberHttp {
       keepAliveTimeout: 60_000,
       keepAliveMaxTimeout: 600_000,
     });
-    if (this.keepAlive && config.http2 !== false) {
+    if (this.keepAlive) {
       this.h2 = new H2Upstream(config.apiserver.host, (done) => connectOfferingH2(config, this.tls, done), this.pool, 60_000);
     }
     // Keep-alive: a stream carries one request after another (the hub keeps
