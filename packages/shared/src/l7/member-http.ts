@@ -35,8 +35,9 @@ export interface MemberHttpConfig {
    */
   connect?: ApiserverConnector;
   /**
-   * Keep connections to the apiserver for later requests (default true). Kept
-   * connections also carry watches over HTTP/2 when the apiserver offers it.
+   * Keep connections to the apiserver for later requests (default true).
+   * Kept TCP connections of this process (no `connect`) also carry watches
+   * over HTTP/2 when the apiserver offers it.
    */
   keepAlive?: boolean;
   log: Logger;
@@ -91,22 +92,14 @@ function tlsOptions(config: MemberHttpConfig): ApiserverTls {
   return { secureContext: clientContext(t), ...(servername ? { servername } : {}) };
 }
 
-/** ALPN offers toward the apiserver. */
-const HTTP1 = ['http/1.1'];
-const H2_OR_HTTP1 = ['h2', 'http/1.1'];
 /** How long a connection to the apiserver may take to be made, TLS included (undici's default too). */
 const CONNECT_TIMEOUT_MS = 10_000;
 
 /** A connection from `connector` with TLS to the apiserver started on it. */
-function connectTls(
-  connector: ApiserverConnector,
-  options: ApiserverTls,
-  done: (err: Error | null, socket: Duplex) => void,
-  alpn = HTTP1,
-): void {
+function connectTls(connector: ApiserverConnector, options: ApiserverTls, done: (err: Error | null, socket: Duplex) => void): void {
   connector((err, raw) => {
     if (err) return done(err, raw);
-    const socket = tls.connect({ socket: raw, ...options, ALPNProtocols: alpn });
+    const socket = tls.connect({ socket: raw, ...options, ALPNProtocols: ['http/1.1'] });
     noDelay(socket);
     // Closing either ends the other: the TLS socket does not always end what it runs on.
     socket.once('close', () => raw.destroy());
@@ -132,29 +125,21 @@ function noDelay(socket: Duplex): void {
  * over once its handshake is done (the chosen protocol known), or the
  * reason it could not be made in time.
  */
-function connectOfferingH2(config: MemberHttpConfig, options: ApiserverTls, done: (err: Error | null, socket?: tls.TLSSocket) => void): void {
-  const secured = (socket: tls.TLSSocket) => {
-    const fail = (err: Error) => {
-      socket.destroy();
-      done(err);
-    };
-    const timer = setTimeout(() => fail(new Error('timed out connecting to the apiserver')), CONNECT_TIMEOUT_MS);
-    socket.once('error', fail);
-    socket.once('secureConnect', () => {
-      clearTimeout(timer);
-      socket.off('error', fail);
-      done(null, socket);
-    });
-  };
-  if (config.connect) {
-    connectTls(config.connect, options, (err, socket) => (err ? done(err) : secured(socket as tls.TLSSocket)), H2_OR_HTTP1);
-    return;
-  }
-  const url = config.apiserver;
-  const socket = tls.connect({ host: hostOf(url), port: Number(url.port || 443), ...options, ALPNProtocols: H2_OR_HTTP1 });
+function connectOfferingH2(url: URL, options: ApiserverTls, done: (err: Error | null, socket?: tls.TLSSocket) => void): void {
+  const socket = tls.connect({ host: hostOf(url), port: Number(url.port || 443), ...options, ALPNProtocols: ['h2', 'http/1.1'] });
   socket.setNoDelay(true);
   socket.setKeepAlive(true, 30_000);
-  secured(socket);
+  const fail = (err: Error) => {
+    socket.destroy();
+    done(err);
+  };
+  const timer = setTimeout(() => fail(new Error('timed out connecting to the apiserver')), CONNECT_TIMEOUT_MS);
+  socket.once('error', fail);
+  socket.once('secureConnect', () => {
+    clearTimeout(timer);
+    socket.off('error', fail);
+    done(null, socket);
+  });
 }
 
 /** A stream's caller as its requests need it: the impersonation headers for it, or why it cannot be served. */
@@ -208,8 +193,8 @@ export class MemberHttp {
       keepAliveTimeout: 60_000,
       keepAliveMaxTimeout: 600_000,
     });
-    if (this.keepAlive) {
-      this.h2 = new H2Upstream(config.apiserver.host, (done) => connectOfferingH2(config, this.tls, done), this.pool, 60_000);
+    if (this.keepAlive && !connect) {
+      this.h2 = new H2Upstream(config.apiserver.host, (done) => connectOfferingH2(config.apiserver, this.tls, done), this.pool, 60_000);
     }
     // Keep-alive: a stream carries one request after another (the hub keeps
     // streams for its caller's later requests). keepAliveTimeout 0 means no
