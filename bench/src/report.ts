@@ -192,7 +192,7 @@ export function renderWatch(w: WatchResult): string[] {
     const target = name === 'HTTP/2' && h ? `connections = clusters, p99 ≤ 5 ms: ${met(h.connections === w.clusters && l.p99 <= 5)}` : '';
     return (
       `| ${name} | ${h ? `${h.connections.toLocaleString('en')} (ss ${h.sockets.toLocaleString('en')})` : '–'} | ${m.memberConnections?.toLocaleString('en') ?? '–'} | ${f(m.establishMs / 1000, 2)} s | ` +
-      `${f(m.events.rate)} | ${f(l.p50, 2)} / ${f(l.p99, 2)} / ${f(l.max, 1)} | ${f(m.warmup.latencyMs.p50, 2)} / ${f(m.warmup.latencyMs.p99, 2)} | ` +
+      `${f(m.events.rate)} | ${f(l.p50, 2)} / ${f(l.p99, 2)} / ${f(l.max, 1)} | ${m.machineDelays ? `${f(m.machineDelays.longestMs, 1)} (${m.machineDelays.count})` : '–'} | ${f(m.warmup.latencyMs.p50, 2)} / ${f(m.warmup.latencyMs.p99, 2)} | ` +
       `${share(m.cpuShare.hub)} / ${share(m.cpuShare.agents)} / ${share(m.cpuShare.apiservers)} / ${share(m.cpuShare.controller)} | ` +
       `${h ? `${mib(h.rssEstablished)} / ${mib(h.rssPeak)}` : '–'} | ${target} |`
     );
@@ -200,8 +200,8 @@ export function renderWatch(w: WatchResult): string[] {
   return [
     `**Watch fan-out**: one controller, ${w.clusters} clusters × ${w.watchesPerCluster} watches through L7, ${w.rate.toLocaleString('en')} events/s in total for ${w.seconds} s, each event for one watch, after ${Object.values(w.modes)[0]?.warmup.seconds ?? 0} s of the same events (warm-up, reported apart); a fresh hub per protocol; direct: the same watches to the apiservers themselves.`,
     '',
-    '| path | connections at the hub | at the apiservers | all watches established in | events/s delivered | latency p50 / p99 / max ms | warm-up p50 / p99 ms | share of a core: hub / agents / apiservers / controller | hub RSS established / peak | target |',
-    '|---|---|---|---|---|---|---|---|---|---|',
+    '| path | connections at the hub | at the apiservers | all watches established in | events/s delivered | latency p50 / p99 / max ms | longest delay of an idle process, ms (delays ≥ 5 ms) | warm-up p50 / p99 ms | share of a core: hub / agents / apiservers / controller | hub RSS established / peak | target |',
+    '|---|---|---|---|---|---|---|---|---|---|---|',
     ...rows,
   ];
 }

@@ -74,6 +74,8 @@ export interface WatchMode {
     /** p50 / p99 of the events created in each 5 s of the run, in order: a backlog shows as a rise. */
     byWindowMs: Windows;
   };
+  /** Wake-ups of a process with nothing else to do that came 5 ms or more late while these events were created (stallprobe.ts): how many, the longest, and the longest in each 5 s (0: none); not in results before 2026-12-03 14:00. */
+  machineDelays?: { count: number; longestMs: number; byWindowMs: number[] };
   /** The warm-up (WARMUP_S) before them: its events, checked as the others are, and their latency. */
   warmup: { seconds: number; events: number; latencyMs: Latency; byWindowMs: Windows };
   /** Share of one core each party used while events flowed (NaN: direct), and every process of the machine together (the bench's and others'). */
@@ -106,6 +108,8 @@ interface Established {
 }
 
 interface Delivered {
+  /** Wall-clock creation time of the first event, where the 5 s windows begin. */
+  firstCreatedMs: number;
   expected: number;
   received: number;
   repeated: number;
@@ -146,6 +150,8 @@ function socketsOn(port: number): number {
 }
 
 const send = (proc: ChildProcess, o: object) => proc.stdin!.write(`${JSON.stringify(o)}\n`);
+/** The controller's windows of events (watchclient.ts). */
+const WINDOW_MS = 5000;
 const windows = (w: Windows) => w.map((x) => `${x.p50.toFixed(1)} / ${x.p99.toFixed(1)}`).join(', ');
 
 /** What a mode runs against: the hub and its agent pools, or (direct) nothing but the apiservers. */
@@ -180,6 +186,7 @@ async function runMode(
   b: Bench,
   mode: 'h1' | 'h2' | 'direct',
   standins: ChildProcess,
+  probe: ChildProcess,
   ports: Record<string, number>,
 ): Promise<WatchMode> {
   const { scale } = b;
@@ -258,6 +265,10 @@ async function runMode(
     checkDelivered(mode, got);
     const l = got.latencyMs;
     progress(`  ${mode}: p50 / p99 ms of each 5 s: ${windows(got.byWindowMs)}`);
+    const machineDelays = await delaysOf(probe, got.firstCreatedMs, gen.seconds);
+    progress(
+      `  ${mode}: an idle process woke 5 ms or more late ${machineDelays.count} times; the longest delay of each 5 s, ms: ${machineDelays.byWindowMs.map((x) => x.toFixed(1)).join(', ')}`,
+    );
     const pct = (x: number) => (Number.isFinite(x) ? `${(x * 100).toFixed(0)}%` : '–');
     const perEvent = (k: keyof typeof idleShare) => (Number.isFinite(cpuShare[k]) ? `${(((cpuShare[k] - idleShare[k]) / gen.rate) * 1e6).toFixed(0)} µs` : '–');
     progress(`  ${mode}: CPU per event above idle: hub ${perEvent('hub')}, agents ${perEvent('agents')}, apiservers ${perEvent('apiservers')}, controller ${perEvent('controller')}`);
@@ -274,6 +285,7 @@ async function runMode(
       establishMs: est.establishMs,
       establishCpu,
       events: { created: gen.emitted, delivered: got.received, seconds: gen.seconds, rate: gen.rate, generatorMaxLateMs: gen.maxLateMs, latencyMs: l, byWindowMs: got.byWindowMs },
+      machineDelays,
       warmup: { seconds: warmSeconds, events: warm.received, latencyMs: warm.latencyMs, byWindowMs: warm.byWindowMs },
       cpuShare,
       idleCpuShare: idleShare,
@@ -286,18 +298,35 @@ async function runMode(
   }
 }
 
+/** The delays the stall probe saw in the `seconds` from `from` (wall clock), by the controller's windows. */
+async function delaysOf(probe: ChildProcess, from: number, seconds: number): Promise<NonNullable<WatchMode['machineDelays']>> {
+  const answer = line<{ stalls: Array<[number, number]> }>(probe, (o) => Array.isArray(o.stalls), 'stall probe');
+  send(probe, { from, to: from + seconds * 1000 });
+  const { stalls } = await answer;
+  const byWindowMs = Array.from({ length: Math.ceil((seconds * 1000) / WINDOW_MS) }, () => 0);
+  for (const [at, ms] of stalls) {
+    const w = Math.floor((at - from) / WINDOW_MS);
+    byWindowMs[w] = Math.max(byWindowMs[w] ?? 0, ms);
+  }
+  return { count: stalls.length, longestMs: Math.max(0, ...byWindowMs), byWindowMs };
+}
+
 export async function watch(b: Bench): Promise<WatchResult> {
   const { scale } = b;
+  const probe = start(path.join(DIST, 'stallprobe.js'), [], { stdin: true });
+  const probeReady = line(probe, (o) => o.ready === true, 'stall probe');
+  probeReady.catch(() => undefined); // awaited below, unless the stand-ins fail first
   const standins = start(path.join(DIST, 'standins.js'), [JSON.stringify({ certDir: b.pki.dir, clusters: b.watchClusters, token: AGENT_APISERVER_TOKEN, http2: b.memberProtocols === 'h2' })], { stdin: true });
   try {
     const { ports } = await line<{ ports: Record<string, number> }>(standins, (o) => typeof o.ports === 'object', 'stand-in apiservers');
+    await probeReady;
     const modes: WatchResult['modes'] = {
-      direct: await runMode(b, 'direct', standins, ports),
-      'HTTP/1.1': await runMode(b, 'h1', standins, ports),
-      'HTTP/2': await runMode(b, 'h2', standins, ports),
+      direct: await runMode(b, 'direct', standins, probe, ports),
+      'HTTP/1.1': await runMode(b, 'h1', standins, probe, ports),
+      'HTTP/2': await runMode(b, 'h2', standins, probe, ports),
     };
     return { clusters: b.watchClusters.length, watchesPerCluster: scale.watchesPerCluster, rate: scale.watchRate, seconds: scale.watchSeconds, opening: OPENING, modes };
   } finally {
-    await endInput(standins);
+    await Promise.all([endInput(standins), endInput(probe)]);
   }
 }

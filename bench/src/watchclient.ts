@@ -201,6 +201,7 @@ function latencyOf(createdAt: number[], latency: number[]) {
   });
   const sorted = [...latency].sort((a, b) => a - b);
   return {
+    firstCreatedMs: first,
     byWindowMs,
     latencyMs: { p50: percentile(sorted, 50), p90: percentile(sorted, 90), p99: percentile(sorted, 99), p999: percentile(sorted, 99.9), max: sorted[sorted.length - 1] ?? NaN, n: sorted.length },
   };
