@@ -2,7 +2,7 @@ import { once } from 'node:events';
 import { randomBytes } from 'node:crypto';
 import { pipeline } from 'node:stream/promises';
 import { Readable, Writable } from 'node:stream';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { Defaults } from '../src/constants.js';
 import { TunnelError } from '../src/errors.js';
 import { HEADER_SIZE } from '../src/protocol/frame.js';
@@ -421,6 +421,32 @@ describe('message buffers', () => {
     expect(pool.idle).toBeGreaterThan(0);
     expect(pool.idle).toBeLessThanOrEqual(16);
     await settled(pair);
+  });
+
+  it('small messages are not assembled in pooled buffers; large ones are', async () => {
+    // A process with many sessions has more small messages in flight than the
+    // pool keeps, and each one past it took a fresh buffer of maxMessageSize.
+    const pool = poolFor(Defaults.maxMessageSize + Defaults.maxFrameSize + 2 * HEADER_SIZE);
+    const take = vi.spyOn(pool, 'take');
+    try {
+      pair = memoryPair({ pingIntervalMs: 0 });
+      echo(pair.agent);
+      const streams = await Promise.all(Array.from({ length: 20 }, () => pair!.server.open(tcp)));
+      const small = randomBytes(300);
+      const back = await Promise.all(streams.map((s) => (s.end(small), readAll(s))));
+      expect(back.every((b) => b.equals(small))).toBe(true);
+      expect(take).not.toHaveBeenCalled();
+
+      const large = randomBytes(200 * 1024);
+      const s = await pair.server.open(tcp);
+      const echoed = readAll(s);
+      s.end(large);
+      expect((await echoed).equals(large)).toBe(true);
+      expect(take).toHaveBeenCalled();
+      await settled(pair);
+    } finally {
+      take.mockRestore();
+    }
   });
 
   it('BufferPool keeps at most its limit of idle buffers', () => {

@@ -20,6 +20,16 @@ export interface SchedulerLimits {
 }
 
 /**
+ * Messages up to this size are not assembled in a pooled buffer. The pool
+ * keeps 16 buffers of maxMessageSize for the whole process; a process with
+ * many sessions (the hub, an agent pool) has more small messages in flight
+ * than that at once, and each one past the pool took a fresh buffer of
+ * about 288 KiB, the size V8 counts towards its next major GC, to carry a
+ * few hundred bytes. A small message costs only its own bytes.
+ */
+const SMALL_MESSAGE = 16 * 1024;
+
+/**
  * The sending half of a session: what goes to the transport, in which order,
  * and how much of it may be in flight.
  *
@@ -27,8 +37,9 @@ export interface SchedulerLimits {
  * WINDOW are updated in place while still queued); then DATA round-robin
  * over the streams that have something to send, one frame per stream per
  * turn, a stream's FIN after its last DATA. Every frame taken in one turn
- * goes out as one transport message, assembled in a pooled buffer that is
- * reused once the transport's send completes.
+ * goes out as one transport message; a large one is assembled in a pooled
+ * buffer that is reused once the transport's send completes, a small one
+ * (SMALL_MESSAGE) in a buffer of its own size.
  *
  * Back pressure: framing stops while `outstanding` (bytes handed to the
  * transport whose send has not completed) is at the high-water mark, and
@@ -268,7 +279,7 @@ export class Scheduler {
   /** One message of `parts`: the part itself, or the parts copied into a pooled buffer (`borrowed`, given back after the send). */
   private assemble(parts: Buffer[], size: number): { message: Buffer; borrowed: Buffer | undefined } {
     if (parts.length === 1) return { message: parts[0]!, borrowed: undefined };
-    if (size > this.pool.size) return { message: Buffer.concat(parts, size), borrowed: undefined };
+    if (size <= SMALL_MESSAGE || size > this.pool.size) return { message: Buffer.concat(parts, size), borrowed: undefined };
     const borrowed = this.pool.take();
     let at = 0;
     for (const part of parts) at += part.copy(borrowed, at);
