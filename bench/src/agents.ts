@@ -8,8 +8,12 @@
 import { once } from 'node:events';
 import fs from 'node:fs';
 import path from 'node:path';
+import v8 from 'node:v8';
 import { startAgent, type Agent } from '@kubetunnel/agent';
 import { silentLogger } from '@kubetunnel/shared';
+
+// The garbage collector setting of the `kubetunnel agent` these agents stand for (packages/cli/bin/kubetunnel.js).
+v8.setFlagsFromString('--no-incremental-marking-task');
 
 interface Job {
   server: string;

@@ -18,7 +18,11 @@ import https from 'node:https';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
+import v8 from 'node:v8';
 import { Pool, type Dispatcher } from 'undici';
+
+// The garbage collector setting kubetunnel runs with (packages/cli/bin/kubetunnel.js).
+v8.setFlagsFromString('--no-incremental-marking-task');
 
 const [certDir, nextPort] = process.argv.slice(2);
 const file = (name: string) => fs.readFileSync(path.join(certDir!, name));

@@ -10,13 +10,8 @@ import path from 'node:path';
 
 const children = new Set<ChildProcess>();
 
-/**
- * Node flags for every node party: the garbage collector setting `kubetunnel`
- * runs with (packages/cli/bin/kubetunnel.js), which the in-process agents
- * (agents.ts) stand in for and which is then no difference between the paths
- * compared; then BENCH_NODE_ARGS, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof".
- */
-const nodeArgs = ['--no-incremental-marking-task', ...(process.env.BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean)];
+/** Extra node flags for every node party, e.g. BENCH_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof". */
+const nodeArgs = (process.env.BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean);
 /** BENCH_LOG_DIR=dir keeps every party's standard output there, one file each. */
 const logDir = process.env.BENCH_LOG_DIR;
 

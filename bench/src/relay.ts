@@ -16,6 +16,10 @@ import fs from 'node:fs';
 import net, { type AddressInfo } from 'node:net';
 import path from 'node:path';
 import tls from 'node:tls';
+import v8 from 'node:v8';
+
+// The garbage collector setting kubetunnel runs with (packages/cli/bin/kubetunnel.js).
+v8.setFlagsFromString('--no-incremental-marking-task');
 
 const [role, certDir, targetPort] = process.argv.slice(2);
 const file = (name: string) => fs.readFileSync(path.join(certDir!, name));
