@@ -22,8 +22,8 @@ export interface SchedulerLimits {
 /**
  * Messages up to this size are not assembled in a pooled buffer. The pool
  * keeps 16 buffers of maxMessageSize for the whole process; a process with
- * many sessions (the hub, an agent pool) has more small messages in flight
- * than that at once, and each one past the pool took a fresh buffer of
+ * many sessions (the hub, an agent pool) can have more small messages in
+ * flight than that at once, and each one past the pool took a fresh buffer of
  * about 288 KiB, the size V8 counts towards its next major GC, to carry a
  * few hundred bytes. A small message costs only its own bytes.
  */
@@ -276,7 +276,7 @@ export class Scheduler {
     return size;
   }
 
-  /** One message of `parts`: the part itself, or the parts copied into a pooled buffer (`borrowed`, given back after the send). */
+  /** One message of `parts`: the part itself, or the parts copied into one buffer, a pooled one for a large message (`borrowed`, given back after the send). */
   private assemble(parts: Buffer[], size: number): { message: Buffer; borrowed: Buffer | undefined } {
     if (parts.length === 1) return { message: parts[0]!, borrowed: undefined };
     if (size <= SMALL_MESSAGE || size > this.pool.size) return { message: Buffer.concat(parts, size), borrowed: undefined };
