@@ -108,8 +108,9 @@ interface Established {
 }
 
 interface Delivered {
-  /** Wall-clock creation time of the first event, where the 5 s windows begin. */
+  /** Wall-clock creation time of the first event, where the windows of byWindowMs begin, and their length. */
   firstCreatedMs: number;
+  windowMs: number;
   expected: number;
   received: number;
   repeated: number;
@@ -150,8 +151,6 @@ function socketsOn(port: number): number {
 }
 
 const send = (proc: ChildProcess, o: object) => proc.stdin!.write(`${JSON.stringify(o)}\n`);
-/** The controller's windows of events (watchclient.ts). */
-const WINDOW_MS = 5000;
 const windows = (w: Windows) => w.map((x) => `${x.p50.toFixed(1)} / ${x.p99.toFixed(1)}`).join(', ');
 
 /** What a mode runs against: the hub and its agent pools, or (direct) nothing but the apiservers. */
@@ -265,7 +264,7 @@ async function runMode(
     checkDelivered(mode, got);
     const l = got.latencyMs;
     progress(`  ${mode}: p50 / p99 ms of each 5 s: ${windows(got.byWindowMs)}`);
-    const machineDelays = await delaysOf(probe, got.firstCreatedMs, gen.seconds);
+    const machineDelays = await delaysOf(probe, got, gen.seconds);
     progress(
       `  ${mode}: an idle process woke 5 ms or more late ${machineDelays.count} times; the longest delay of each 5 s, ms: ${machineDelays.byWindowMs.map((x) => x.toFixed(1)).join(', ')}`,
     );
@@ -298,14 +297,15 @@ async function runMode(
   }
 }
 
-/** The delays the stall probe saw in the `seconds` from `from` (wall clock), by the controller's windows. */
-async function delaysOf(probe: ChildProcess, from: number, seconds: number): Promise<NonNullable<WatchMode['machineDelays']>> {
+/** The delays the stall probe saw in the `seconds` of events the controller reported on (`got`), by the controller's windows. */
+async function delaysOf(probe: ChildProcess, got: Delivered, seconds: number): Promise<NonNullable<WatchMode['machineDelays']>> {
+  const { firstCreatedMs: from, windowMs } = got;
   const answer = line<{ stalls: Array<[number, number]> }>(probe, (o) => Array.isArray(o.stalls), 'stall probe');
   send(probe, { from, to: from + seconds * 1000 });
   const { stalls } = await answer;
-  const byWindowMs = Array.from({ length: Math.ceil((seconds * 1000) / WINDOW_MS) }, () => 0);
+  const byWindowMs = Array.from({ length: Math.ceil((seconds * 1000) / windowMs) }, () => 0);
   for (const [at, ms] of stalls) {
-    const w = Math.floor((at - from) / WINDOW_MS);
+    const w = Math.floor((at - from) / windowMs);
     byWindowMs[w] = Math.max(byWindowMs[w] ?? 0, ms);
   }
   return { count: stalls.length, longestMs: Math.max(0, ...byWindowMs), byWindowMs };

@@ -202,6 +202,7 @@ function latencyOf(createdAt: number[], latency: number[]) {
   const sorted = [...latency].sort((a, b) => a - b);
   return {
     firstCreatedMs: first,
+    windowMs: WINDOW_MS,
     byWindowMs,
     latencyMs: { p50: percentile(sorted, 50), p90: percentile(sorted, 90), p99: percentile(sorted, 99), p999: percentile(sorted, 99.9), max: sorted[sorted.length - 1] ?? NaN, n: sorted.length },
   };
