@@ -65,9 +65,10 @@ class Client {
     return client;
   }
 
-  /** GET `path` with `token`; resolves with the status and body of the answer (Content-Length framed). */
+  /** GET `path` with `token` (none: ''); resolves with the status and body of the answer (Content-Length framed). */
   async get(token: string, path = '/clusters/member-1/version'): Promise<{ status: number; body: string }> {
-    this.socket.write(`GET ${path} HTTP/1.1\r\nHost: hub\r\nAuthorization: Bearer ${token}\r\n\r\n`);
+    const credentials = token ? `Authorization: Bearer ${token}\r\n` : '';
+    this.socket.write(`GET ${path} HTTP/1.1\r\nHost: hub\r\n${credentials}\r\n`);
     for (;;) {
       const end = this.buf.indexOf('\r\n\r\n');
       if (end >= 0) {
@@ -153,6 +154,29 @@ describe('L7 keep-alive over the tunnel', () => {
     await client.close();
     // The client went: its streams close with it.
     await expectIdle(server, member.agent);
+  });
+});
+
+describe('the caller of each request', () => {
+  it('is the one its own credentials name, whatever an earlier request on the connection or another connection carried', async () => {
+    const first = await Client.connect();
+    const other = await Client.connect();
+    const sequence: Array<[Client, string, number, string?]> = [
+      [first, 'alice-token', 200, 'alice'],
+      [first, 'alice-token', 200, 'alice'],
+      [first, 'not-a-token', 401],
+      [other, 'not-a-token', 401],
+      [first, 'alice-token', 200, 'alice'],
+      [other, 'bob-token', 200, 'bob'],
+      [first, 'bob-token', 200, 'bob'],
+      [first, '', 401],
+      [other, 'bob-token', 200, 'bob'],
+    ];
+    for (const [client, token, status, user] of sequence) {
+      const r = await client.get(token);
+      expect(r.status, `${token || 'no token'}`).toBe(status);
+      if (user) expect(lastEffectiveUser()).toBe(user);
+    }
   });
 });
 

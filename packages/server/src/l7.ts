@@ -61,21 +61,49 @@ interface Prepared {
   headers: http.OutgoingHttpHeaders;
 }
 
+/** Who sent the requests of a client connection with one credentials header: the identity, or why it is refused. */
+interface Caller {
+  authorization: string | undefined;
+  outcome: Outcome<{ identity: Identity }>;
+}
+
 /**
  * Routes and authenticates an L7 request: its cluster and path, the
  * caller's identity (refused before any OPEN when no header or OPEN frame
  * can carry it, see identity.ts), the headers for the member. Undefined:
  * not an L7 request.
  */
-function prepare(deps: L7Deps, req: FrontendRequest): Outcome<Prepared> | undefined {
+function prepare(deps: L7Deps, req: FrontendRequest, callers: WeakMap<EventEmitter, Caller>): Outcome<Prepared> | undefined {
   const route = routeL7Request(req, deps.serverNameSuffix);
   if (!route) return undefined;
   if (!route.ok) return route;
+  const caller = callerOf(deps, req, callers);
+  if (!caller.ok) return caller;
+  return { ok: true, route: { cluster: route.cluster, path: route.path }, identity: caller.identity, headers: memberHeaders(req) };
+}
+
+/**
+ * The caller of a request, worked out once for the requests of a client
+ * connection that carry the same credentials header: its certificate is the
+ * connection's, and a token maps to one identity for the server's life.
+ * Another header on the connection is authenticated afresh.
+ */
+function callerOf(deps: L7Deps, req: FrontendRequest, callers: WeakMap<EventEmitter, Caller>): Outcome<{ identity: Identity }> {
+  const connection = connectionOf(req);
+  const authorization = req.headers.authorization;
+  const known = callers.get(connection);
+  if (known && known.authorization === authorization) return known.outcome;
+  const outcome = identify(deps, req);
+  callers.set(connection, { authorization, outcome });
+  return outcome;
+}
+
+function identify(deps: L7Deps, req: FrontendRequest): Outcome<{ identity: Identity }> {
   const auth = authenticate(req.socket as TLSSocket, req.headers.authorization, deps.tokens);
   if (!auth.ok) return refused('UNAUTHENTICATED', `Unauthorized: ${auth.refusal.message}`);
   const problem = identityProblem(auth.identity);
   if (problem) return refused(problem.cause, problem.reason);
-  return { ok: true, route: { cluster: route.cluster, path: route.path }, identity: auth.identity, headers: memberHeaders(req) };
+  return { ok: true, identity: auth.identity };
 }
 
 /**
@@ -158,6 +186,8 @@ export function l7Handlers(deps: L7Deps): HttpHandlers & { pool: StreamPool } {
 
 class L7Frontend {
   readonly pool: StreamPool;
+  /** The caller of each client connection (an HTTP/1.1 socket or an HTTP/2 session), by its latest credentials header. */
+  private readonly callers = new WeakMap<EventEmitter, Caller>();
 
   constructor(private readonly deps: L7Deps) {
     this.pool = new StreamPool(deps.pool);
@@ -262,7 +292,7 @@ class L7Frontend {
    * request, or refused (and answered).
    */
   private admit(req: FrontendRequest, answer: (a: Answer) => void, check?: (req: FrontendRequest) => Refusal | undefined): Prepared | undefined {
-    const p = prepare(this.deps, req);
+    const p = prepare(this.deps, req, this.callers);
     if (p === undefined) return undefined;
     if (p.ok) {
       const r = check?.(req);
