@@ -119,7 +119,9 @@ function buildParts(config: ServerConfig, registry: ClusterRegistry, metrics: Se
   const l7 = l7Handlers({
     ...deps,
     log: log.child({ frontend: 'l7' }),
-    audit: log.child({ component: 'audit' }),
+    // An audit line's fields are the fixed ones of L7Frontend.audit, none a
+    // credential: not searched for the paths to redact, a cost on every request.
+    audit: log.child({ component: 'audit' }, { redact: [] }),
     serverNameSuffix: config.clusterDomain ?? Defaults.l7ServerNameSuffix,
   });
   const frontend = new Frontend(config, deps, l7, log.child({ component: 'frontend' }));
