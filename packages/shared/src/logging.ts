@@ -41,24 +41,69 @@ const MAX_LOG_BUFFER = 16 * 2 ** 20;
 /** How many times a write the output refuses for now (EAGAIN) is tried again at exit, 100 ms apart. */
 const EXIT_WRITE_RETRIES = 50;
 
-let stdout: SonicBoom | undefined;
+/** How long a log line may wait for others to be written with it. */
+const LOG_BATCH_MS = 20;
+/** Log bytes that are written at once, without waiting for LOG_BATCH_MS. */
+const LOG_BATCH_BYTES = 16 * 1024;
+
+/**
+ * Log lines handed to the output together, at most LOG_BATCH_MS after the
+ * first of them or once LOG_BATCH_BYTES are waiting; what waits is handed
+ * over at exit too. A server busy with L7 requests logs an audit line for
+ * each: written one by one, each cost it a write to standard output, a
+ * thread of the pool and a wake-up of the log's reader.
+ */
+class LogBatch implements pino.DestinationStream {
+  private pending: string[] = [];
+  private bytes = 0;
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(private readonly out: SonicBoom) {}
+
+  write(line: string): void {
+    this.pending.push(line);
+    this.bytes += line.length;
+    if (this.bytes >= LOG_BATCH_BYTES) this.flush();
+    else if (this.timer === undefined) {
+      this.timer = setTimeout(() => this.flush(), LOG_BATCH_MS);
+      this.timer.unref();
+    }
+  }
+
+  /** Hands what waits to the output now (pino's logger.flush calls it too). */
+  flush(done?: (err?: Error) => void): void {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    if (this.pending.length > 0) {
+      const lines = this.pending.join('');
+      this.pending = [];
+      this.bytes = 0;
+      this.out.write(lines);
+    }
+    done?.();
+  }
+}
+
+let stdout: LogBatch | undefined;
 
 /**
  * Standard output as the log's destination, one for the process: written
- * asynchronously, holding at most MAX_LOG_BUFFER for a slow reader, flushed
- * at exit. A failed write (EPIPE: the reader of a log pipe is gone) ends
- * logging, not the process; and the flush at exit gives up on an output that
- * fails or refuses for 5 s, so a signal still stops the process whatever
- * became of its log's reader.
+ * asynchronously and in batches (LogBatch), holding at most MAX_LOG_BUFFER
+ * for a slow reader, flushed at exit. A failed write (EPIPE: the reader of a
+ * log pipe is gone) ends logging, not the process; and the flush at exit
+ * gives up on an output that fails or refuses for 5 s, so a signal still
+ * stops the process whatever became of its log's reader.
  */
-function stdoutDestination(): SonicBoom {
+function stdoutDestination(): LogBatch {
   if (stdout) return stdout;
   const dest = new SonicBoomClass({ fd: 1, sync: false, maxLength: MAX_LOG_BUFFER });
   dest.on('error', () => {
     dest.write = () => true;
     dest.flushSync = () => {};
   });
+  const batch = new LogBatch(dest);
   process.once('exit', () => {
+    batch.flush();
     // Until now a write refused for the moment waits as long as it takes; not at exit.
     (dest as unknown as { maxWriteRetries: number }).maxWriteRetries = EXIT_WRITE_RETRIES;
     try {
@@ -67,8 +112,8 @@ function stdoutDestination(): SonicBoom {
       // The output is gone or stuck: what is left of the log cannot be written.
     }
   });
-  stdout = dest;
-  return dest;
+  stdout = batch;
+  return batch;
 }
 
 /** A logger that discards everything (tests, library use). */
