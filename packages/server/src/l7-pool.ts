@@ -295,8 +295,16 @@ export class StreamPool {
   }
 }
 
+/** Keys made so far, by identity: a client connection's requests carry the same identity object (see callerOf in l7.ts). */
+const identityKeys = new WeakMap<Identity, string>();
+
 /** The same string for the same identity, whatever the order of its extra keys. */
 function identityKey(id: Identity): string {
-  const extra = id.extra ? Object.keys(id.extra).sort().map((k) => [k, id.extra![k]]) : [];
-  return JSON.stringify([id.user, id.uid ?? null, id.groups, extra]);
+  let key = identityKeys.get(id);
+  if (key === undefined) {
+    const extra = id.extra ? Object.keys(id.extra).sort().map((k) => [k, id.extra![k]]) : [];
+    key = JSON.stringify([id.user, id.uid ?? null, id.groups, extra]);
+    identityKeys.set(id, key);
+  }
+  return key;
 }
