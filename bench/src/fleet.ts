@@ -11,7 +11,11 @@
  * Reports the time from the first pool's start until the server has logged
  * every registration, the server's RSS, and its CPU while idle (nothing but
  * the tunnels' pings) over `--idle` seconds, with the load average at each
- * step (the machine is shared). --ping-interval is the server's (the agents
+ * step (the machine is shared). Before the agents, the floor under the
+ * registration time: the CPU of bare TLS handshakes with the gateway's
+ * settings and an agent's certificate, server and client side
+ * (bench/src/handshakes.ts), and what `sessions` of them take of the
+ * machine's cores at the least. --ping-interval is the server's (the agents
  * take it from the server). Writes bench/results/fleet.json (fleet-quick.json
  * with --quick; --out NAME writes bench/results/NAME). --quick (200 sessions, 3 s idle) checks
  * that every session registers; it says nothing about speed.
@@ -23,7 +27,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Defaults } from '@kubetunnel/shared';
 import { endInput, makeCerts, ROOT, startUpstream, type Pki } from './parties.js';
-import { cpuOf, loadavg, machine, outOption, progress, rssOf, start, startAgentPools, stopAll, stopOnSignals, wholeNumberOption, within } from './procs.js';
+import { cpuOf, line, loadavg, machine, outOption, progress, rssOf, start, startAgentPools, stopAll, stopOnSignals, wholeNumberOption, within } from './procs.js';
 
 const CLI = path.join(ROOT, 'packages/cli/bin/kubetunnel.js');
 const DIST = fileURLToPath(new URL('.', import.meta.url));
@@ -84,11 +88,46 @@ async function startServer(pki: Pki): Promise<FleetServer> {
   return { proc, agentPort: ports.agent!, registered: () => count };
 }
 
+/** Bare handshakes measured for the floor (handshakes.ts). */
+const FLOOR_HANDSHAKES = quick ? 50 : 500;
+
+/** CPU per bare TLS handshake (gateway settings, agent certificate), server and client, and the least time `sessions` of them take on this machine's cores. */
+interface HandshakeFloor {
+  handshakes: number;
+  serverCpuUs: number;
+  clientCpuUs: number;
+  /** sessions × (server + client) CPU ÷ cores: the registration time no server could beat here. */
+  floorForSessionsS: number;
+}
+
+async function handshakeFloor(pki: Pki): Promise<HandshakeFloor> {
+  const script = path.join(DIST, 'handshakes.js');
+  const server = start(script, ['server', pki.dir], { stdin: true });
+  const { port } = await line<{ port: number }>(server, (o) => typeof o.port === 'number', 'handshake server');
+  const cpu0 = cpuOf(server.pid!);
+  const client = start(script, ['client', pki.dir, String(port), String(FLOOR_HANDSHAKES)]);
+  const r = await within(5 * 60_000, 'bare handshakes', line<{ handshakes: number; cpuMs: number }>(client, (o) => typeof o.cpuMs === 'number', 'handshake client'));
+  const serverCpuUs = ((cpuOf(server.pid!) - cpu0) * 1e6) / r.handshakes;
+  await endInput(server);
+  const clientCpuUs = (r.cpuMs * 1000) / r.handshakes;
+  return {
+    handshakes: r.handshakes,
+    serverCpuUs: Math.round(serverCpuUs),
+    clientCpuUs: Math.round(clientCpuUs),
+    floorForSessionsS: Math.round((sessions * (serverCpuUs + clientCpuUs)) / 1e6 / os.cpus().length * 10) / 10,
+  };
+}
+
 stopOnSignals(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
 async function main(): Promise<boolean> {
   progress(`${sessions} agent sessions in ${processes} processes on one server, PING every ${pingIntervalMs / 1000} s; files in ${tmp}`);
   const pki = await makeCerts(path.join(tmp, 'certs'), ['fleet']);
+  const floor = await handshakeFloor(pki);
+  progress(
+    `  ${floor.handshakes} bare TLS handshakes (the gateway's settings, an agent's certificate): server ${floor.serverCpuUs} µs, ` +
+      `agent ${floor.clientCpuUs} µs of CPU each; ${sessions} of them take at least ${floor.floorForSessionsS} s on ${os.cpus().length} cores`,
+  );
   const upstream = await startUpstream(pki);
   const server = await startServer(pki);
   const pid = server.proc.pid!;
@@ -152,6 +191,7 @@ async function main(): Promise<boolean> {
     pingIntervalMs,
     registeredInMs,
     serverCpuDuringRegistrationS: Math.round(registerCpu * 100) / 100,
+    handshakeFloor: floor,
     serverRss: { before: rssBefore, registered: rssRegistered, afterIdle: rssIdle, peakIdle: rssPeakIdle },
     idle: { seconds: Math.round(wall * 10) / 10, serverCpuShare: Math.round(idleCpu * 10_000) / 10_000, agentPoolsCpuShare: Math.round(poolsCpu * 10_000) / 10_000 },
     /** Registrations logged by the end (more than `sessions`: some session re-registered during the idle time). */

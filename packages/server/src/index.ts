@@ -17,3 +17,4 @@ export * from './grpc/packets.js';
 export { grpcStatusOf, type CallerSource } from './grpc/proxy-service.js';
 export { readMemberKubeconfig, readMemberKubeconfigs, type MemberCredential } from './grpc/anp-l7.js';
 export * from './join.js';
+export { GATEWAY_TLS_POLICY } from './agent-gateway.js';
