@@ -43,27 +43,30 @@ const EXIT_WRITE_RETRIES = 50;
 
 /** How long a log line may wait for others to be written with it. */
 const LOG_BATCH_MS = 20;
-/** Log bytes that are written at once, without waiting for LOG_BATCH_MS. */
-const LOG_BATCH_BYTES = 16 * 1024;
+/** Waiting log text written at once, without waiting for LOG_BATCH_MS (counted in characters: JSON lines are mostly ASCII). */
+const LOG_BATCH_CHARS = 16 * 1024;
 
 /**
  * Log lines handed to the output together, at most LOG_BATCH_MS after the
- * first of them or once LOG_BATCH_BYTES are waiting; what waits is handed
+ * first of them or once LOG_BATCH_CHARS are waiting; what waits is handed
  * over at exit too. A server busy with L7 requests logs an audit line for
  * each: written one by one, each cost it a write to standard output, a
- * thread of the pool and a wake-up of the log's reader.
+ * thread of the pool and a wake-up of the log's reader. (sonic-boom's own
+ * minLength and periodicFlush would do the same, but its periodic flush
+ * writes to the output even when nothing waits: a wake-up every period for
+ * an idle process.)
  */
 class LogBatch implements pino.DestinationStream {
   private pending: string[] = [];
-  private bytes = 0;
+  private chars = 0;
   private timer: NodeJS.Timeout | undefined;
 
   constructor(private readonly out: SonicBoom) {}
 
   write(line: string): void {
     this.pending.push(line);
-    this.bytes += line.length;
-    if (this.bytes >= LOG_BATCH_BYTES) this.flush();
+    this.chars += line.length;
+    if (this.chars >= LOG_BATCH_CHARS) this.flush();
     else if (this.timer === undefined) {
       this.timer = setTimeout(() => this.flush(), LOG_BATCH_MS);
       this.timer.unref();
@@ -77,7 +80,7 @@ class LogBatch implements pino.DestinationStream {
     if (this.pending.length > 0) {
       const lines = this.pending.join('');
       this.pending = [];
-      this.bytes = 0;
+      this.chars = 0;
       this.out.write(lines);
     }
     done?.();
