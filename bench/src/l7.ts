@@ -46,7 +46,10 @@ export interface L7List {
 export interface L7Result {
   nginx: string;
   small: Record<string, LatRuns>;
+  /** Per path, the run of median requests/s of `loadRounds` (its other figures are that run's). */
   load: Record<string, L7Load>;
+  /** Every run of every path, in the order of the rounds: the paths took turns. */
+  loadRounds: Record<string, L7Load[]>;
   list: Record<string, L7List>;
   /** The load average (1, 5, 15 min) when each part began: the machine is shared. */
   loadavg: Record<string, string>;
@@ -77,6 +80,33 @@ interface Path {
   agent?: ChildProcess;
 }
 
+/** One run of `l7Clients` clients for `l7Seconds` through `p`, with the hub's and agent's CPU over the measured seconds. */
+async function loadRun(p: Path, scale: Bench['scale']): Promise<L7Load> {
+  let before = { hub: 0, agent: 0 };
+  let t0 = 0;
+  const cpu = () => ({ hub: p.hub ? cpuOf(p.hub.pid!) : NaN, agent: p.agent ? cpuOf(p.agent.pid!) : NaN });
+  const r = await runClient<Lat & { requests: number; seconds: number; rps: number }>(
+    { job: 'load', target: p.target, path: '/version', clients: scale.l7Clients, seconds: scale.l7Seconds },
+    () => {
+      before = cpu();
+      t0 = performance.now();
+    },
+  );
+  const after = cpu();
+  const wall = (performance.now() - t0) / 1000;
+  const used = { hub: after.hub - before.hub, agent: after.agent - before.agent };
+  return {
+    ...r,
+    cpuPer1000: { hub: (1000 * used.hub) / r.requests, agent: (1000 * used.agent) / r.requests },
+    cpuShare: { hub: used.hub / wall, agent: used.agent / wall },
+  };
+}
+
+/** The run of median requests/s (the lower middle one of an even count). */
+function medianRun(runs: L7Load[]): L7Load {
+  return [...runs].sort((a, b) => a.rps - b.rps)[(runs.length - 1) >> 1]!;
+}
+
 export async function l7(b: Bench): Promise<L7Result> {
   const { scale } = b;
   let chain: NginxChain | undefined;
@@ -102,31 +132,21 @@ export async function l7(b: Bench): Promise<L7Result> {
     }
 
     avg.load = loadavg();
-    const load: Record<string, L7Load> = {};
-    for (const p of paths) {
-      let before = { hub: 0, agent: 0 };
-      let t0 = 0;
-      const cpu = () => ({ hub: p.hub ? cpuOf(p.hub.pid!) : NaN, agent: p.agent ? cpuOf(p.agent.pid!) : NaN });
-      const r = await runClient<Lat & { requests: number; seconds: number; rps: number }>(
-        { job: 'load', target: p.target, path: '/version', clients: scale.l7Clients, seconds: scale.l7Seconds },
-        () => {
-          before = cpu();
-          t0 = performance.now();
-        },
-      );
-      const after = cpu();
-      const wall = (performance.now() - t0) / 1000;
-      const used = { hub: after.hub - before.hub, agent: after.agent - before.agent };
-      load[p.name] = {
-        ...r,
-        cpuPer1000: { hub: (1000 * used.hub) / r.requests, agent: (1000 * used.agent) / r.requests },
-        cpuShare: { hub: used.hub / wall, agent: used.agent / wall },
-      };
-      progress(
-        `  ${scale.l7Clients} clients, ${p.name}: ${r.rps.toFixed(0)} requests/s, p50 ${r.p50.toFixed(2)} ms, p99 ${r.p99.toFixed(2)} ms` +
-          (p.hub ? `; CPU per 1,000 requests hub ${(1000 * load[p.name]!.cpuPer1000.hub).toFixed(0)} ms, agent ${(1000 * load[p.name]!.cpuPer1000.agent).toFixed(0)} ms` : ''),
-      );
+    // Rounds of every path in turn, as for the small GETs: the machine's speed
+    // drifts by more than the differences measured within a few minutes, and a
+    // path's runs are spread over the same minutes as the others'.
+    const loadRuns: Record<string, L7Load[]> = {};
+    for (let i = 0; i < scale.runs; i++) {
+      for (const p of paths) {
+        const r = await loadRun(p, scale);
+        (loadRuns[p.name] ??= []).push(r);
+        progress(
+          `  ${scale.l7Clients} clients, run ${i + 1}/${scale.runs} ${p.name}: ${r.rps.toFixed(0)} requests/s, p50 ${r.p50.toFixed(2)} ms, p99 ${r.p99.toFixed(2)} ms` +
+            (p.hub ? `; CPU per 1,000 requests hub ${(1000 * r.cpuPer1000.hub).toFixed(0)} ms, agent ${(1000 * r.cpuPer1000.agent).toFixed(0)} ms` : ''),
+        );
+      }
     }
+    const load = Object.fromEntries(Object.entries(loadRuns).map(([name, runs]) => [name, medianRun(runs)]));
 
     avg.list = loadavg();
     const list: Record<string, L7List> = {};
@@ -156,6 +176,7 @@ export async function l7(b: Bench): Promise<L7Result> {
       nginx: chain?.version ?? 'unavailable',
       small: Object.fromEntries(Object.entries(smallRuns).map(([k, v]) => [k, latRuns(v)])),
       load,
+      loadRounds: loadRuns,
       list,
       loadavg: avg,
     };
