@@ -156,8 +156,8 @@ export function renderL7(l7: L7Result, scale: Scale): string[] {
   const cpu = (x: number) => (Number.isFinite(x) ? f(x * 1000, 0) : '–');
   /** kubetunnel's requests/s over `other`'s, round by round (the paths took turns). */
   const roundRatios = (other: string): string => {
-    const kt = l7.loadRounds?.['kubetunnel L7'];
-    const o = l7.loadRounds?.[other];
+    const kt = l7.loadRounds['kubetunnel L7'];
+    const o = l7.loadRounds[other];
     if (!kt || !o || kt.length < 2) return '';
     return `, by round ${kt.map((r, i) => f(r.rps / o[i]!.rps, 2)).join(' / ')}`;
   };
